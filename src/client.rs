@@ -1,0 +1,65 @@
+//! The default token endpoint client: hyper-util over rustls, with the webpki roots and any
+//! extra roots the user adds. It follows no redirects (hyper-util's client never does).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_rustls::HttpsConnectorBuilder;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use rustls::{ClientConfig, RootCertStore};
+
+use crate::endpoint::{erase, TokenRequestBody, Transport};
+use crate::error::Error;
+
+/// Parses PEM text into certificates.
+pub(crate) fn certificates_from_pem(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, Error> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::config(format!("extra root certificate: invalid PEM ({e})")))?;
+    if certs.is_empty() {
+        return Err(Error::config(
+            "extra root certificate: no CERTIFICATE block found in the PEM text",
+        ));
+    }
+    Ok(certs)
+}
+
+/// Builds the HTTPS client. `allow_http` also lets it speak plain HTTP (only ever used for
+/// loopback token URLs, which the builder checks).
+pub(crate) fn https_transport(
+    extra_roots: &[CertificateDer<'static>],
+    allow_http: bool,
+    cap: usize,
+) -> Result<Transport, Error> {
+    let mut roots = RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for cert in extra_roots {
+        roots.add(cert.clone()).map_err(|e| {
+            Error::config(format!(
+                "extra root certificate was refused ({e}): give a CA certificate in DER or PEM form"
+            ))
+        })?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::config(format!("TLS setup failed: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let builder = HttpsConnectorBuilder::new().with_tls_config(tls);
+    let connector = if allow_http {
+        builder.https_or_http()
+    } else {
+        builder.https_only()
+    }
+    .enable_http1()
+    .enable_http2()
+    .build();
+    let client: Client<_, TokenRequestBody> = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build(connector);
+    Ok(erase(client, cap))
+}

@@ -1,0 +1,461 @@
+//! What to authenticate against and with: Entur presets, any OAuth2 token endpoint,
+//! client credentials and the `ET-Client-Name` header.
+//!
+//! ```
+//! use entur_auth::{ClientName, Credentials, Environment, TokenEndpoint};
+//!
+//! // Entur's partner token server for the dev environment (JSON body, as Entur documents).
+//! let endpoint = TokenEndpoint::entur(Environment::Dev);
+//! assert_eq!(endpoint.url().to_string(), "https://partner.dev.entur.org/oauth/token");
+//! assert_eq!(endpoint.audience_value(), Some("https://api.dev.entur.io"));
+//!
+//! // Any other OAuth2 server: form body (RFC 6749), secret sent with HTTP Basic.
+//! let other = TokenEndpoint::new("https://auth.example.com/oauth2/token")?
+//!     .scope("read write")
+//!     .client_auth(entur_auth::ClientAuth::Basic);
+//!
+//! let credentials = Credentials::new("my-client-id", "my-client-secret");
+//! assert!(!format!("{credentials:?}").contains("my-client-secret"));
+//!
+//! let name = ClientName::new("acme-ticketing")?;
+//! # let _ = (other, name);
+//! # Ok::<(), entur_auth::Error>(())
+//! ```
+
+use std::fmt;
+use std::str::FromStr;
+
+use http::{HeaderValue, Uri};
+
+use crate::error::Error;
+
+/// One of Entur's environments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Environment {
+    /// Development: test data.
+    Dev,
+    /// Staging: test data.
+    Staging,
+    /// Production.
+    Production,
+}
+
+impl Environment {
+    /// The audience of this environment's APIs, e.g. `https://api.dev.entur.io`.
+    pub fn audience(self) -> &'static str {
+        match self {
+            Self::Dev => "https://api.dev.entur.io",
+            Self::Staging => "https://api.staging.entur.io",
+            Self::Production => "https://api.entur.io",
+        }
+    }
+
+    /// The token URL of Entur's partner authorization server for this environment.
+    pub fn partner_token_url(self) -> &'static str {
+        match self {
+            Self::Dev => "https://partner.dev.entur.org/oauth/token",
+            Self::Staging => "https://partner.staging.entur.org/oauth/token",
+            Self::Production => "https://partner.entur.org/oauth/token",
+        }
+    }
+
+    /// The token URL of Entur's internal authorization server for this environment.
+    pub fn internal_token_url(self) -> &'static str {
+        match self {
+            Self::Dev => "https://internal.dev.entur.org/oauth/token",
+            Self::Staging => "https://internal.staging.entur.org/oauth/token",
+            Self::Production => "https://internal.entur.org/oauth/token",
+        }
+    }
+}
+
+impl fmt::Display for Environment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Dev => "dev",
+            Self::Staging => "staging",
+            Self::Production => "production",
+        })
+    }
+}
+
+impl FromStr for Environment {
+    type Err = Error;
+
+    /// Parses `dev`, `staging` or `production` (also `development`, `stage`, `prod`), in any case.
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "dev" | "development" => Ok(Self::Dev),
+            "staging" | "stage" => Ok(Self::Staging),
+            "prod" | "production" => Ok(Self::Production),
+            _ => Err(Error::config(format!(
+                "unknown Entur environment {:?}: use dev, staging or production",
+                crate::error::sanitize(s, 32)
+            ))),
+        }
+    }
+}
+
+/// How the token request's parameters are encoded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BodyEncoding {
+    /// A JSON object, as Entur's documentation shows. The default for Entur presets.
+    Json,
+    /// `application/x-www-form-urlencoded`, as RFC 6749 specifies. The default otherwise.
+    #[default]
+    Form,
+}
+
+/// How the client authenticates to the token endpoint (RFC 6749 section 2.3.1).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// `client_id` and `client_secret` in the request body. The default; Entur (Auth0)
+    /// accepts only this.
+    #[default]
+    Body,
+    /// HTTP Basic: `Authorization: Basic base64(urlencode(id) ":" urlencode(secret))`.
+    Basic,
+}
+
+/// Where and how to ask for tokens: the token URL, the audience, scope and any extra
+/// parameters (sent on every fetch, refreshes included), the body encoding and the client
+/// authentication method.
+#[derive(Clone, Debug)]
+pub struct TokenEndpoint {
+    url: Uri,
+    audience: Option<String>,
+    scope: Option<String>,
+    params: Vec<(String, String)>,
+    encoding: BodyEncoding,
+    client_auth: ClientAuth,
+}
+
+impl TokenEndpoint {
+    /// Entur's partner authorization server for `environment`, with its audience and a JSON
+    /// body, as Entur documents.
+    pub fn entur(environment: Environment) -> Self {
+        Self::preset(environment.partner_token_url(), environment.audience())
+    }
+
+    /// Entur's internal authorization server for `environment` (same audiences as the
+    /// partner servers).
+    pub fn entur_internal(environment: Environment) -> Self {
+        Self::preset(environment.internal_token_url(), environment.audience())
+    }
+
+    fn preset(url: &'static str, audience: &'static str) -> Self {
+        Self {
+            url: Uri::from_static(url),
+            audience: Some(audience.to_owned()),
+            scope: None,
+            params: Vec::new(),
+            encoding: BodyEncoding::Json,
+            client_auth: ClientAuth::Body,
+        }
+    }
+
+    /// Any OAuth2 token endpoint. The body is form-encoded (RFC 6749) unless
+    /// [`encoding`](Self::encoding) says otherwise.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] when `url` is not an absolute `https://` or `http://` URL. Whether
+    /// `http://` is allowed is decided when the [`TokenSource`](crate::TokenSource) is built.
+    pub fn new(url: &str) -> Result<Self, Error> {
+        let parsed: Uri = url.parse().map_err(|_| {
+            Error::config(format!(
+                "token URL {:?} is not a valid URL: use an absolute https:// URL",
+                crate::error::sanitize(url, 200)
+            ))
+        })?;
+        match (parsed.scheme_str(), parsed.host()) {
+            (Some("https" | "http"), Some(_)) => {}
+            _ => {
+                return Err(Error::config(format!(
+                    "token URL {:?} must be an absolute https:// URL with a host",
+                    crate::error::sanitize(url, 200)
+                )))
+            }
+        }
+        Ok(Self {
+            url: parsed,
+            audience: None,
+            scope: None,
+            params: Vec::new(),
+            encoding: BodyEncoding::Form,
+            client_auth: ClientAuth::Body,
+        })
+    }
+
+    /// Sets the `audience` parameter (Auth0 and Entur need it; it decides the token's `aud`).
+    pub fn audience(mut self, audience: impl Into<String>) -> Self {
+        self.audience = Some(audience.into());
+        self
+    }
+
+    /// Sets the `scope` parameter.
+    pub fn scope(mut self, scope: impl Into<String>) -> Self {
+        self.scope = Some(scope.into());
+        self
+    }
+
+    /// Adds an extra parameter sent with every token request (e.g. `resource`).
+    pub fn param(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.params.push((name.into(), value.into()));
+        self
+    }
+
+    /// Sets the body encoding.
+    pub fn encoding(mut self, encoding: BodyEncoding) -> Self {
+        self.encoding = encoding;
+        self
+    }
+
+    /// Sets how the client authenticates.
+    pub fn client_auth(mut self, client_auth: ClientAuth) -> Self {
+        self.client_auth = client_auth;
+        self
+    }
+
+    /// The token URL.
+    pub fn url(&self) -> &Uri {
+        &self.url
+    }
+
+    /// The audience, if one is sent.
+    pub fn audience_value(&self) -> Option<&str> {
+        self.audience.as_deref()
+    }
+
+    /// The scope, if one is sent.
+    pub fn scope_value(&self) -> Option<&str> {
+        self.scope.as_deref()
+    }
+
+    /// The extra parameters.
+    pub fn params(&self) -> &[(String, String)] {
+        &self.params
+    }
+
+    /// The body encoding.
+    pub fn body_encoding(&self) -> BodyEncoding {
+        self.encoding
+    }
+
+    /// The client authentication method.
+    pub fn client_auth_method(&self) -> ClientAuth {
+        self.client_auth
+    }
+}
+
+/// The client secret. Its `Debug` and `Display` print `[redacted]`; the only way to read
+/// it is [`expose`](Self::expose), so that every use is explicit in the code.
+#[derive(Clone)]
+pub struct ClientSecret(Box<str>);
+
+impl ClientSecret {
+    /// Wraps a secret.
+    pub fn new(secret: impl Into<String>) -> Self {
+        Self(secret.into().into_boxed_str())
+    }
+
+    /// The secret in clear. Do not log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ClientSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClientSecret([redacted])")
+    }
+}
+
+impl fmt::Display for ClientSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// A client id and its secret, as issued by Entur (or another authorization server).
+#[derive(Clone, Debug)]
+pub struct Credentials {
+    client_id: String,
+    client_secret: ClientSecret,
+}
+
+impl Credentials {
+    /// Credentials from a client id and a secret.
+    pub fn new(client_id: impl Into<String>, client_secret: impl Into<String>) -> Self {
+        Self {
+            client_id: client_id.into(),
+            client_secret: ClientSecret::new(client_secret),
+        }
+    }
+
+    /// Credentials from the environment variables `ENTUR_CLIENT_ID` and `ENTUR_CLIENT_SECRET`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the variable that is missing or empty.
+    pub fn from_env() -> Result<Self, Error> {
+        let read = |name: &str| {
+            match std::env::var(name) {
+            Ok(value) if !value.trim().is_empty() => Ok(value.trim().to_owned()),
+            _ => Err(Error::config(format!(
+                "environment variable {name} is not set: set ENTUR_CLIENT_ID and ENTUR_CLIENT_SECRET to the credentials Entur issued"
+            ))),
+        }
+        };
+        Ok(Self::new(
+            read("ENTUR_CLIENT_ID")?,
+            read("ENTUR_CLIENT_SECRET")?,
+        ))
+    }
+
+    /// The client id.
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    /// The client secret.
+    pub fn client_secret(&self) -> &ClientSecret {
+        &self.client_secret
+    }
+}
+
+/// The value of Entur's `ET-Client-Name` header: `<company>-<application>`.
+///
+/// Entur asks every client to send it; requests without it may be rate limited or blocked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientName(HeaderValue);
+
+impl ClientName {
+    /// Validates a client name: ASCII letters, digits, `-`, `_` and `.`, with a `-` between
+    /// the company and the application (e.g. `acme-ticketing`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] saying what the name must look like.
+    pub fn new(name: &str) -> Result<Self, Error> {
+        let valid_chars = !name.is_empty()
+            && name.len() <= 128
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        let has_parts = name
+            .split_once('-')
+            .is_some_and(|(company, app)| !company.is_empty() && !app.is_empty());
+        if !(valid_chars && has_parts) {
+            return Err(Error::config(format!(
+                "ET-Client-Name {:?} is not of the form <company>-<application> (ASCII letters, digits, '-', '_', '.'), e.g. \"acme-ticketing\"",
+                crate::error::sanitize(name, 64)
+            )));
+        }
+        HeaderValue::from_str(name)
+            .map(Self)
+            .map_err(|_| Error::config("ET-Client-Name is not a valid header value"))
+    }
+
+    /// The header value.
+    pub fn header_value(&self) -> &HeaderValue {
+        &self.0
+    }
+}
+
+impl FromStr for ClientName {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        Self::new(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_match_entur() {
+        let cases = [
+            (
+                Environment::Dev,
+                "https://partner.dev.entur.org/oauth/token",
+                "https://internal.dev.entur.org/oauth/token",
+                "https://api.dev.entur.io",
+            ),
+            (
+                Environment::Staging,
+                "https://partner.staging.entur.org/oauth/token",
+                "https://internal.staging.entur.org/oauth/token",
+                "https://api.staging.entur.io",
+            ),
+            (
+                Environment::Production,
+                "https://partner.entur.org/oauth/token",
+                "https://internal.entur.org/oauth/token",
+                "https://api.entur.io",
+            ),
+        ];
+        for (env, partner, internal, audience) in cases {
+            let p = TokenEndpoint::entur(env);
+            assert_eq!(p.url().to_string(), partner);
+            assert_eq!(p.audience_value(), Some(audience));
+            assert_eq!(p.body_encoding(), BodyEncoding::Json);
+            assert_eq!(p.client_auth_method(), ClientAuth::Body);
+            let i = TokenEndpoint::entur_internal(env);
+            assert_eq!(i.url().to_string(), internal);
+            assert_eq!(i.audience_value(), Some(audience));
+        }
+    }
+
+    #[test]
+    fn environment_parses_common_spellings() {
+        assert_eq!("DEV".parse::<Environment>().unwrap(), Environment::Dev);
+        assert_eq!(
+            "stage".parse::<Environment>().unwrap(),
+            Environment::Staging
+        );
+        assert_eq!(
+            " prod ".parse::<Environment>().unwrap(),
+            Environment::Production
+        );
+        let err = "qa".parse::<Environment>().unwrap_err();
+        assert!(err.to_string().contains("dev, staging or production"));
+    }
+
+    #[test]
+    fn custom_endpoint_rejects_relative_and_odd_urls() {
+        for bad in ["/oauth/token", "ftp://x/y", "not a url", ""] {
+            let err = TokenEndpoint::new(bad).unwrap_err();
+            assert!(matches!(err, Error::Config { .. }), "{bad}: {err}");
+        }
+        let ok = TokenEndpoint::new("https://auth.example.com/token").unwrap();
+        assert_eq!(ok.body_encoding(), BodyEncoding::Form);
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let c = Credentials::new("id-1", "s3cr3t-marker");
+        assert!(!format!("{c:?}").contains("s3cr3t-marker"));
+        assert!(!format!("{}", c.client_secret()).contains("s3cr3t-marker"));
+        assert_eq!(c.client_secret().expose(), "s3cr3t-marker");
+    }
+
+    #[test]
+    fn client_names_are_validated() {
+        assert!(ClientName::new("acme-ticketing").is_ok());
+        assert!(ClientName::new("acme.no-app_v2").is_ok());
+        for bad in [
+            "",
+            "acme",
+            "-app",
+            "acme-",
+            "acme app-x",
+            "acme-æ",
+            "a\r\n-b",
+        ] {
+            let err = ClientName::new(bad).unwrap_err();
+            assert!(err.to_string().contains("<company>-<application>"), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,466 @@
+//! Talking to the token endpoint: building the client credentials request, reading the
+//! answer, and the pluggable transport it travels over.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, LOCATION, RETRY_AFTER};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
+use http_body::Body;
+use http_body_util::{BodyExt, Full, Limited};
+use serde::Deserialize;
+use tower::util::BoxCloneSyncService;
+use tower::{Service, ServiceExt};
+
+use crate::config::{BodyEncoding, ClientAuth, Credentials, TokenEndpoint};
+use crate::error::{sanitize, BoxError, Error, OAuthErrorCode};
+
+/// The body type of token requests; a transport plugged in with
+/// [`TokenSourceBuilder::transport`](crate::TokenSourceBuilder::transport) takes
+/// `http::Request<TokenRequestBody>`.
+pub type TokenRequestBody = Full<Bytes>;
+
+/// An answer from the token endpoint, its body read up to the size cap.
+pub(crate) struct RawResponse {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+}
+
+/// The type-erased transport the token source uses.
+pub(crate) type Transport = BoxCloneSyncService<Request<TokenRequestBody>, RawResponse, BoxError>;
+
+/// Erases any tower HTTP service into a [`Transport`] that reads at most `cap` body bytes.
+pub(crate) fn erase<S, B>(service: S, cap: usize) -> Transport
+where
+    S: Service<Request<TokenRequestBody>, Response = Response<B>> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let service = service
+        .map_err(Into::into)
+        .and_then(move |response: Response<B>| async move {
+            let (parts, body) = response.into_parts();
+            let body = match Limited::new(body, cap).collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                    return Err(Error::invalid(
+                        parts.status,
+                        format!("the response body is larger than the {cap}-byte cap"),
+                    )
+                    .into())
+                }
+                Err(e) => return Err(e),
+            };
+            Ok(RawResponse {
+                status: parts.status,
+                headers: parts.headers,
+                body,
+            })
+        });
+    BoxCloneSyncService::new(service)
+}
+
+/// The parts of a token request that never change: built once, cloned per fetch.
+#[derive(Clone)]
+pub(crate) struct TokenRequest {
+    url: Uri,
+    content_type: HeaderValue,
+    basic: Option<HeaderValue>,
+    body: Bytes,
+}
+
+impl TokenRequest {
+    pub(crate) fn new(endpoint: &TokenEndpoint, credentials: &Credentials) -> Self {
+        let mut fields: Vec<(&str, &str)> = vec![("grant_type", "client_credentials")];
+        let basic = match endpoint.client_auth_method() {
+            ClientAuth::Body => {
+                fields.push(("client_id", credentials.client_id()));
+                fields.push(("client_secret", credentials.client_secret().expose()));
+                None
+            }
+            ClientAuth::Basic => Some(basic_header(credentials)),
+        };
+        if let Some(audience) = endpoint.audience_value() {
+            fields.push(("audience", audience));
+        }
+        if let Some(scope) = endpoint.scope_value() {
+            fields.push(("scope", scope));
+        }
+        for (name, value) in endpoint.params() {
+            fields.push((name, value));
+        }
+        let (content_type, body) = match endpoint.body_encoding() {
+            BodyEncoding::Json => {
+                let map: serde_json::Map<String, serde_json::Value> = fields
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), serde_json::Value::from(*v)))
+                    .collect();
+                (
+                    HeaderValue::from_static("application/json"),
+                    serde_json::Value::Object(map).to_string(),
+                )
+            }
+            BodyEncoding::Form => {
+                let mut form = form_urlencoded::Serializer::new(String::new());
+                for (k, v) in &fields {
+                    form.append_pair(k, v);
+                }
+                (
+                    HeaderValue::from_static("application/x-www-form-urlencoded"),
+                    form.finish(),
+                )
+            }
+        };
+        Self {
+            url: endpoint.url().clone(),
+            content_type,
+            basic,
+            body: Bytes::from(body),
+        }
+    }
+
+    pub(crate) fn url(&self) -> &Uri {
+        &self.url
+    }
+
+    pub(crate) fn to_request(&self) -> Request<TokenRequestBody> {
+        let mut request = Request::new(Full::new(self.body.clone()));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = self.url.clone();
+        let headers = request.headers_mut();
+        headers.insert(CONTENT_TYPE, self.content_type.clone());
+        headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
+        if let Some(basic) = &self.basic {
+            headers.insert(AUTHORIZATION, basic.clone());
+        }
+        request
+    }
+}
+
+/// RFC 6749 section 2.3.1: both parts form-urlencoded, then joined with `:` and base64'd.
+fn basic_header(credentials: &Credentials) -> HeaderValue {
+    let encode = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let pair = format!(
+        "{}:{}",
+        encode(credentials.client_id()),
+        encode(credentials.client_secret().expose())
+    );
+    let value = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    );
+    let mut header = HeaderValue::from_str(&value).expect("base64 is a valid header value");
+    header.set_sensitive(true);
+    header
+}
+
+/// A successful answer from the token endpoint.
+pub(crate) struct Granted {
+    pub(crate) access_token: String,
+    pub(crate) expires_in: Option<Duration>,
+    pub(crate) scope: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct SuccessBody {
+    access_token: Option<String>,
+    token_type: Option<String>,
+    #[serde(default)]
+    expires_in: Option<serde_json::Value>,
+    #[serde(default)]
+    scope: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: String,
+    #[serde(default)]
+    error_description: Option<String>,
+}
+
+/// Reads a token endpoint answer: a token, or the error it means. `secret` is removed from
+/// any text the server sends back, in case a server echoes it.
+pub(crate) fn read_response(response: &RawResponse, secret: &str) -> Result<Granted, Error> {
+    let status = response.status;
+    if status.is_success() {
+        return read_success(status, &response.body);
+    }
+    let retry_after = retry_after(&response.headers, SystemTime::now());
+    if status.is_redirection() {
+        let location = response
+            .headers
+            .get(LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| sanitize(v, 200))
+            .unwrap_or_else(|| "nowhere".into());
+        return Err(Error::config(format!(
+            "token endpoint answered {} redirecting to {location}: redirects are never followed with credentials; set the token URL to the final https:// URL",
+            status.as_u16()
+        )));
+    }
+    let oauth: Option<ErrorBody> = serde_json::from_slice(&response.body).ok();
+    let description = |body: &ErrorBody| {
+        body.error_description
+            .as_deref()
+            .map(|d| sanitize(&redact(d, secret), 300))
+    };
+    match (status.as_u16(), oauth) {
+        (429 | 408 | 500..=599, _) => Err(Error::unavailable(Some(status), retry_after, None)),
+        (400..=499, Some(body)) => Err(Error::rejected(
+            OAuthErrorCode::parse(&redact(&body.error, secret)),
+            description(&body),
+            status,
+        )),
+        (400 | 401 | 403, None) => Err(Error::rejected(OAuthErrorCode::Unspecified, None, status)),
+        (404 | 405, None) => Err(Error::config(format!(
+            "token endpoint answered {}: check the token URL (Entur: https://partner.<env>.entur.org/oauth/token)",
+            status.as_u16()
+        ))),
+        _ => Err(Error::invalid(status, "unexpected status")),
+    }
+}
+
+fn read_success(status: StatusCode, body: &[u8]) -> Result<Granted, Error> {
+    let parsed: SuccessBody = serde_json::from_slice(body)
+        .map_err(|_| Error::invalid(status, "the body is not a JSON token response"))?;
+    let access_token = parsed
+        .access_token
+        .ok_or_else(|| Error::invalid(status, "the response has no access_token"))?;
+    if let Some(kind) = &parsed.token_type {
+        if !kind.eq_ignore_ascii_case("bearer") {
+            return Err(Error::invalid(
+                status,
+                format!(
+                    "token_type is {:?}, only Bearer tokens are supported",
+                    sanitize(kind, 32)
+                ),
+            ));
+        }
+    }
+    let expires_in = match parsed.expires_in {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::Number(n)) => match n.as_f64() {
+            Some(secs) if secs >= 1.0 => Some(Duration::from_secs_f64(secs.min(1e12))),
+            _ => {
+                return Err(Error::invalid(
+                    status,
+                    format!("expires_in {n} is not a positive number of seconds"),
+                ))
+            }
+        },
+        Some(_) => {
+            return Err(Error::invalid(
+                status,
+                "expires_in is not a number of seconds",
+            ))
+        }
+    };
+    Ok(Granted {
+        access_token,
+        expires_in,
+        scope: parsed.scope,
+    })
+}
+
+/// `Retry-After` in seconds or as an HTTP date (RFC 9110 section 10.2.3).
+pub(crate) fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+fn redact(text: &str, secret: &str) -> String {
+    if secret.len() >= 4 && text.contains(secret) {
+        text.replace(secret, "[redacted]")
+    } else {
+        text.to_owned()
+    }
+}
+
+/// Turns a transport failure into an [`Error`]: our own errors (size cap) pass through.
+pub(crate) fn transport_error(error: BoxError) -> Error {
+    match error.downcast::<Error>() {
+        Ok(ours) => *ours,
+        Err(other) => Error::unavailable(None, None, Some(Arc::from(other))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Environment;
+
+    fn raw(status: u16, body: &str) -> RawResponse {
+        RawResponse {
+            status: StatusCode::from_u16(status).unwrap(),
+            headers: HeaderMap::new(),
+            body: Bytes::from(body.to_owned()),
+        }
+    }
+
+    async fn body_of(req: Request<TokenRequestBody>) -> String {
+        let bytes = req.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn entur_dev_request_is_the_documented_json_post() {
+        let creds = Credentials::new("Q2xpZW50X0lE", "super secret");
+        let req = TokenRequest::new(&TokenEndpoint::entur(Environment::Dev), &creds).to_request();
+        assert_eq!(req.method(), Method::POST);
+        assert_eq!(
+            req.uri().to_string(),
+            "https://partner.dev.entur.org/oauth/token"
+        );
+        assert_eq!(req.headers()[CONTENT_TYPE], "application/json");
+        assert!(req.headers().get(AUTHORIZATION).is_none());
+        let body: serde_json::Value = serde_json::from_str(&body_of(req).await).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({
+                "grant_type": "client_credentials",
+                "client_id": "Q2xpZW50X0lE",
+                "client_secret": "super secret",
+                "audience": "https://api.dev.entur.io",
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn form_request_carries_scope_and_extra_params() {
+        let endpoint = TokenEndpoint::new("https://auth.example.com/token")
+            .unwrap()
+            .audience("aud 1")
+            .scope("read write")
+            .param("resource", "urn:x");
+        let creds = Credentials::new("id", "a&b=c");
+        let req = TokenRequest::new(&endpoint, &creds).to_request();
+        assert_eq!(
+            req.headers()[CONTENT_TYPE],
+            "application/x-www-form-urlencoded"
+        );
+        let body = body_of(req).await;
+        let pairs: Vec<(String, String)> = form_urlencoded::parse(body.as_bytes())
+            .into_owned()
+            .collect();
+        let expect = [
+            ("grant_type", "client_credentials"),
+            ("client_id", "id"),
+            ("client_secret", "a&b=c"),
+            ("audience", "aud 1"),
+            ("scope", "read write"),
+            ("resource", "urn:x"),
+        ];
+        assert_eq!(pairs.len(), expect.len());
+        for ((k, v), (ek, ev)) in pairs.iter().zip(expect) {
+            assert_eq!((k.as_str(), v.as_str()), (ek, ev));
+        }
+    }
+
+    #[tokio::test]
+    async fn basic_auth_follows_rfc_6749_section_2_3_1() {
+        let endpoint = TokenEndpoint::new("https://auth.example.com/token")
+            .unwrap()
+            .client_auth(ClientAuth::Basic);
+        let creds = Credentials::new("my client", "p+ss:wörd");
+        let req = TokenRequest::new(&endpoint, &creds).to_request();
+        let header = req.headers()[AUTHORIZATION].clone();
+        assert!(header.is_sensitive());
+        let encoded = header.to_str().unwrap().strip_prefix("Basic ").unwrap();
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .unwrap();
+        // '+' → %2B, ':' → %3A, 'ö' → %C3%B6, ' ' → '+'.
+        assert_eq!(decoded, b"my+client:p%2Bss%3Aw%C3%B6rd");
+        let body = body_of(req).await;
+        assert!(!body.contains("client_secret") && !body.contains("client_id"));
+    }
+
+    #[test]
+    fn success_bodies_are_read_strictly() {
+        let ok = read_response(
+            &raw(
+                200,
+                r#"{"access_token":"abc","token_type":"bearer","expires_in":86400}"#,
+            ),
+            "s",
+        )
+        .unwrap();
+        assert_eq!(ok.access_token, "abc");
+        assert_eq!(ok.expires_in, Some(Duration::from_secs(86400)));
+        for (body, what) in [
+            ("not json", "not a JSON"),
+            (r#"{"token_type":"Bearer"}"#, "no access_token"),
+            (r#"{"access_token":"a","token_type":"MAC"}"#, "token_type"),
+            (r#"{"access_token":"a","expires_in":0}"#, "expires_in"),
+            (r#"{"access_token":"a","expires_in":-5}"#, "expires_in"),
+            (r#"{"access_token":"a","expires_in":"3600"}"#, "expires_in"),
+        ] {
+            let err = read_response(&raw(200, body), "s").err().unwrap();
+            assert!(matches!(err, Error::InvalidResponse { .. }), "{body}");
+            assert!(err.to_string().contains(what), "{body}: {err}");
+        }
+    }
+
+    #[test]
+    fn error_bodies_map_to_matchable_errors() {
+        for (code, expect) in [
+            ("invalid_client", OAuthErrorCode::InvalidClient),
+            ("invalid_grant", OAuthErrorCode::InvalidGrant),
+            ("unauthorized_client", OAuthErrorCode::UnauthorizedClient),
+            ("access_denied", OAuthErrorCode::AccessDenied),
+        ] {
+            let body = format!(r#"{{"error":"{code}","error_description":"no"}}"#);
+            let err = read_response(&raw(401, &body), "s").err().unwrap();
+            assert_eq!(err.oauth_code(), Some(&expect));
+        }
+        let err = read_response(&raw(403, "<html>"), "s").err().unwrap();
+        assert_eq!(err.oauth_code(), Some(&OAuthErrorCode::Unspecified));
+        let err = read_response(&raw(503, "{}"), "s").err().unwrap();
+        assert!(err.is_transient());
+        let err = read_response(&raw(404, ""), "s").err().unwrap();
+        assert!(matches!(err, Error::Config { .. }));
+    }
+
+    #[test]
+    fn echoed_secrets_are_redacted() {
+        let body = r#"{"error":"invalid_client","error_description":"bad secret hunter22"}"#;
+        let err = read_response(&raw(401, body), "hunter22").err().unwrap();
+        assert!(!err.to_string().contains("hunter22"), "{err}");
+        assert!(!format!("{err:?}").contains("hunter22"));
+    }
+
+    #[test]
+    fn redirects_are_configuration_errors_naming_the_location() {
+        let mut r = raw(301, "");
+        r.headers.insert(
+            LOCATION,
+            HeaderValue::from_static("https://elsewhere.example/t"),
+        );
+        let err = read_response(&r, "s").err().unwrap();
+        assert!(matches!(err, Error::Config { .. }));
+        assert!(err.to_string().contains("https://elsewhere.example/t"));
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut h = HeaderMap::new();
+        h.insert(RETRY_AFTER, HeaderValue::from_static("120"));
+        assert_eq!(retry_after(&h, now), Some(Duration::from_secs(120)));
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(30));
+        h.insert(RETRY_AFTER, HeaderValue::from_str(&later).unwrap());
+        assert_eq!(retry_after(&h, now), Some(Duration::from_secs(30)));
+        h.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&h, now), None);
+    }
+}

@@ -1,0 +1,396 @@
+//! The one error type of this crate.
+//!
+//! Every failure to obtain a token is an [`Error`]. Services built by this crate fail with
+//! [`BoxError`], as tower middleware does; use `downcast_ref::<entur_auth::Error>()` to
+//! get the variant back.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+
+/// The error type tower services use: what the inner service or this crate failed with.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a token could not be obtained, or why the configuration was refused.
+///
+/// The variants separate what a caller can act on: [`Error::Rejected`] means the
+/// credentials or the grant are wrong and waiting will not help; [`Error::Unavailable`]
+/// and [`Error::Timeout`] are transient; [`Error::InvalidResponse`] means the token
+/// endpoint answered something that is not a usable token; [`Error::Config`] means the
+/// configuration is incomplete or unsafe.
+///
+/// Neither `Display` nor `Debug` ever contains the client secret or a token. The error is
+/// cheap to clone: every caller waiting on one failed fetch receives the same error.
+#[derive(Clone)]
+#[non_exhaustive]
+pub enum Error {
+    /// The authorization server refused the credentials or the grant (RFC 6749 section 5.2).
+    #[non_exhaustive]
+    Rejected {
+        /// The OAuth2 error code, e.g. [`OAuthErrorCode::InvalidClient`].
+        code: OAuthErrorCode,
+        /// The server's `error_description`, shortened and with control characters removed.
+        description: Option<String>,
+        /// The HTTP status of the answer.
+        status: StatusCode,
+    },
+    /// The token endpoint could not be reached or answered with a temporary failure
+    /// (connection error, 5xx, 429).
+    #[non_exhaustive]
+    Unavailable {
+        /// The HTTP status, when the server answered.
+        status: Option<StatusCode>,
+        /// How long the server asked us to wait (`Retry-After`).
+        retry_after: Option<Duration>,
+        /// The underlying transport error, when there was one.
+        cause: Option<Arc<dyn std::error::Error + Send + Sync>>,
+    },
+    /// The token endpoint did not answer within the fetch timeout.
+    #[non_exhaustive]
+    Timeout {
+        /// The fetch timeout that elapsed.
+        after: Duration,
+    },
+    /// The token endpoint answered, but not with a usable token.
+    #[non_exhaustive]
+    InvalidResponse {
+        /// The HTTP status of the answer.
+        status: StatusCode,
+        /// What was wrong with it.
+        reason: String,
+    },
+    /// The configuration is incomplete or unsafe (for example a plain `http://` token URL).
+    #[non_exhaustive]
+    Config {
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
+}
+
+/// The `error` code of an OAuth2 error response (RFC 6749 section 5.2).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum OAuthErrorCode {
+    /// `invalid_client`: unknown client, wrong secret or unsupported authentication method.
+    InvalidClient,
+    /// `invalid_grant`: the grant is invalid; for Entur often a client id from the wrong domain.
+    InvalidGrant,
+    /// `unauthorized_client`: the client may not use this grant; for Entur often a changed secret.
+    UnauthorizedClient,
+    /// `access_denied`: the server refused, often because the audience is not allowed.
+    AccessDenied,
+    /// `invalid_scope`: the requested scope is unknown or not allowed.
+    InvalidScope,
+    /// `invalid_request`: a parameter is missing or malformed.
+    InvalidRequest,
+    /// `unsupported_grant_type`: the server does not offer the client credentials grant.
+    UnsupportedGrantType,
+    /// The server refused (400, 401 or 403) without a recognised error body.
+    Unspecified,
+    /// Another code, as the server sent it (shortened, control characters removed).
+    Other(String),
+}
+
+impl OAuthErrorCode {
+    pub(crate) fn parse(code: &str) -> Self {
+        match code {
+            "invalid_client" => Self::InvalidClient,
+            "invalid_grant" => Self::InvalidGrant,
+            "unauthorized_client" => Self::UnauthorizedClient,
+            "access_denied" => Self::AccessDenied,
+            "invalid_scope" => Self::InvalidScope,
+            "invalid_request" => Self::InvalidRequest,
+            "unsupported_grant_type" => Self::UnsupportedGrantType,
+            other => Self::Other(sanitize(other, 64)),
+        }
+    }
+
+    /// The code as the server spells it.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::InvalidClient => "invalid_client",
+            Self::InvalidGrant => "invalid_grant",
+            Self::UnauthorizedClient => "unauthorized_client",
+            Self::AccessDenied => "access_denied",
+            Self::InvalidScope => "invalid_scope",
+            Self::InvalidRequest => "invalid_request",
+            Self::UnsupportedGrantType => "unsupported_grant_type",
+            Self::Unspecified => "unspecified",
+            Self::Other(code) => code,
+        }
+    }
+
+    fn advice(&self) -> &'static str {
+        match self {
+            Self::InvalidClient => "check client_id and client_secret",
+            Self::InvalidGrant => {
+                "check that client_id belongs to this environment's domain and that the server allows the client credentials grant"
+            }
+            Self::UnauthorizedClient => {
+                "the client_secret may have been changed: check it is the current one"
+            }
+            Self::AccessDenied => {
+                "check that the audience matches the token server (Entur: the same environment for both)"
+            }
+            Self::InvalidScope => "check the requested scope",
+            Self::InvalidRequest => {
+                "check the request encoding (JSON or form) and client authentication (body or Basic) the server expects"
+            }
+            Self::UnsupportedGrantType => "this server does not offer the client credentials grant",
+            Self::Unspecified | Self::Other(_) => "check client_id, client_secret and audience",
+        }
+    }
+}
+
+impl fmt::Display for OAuthErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Error {
+    pub(crate) fn config(reason: impl Into<String>) -> Self {
+        Self::Config {
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn invalid(status: StatusCode, reason: impl Into<String>) -> Self {
+        Self::InvalidResponse {
+            status,
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn unavailable(
+        status: Option<StatusCode>,
+        retry_after: Option<Duration>,
+        cause: Option<Arc<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self::Unavailable {
+            status,
+            retry_after,
+            cause,
+        }
+    }
+
+    pub(crate) fn rejected(
+        code: OAuthErrorCode,
+        description: Option<String>,
+        status: StatusCode,
+    ) -> Self {
+        Self::Rejected {
+            code,
+            description,
+            status,
+        }
+    }
+
+    /// `true` when retrying soon may succeed: the token endpoint was unreachable, overloaded
+    /// or too slow. Rejected credentials, invalid responses and configuration errors are not
+    /// transient; this crate retries them only on a slow schedule.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unavailable { .. } | Self::Timeout { .. })
+    }
+
+    /// `true` when the authorization server refused the credentials or the grant.
+    pub fn is_rejected(&self) -> bool {
+        matches!(self, Self::Rejected { .. })
+    }
+
+    /// The OAuth2 error code, for [`Error::Rejected`].
+    pub fn oauth_code(&self) -> Option<&OAuthErrorCode> {
+        match self {
+            Self::Rejected { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
+    /// How long the token endpoint asked us to wait, from its `Retry-After` header.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Unavailable { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Rejected {
+                code,
+                description,
+                status,
+            } => {
+                write!(
+                    f,
+                    "token endpoint rejected the credentials ({} {code}",
+                    status.as_u16()
+                )?;
+                if let Some(description) = description {
+                    write!(f, ": {description}")?;
+                }
+                write!(f, "): {}", code.advice())
+            }
+            Self::Unavailable {
+                status,
+                retry_after,
+                cause,
+            } => {
+                match status {
+                    Some(status) => write!(
+                        f,
+                        "token endpoint unavailable (answered {})",
+                        status.as_u16()
+                    )?,
+                    None => f.write_str("token endpoint unreachable")?,
+                }
+                if let Some(cause) = cause {
+                    write!(f, " ({})", innermost(cause.as_ref()))?;
+                }
+                if let Some(wait) = retry_after {
+                    write!(f, "; it asked to retry after {} s", wait.as_secs())?;
+                }
+                f.write_str(
+                    "; retrying with backoff, the current token (if any) is still used: check network access to the token URL if this persists",
+                )
+            }
+            Self::Timeout { after } => write!(
+                f,
+                "token endpoint did not answer within {} ms; retrying with backoff: check network access to the token URL, or raise the fetch timeout",
+                after.as_millis()
+            ),
+            Self::InvalidResponse { status, reason } => write!(
+                f,
+                "token endpoint answered {} but not with a usable token: {reason}; check that the token URL points at an OAuth2 token endpoint",
+                status.as_u16()
+            ),
+            Self::Config { reason } => write!(f, "invalid configuration: {reason}"),
+        }
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Rejected {
+                code,
+                description,
+                status,
+            } => f
+                .debug_struct("Rejected")
+                .field("code", code)
+                .field("description", description)
+                .field("status", status)
+                .finish(),
+            Self::Unavailable {
+                status,
+                retry_after,
+                cause,
+            } => f
+                .debug_struct("Unavailable")
+                .field("status", status)
+                .field("retry_after", retry_after)
+                .field("cause", &cause.as_ref().map(|c| c.to_string()))
+                .finish(),
+            Self::Timeout { after } => f.debug_struct("Timeout").field("after", after).finish(),
+            Self::InvalidResponse { status, reason } => f
+                .debug_struct("InvalidResponse")
+                .field("status", status)
+                .field("reason", reason)
+                .finish(),
+            Self::Config { reason } => f.debug_struct("Config").field("reason", reason).finish(),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Unavailable {
+                cause: Some(cause), ..
+            } => Some(cause.as_ref()),
+            _ => None,
+        }
+    }
+}
+
+/// The deepest message of an error chain: for a TLS or connection failure, the part that
+/// says what went wrong ("invalid peer certificate: UnknownIssuer", "Connection refused").
+fn innermost(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut current = error;
+    let mut messages = vec![current.to_string()];
+    while let Some(next) = current.source() {
+        current = next;
+        messages.push(current.to_string());
+    }
+    messages.dedup();
+    messages.join(": ")
+}
+
+/// Shortens text from a server to `max` characters and removes control characters, so that
+/// an error message stays one readable line.
+pub(crate) fn sanitize(text: &str, max: usize) -> String {
+    let mut out: String = text.chars().filter(|c| !c.is_control()).take(max).collect();
+    if text.chars().filter(|c| !c.is_control()).count() > max {
+        out.push('…');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip_and_unknown_codes_are_kept() {
+        for code in [
+            "invalid_client",
+            "invalid_grant",
+            "unauthorized_client",
+            "access_denied",
+            "invalid_scope",
+            "invalid_request",
+            "unsupported_grant_type",
+        ] {
+            let parsed = OAuthErrorCode::parse(code);
+            assert!(!matches!(parsed, OAuthErrorCode::Other(_)), "{code}");
+            assert_eq!(parsed.as_str(), code);
+        }
+        assert_eq!(
+            OAuthErrorCode::parse("slow_down\n"),
+            OAuthErrorCode::Other("slow_down".into())
+        );
+    }
+
+    #[test]
+    fn messages_say_what_to_do() {
+        let e = Error::rejected(
+            OAuthErrorCode::InvalidClient,
+            None,
+            StatusCode::UNAUTHORIZED,
+        );
+        let text = e.to_string();
+        assert!(text.contains("invalid_client"), "{text}");
+        assert!(text.contains("check client_id and client_secret"), "{text}");
+        assert!(e.is_rejected() && !e.is_transient());
+
+        let e = Error::unavailable(
+            Some(StatusCode::SERVICE_UNAVAILABLE),
+            Some(Duration::from_secs(7)),
+            None,
+        );
+        assert!(e.is_transient());
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(7)));
+        assert!(e.to_string().contains("503"), "{e}");
+    }
+
+    #[test]
+    fn sanitize_strips_control_characters_and_shortens() {
+        assert_eq!(sanitize("a\r\nb", 10), "ab");
+        assert_eq!(sanitize("abcdef", 3), "abc…");
+    }
+}

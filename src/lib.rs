@@ -1,0 +1,60 @@
+//! Tower middleware that authenticates outgoing requests with the OAuth2 client credentials
+//! grant, as Entur's partner APIs require, and works with any OAuth2 authorization server.
+//!
+//! A [`TokenSource`] holds the current access token in an `ArcSwap` and refreshes it in the
+//! background before it expires, one fetch at a time for any number of callers.
+//! [`EnturAuthLayer`] wraps any tower HTTP service (a hyper-util client, a tonic channel, the
+//! client inside an axum service) and sets `Authorization: Bearer <token>` and Entur's
+//! `ET-Client-Name` on every request, with no lock and no allocation per request.
+//!
+//! ```no_run
+//! use entur_auth::{ClientName, Credentials, EnturAuthLayer, Environment, TokenEndpoint, TokenSource};
+//! use tower::ServiceBuilder;
+//!
+//! # async fn run<S>(client: S) -> Result<(), entur_auth::Error> {
+//! let source = TokenSource::builder(
+//!     TokenEndpoint::entur(Environment::Staging),
+//!     Credentials::from_env()?, // ENTUR_CLIENT_ID, ENTUR_CLIENT_SECRET
+//! )
+//! .build()?;
+//!
+//! let api = ServiceBuilder::new()
+//!     .layer(EnturAuthLayer::new(source).client_name(ClientName::new("acme-ticketing")?))
+//!     .service(client);
+//! # let _ = api; Ok(()) }
+//! ```
+//!
+//! # Features
+//!
+//! - `rustls` (default): the HTTPS client for the token endpoint (hyper-util + rustls with
+//!   the webpki roots). Without it, give a transport with
+//!   [`TokenSourceBuilder::transport`].
+//! - `test-util`: [`testing`], an embedded OAuth2 authorization server and protected API on
+//!   loopback, for tests and demos.
+//!
+//! # Errors
+//!
+//! Token failures are [`Error`]s. [`EnturAuth`] fails with [`BoxError`] like other tower
+//! middleware; `error.downcast_ref::<entur_auth::Error>()` gives the variant back.
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+#[cfg(feature = "rustls")]
+mod client;
+pub mod config;
+mod endpoint;
+pub mod error;
+pub mod layer;
+pub mod source;
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+pub mod testing;
+pub mod token;
+
+pub use config::{BodyEncoding, ClientAuth, ClientName, ClientSecret, Credentials, Environment, TokenEndpoint};
+pub use endpoint::TokenRequestBody;
+pub use error::{BoxError, Error, OAuthErrorCode};
+pub use layer::{EnturAuth, EnturAuthLayer, ET_CLIENT_NAME};
+pub use source::{Status, TokenSource, TokenSourceBuilder};
+pub use token::{AccessToken, TokenId};
