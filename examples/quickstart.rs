@@ -1,1 +1,181 @@
-fn main() {}
+//! Quick start: authenticated requests through `EnturAuthLayer`.
+//!
+//! ```text
+//! cargo run --example quickstart
+//! ```
+//!
+//! With no credentials in the environment it starts the embedded authorization server and
+//! API on 127.0.0.1 with 3-second tokens, and shows tokens being fetched, sent and refreshed
+//! ahead of expiry for about 10 seconds.
+//!
+//! With `ENTUR_CLIENT_ID` and `ENTUR_CLIENT_SECRET` set (and optionally `ENTUR_ENVIRONMENT`:
+//! dev, staging or production, default dev; `ET_CLIENT_NAME`: `<company>-<application>`), it
+//! authenticates against Entur and calls the partner API URL given as the first argument:
+//!
+//! ```text
+//! ENTUR_CLIENT_ID=… ENTUR_CLIENT_SECRET=… ET_CLIENT_NAME=acme-ticketing \
+//!   cargo run --example quickstart -- https://api.dev.entur.io/<some partner API path>
+//! ```
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use entur_auth::testing::TestServer;
+use entur_auth::{
+    BoxError, ClientName, Credentials, EnturAuthLayer, Environment, TokenEndpoint, TokenId,
+    TokenSource,
+};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tower::{Service, ServiceBuilder, ServiceExt};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let result = if std::env::var_os("ENTUR_CLIENT_ID").is_some() {
+        against_entur().await
+    } else {
+        demo().await
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The embedded authorization server and API, short-lived tokens, ~10 s of traffic.
+async fn demo() -> Result<(), BoxError> {
+    let lifetime = Duration::from_secs(3);
+    let server = TestServer::builder()
+        .token_lifetime(lifetime)
+        .start()
+        .await?;
+    println!("No ENTUR_CLIENT_ID set: using the embedded authorization server and API.");
+    println!("  token endpoint  {}", server.token_url());
+    println!("  protected API   {}", server.api_url());
+    println!(
+        "  token lifetime  {} s (Entur's are 24 h)",
+        lifetime.as_secs()
+    );
+    println!();
+
+    // The same stack as against Entur; only the endpoint and credentials differ.
+    let source = TokenSource::builder(server.endpoint(), server.credentials())
+        .allow_http_loopback(true) // plain http is allowed for loopback test servers only
+        .build()?;
+    let http = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut api = ServiceBuilder::new()
+        .layer(EnturAuthLayer::new(source.clone()).client_name(ClientName::new("acme-quickstart")?))
+        .service(http);
+
+    let start = Instant::now();
+    let (mut requests, mut ok) = (0u32, 0u32);
+    let mut last_token: Option<TokenId> = None;
+    while start.elapsed() < Duration::from_secs(10) {
+        let url = format!(
+            "{}/stop-places/NSR:StopPlace:{}",
+            server.api_url(),
+            58366 + requests
+        );
+        let request = http::Request::get(url).body(Full::default())?;
+        let response = api.ready().await?.call(request).await?;
+        requests += 1;
+        let status = response.status();
+        if status.is_success() {
+            ok += 1;
+        }
+        let token = source.current();
+        let token_id = token.as_ref().map(|t| t.id());
+        if token_id != last_token {
+            if let Some(token) = &token {
+                let verb = if last_token.is_none() {
+                    "fetched"
+                } else {
+                    "refreshed ahead of expiry"
+                };
+                println!(
+                    "[{:>5.2} s] token {} {verb}: valid {:.1} s, next refresh in {:.1} s",
+                    start.elapsed().as_secs_f64(),
+                    token.id(),
+                    (token.expires_at() - token.issued_at()).as_secs_f64(),
+                    token
+                        .refresh_at()
+                        .saturating_duration_since(tokio::time::Instant::now())
+                        .as_secs_f64(),
+                );
+            }
+            last_token = token_id;
+        }
+        if requests % 8 == 1 {
+            println!(
+                "[{:>5.2} s] GET …/stop-places → {} (sent with Authorization: Bearer <token {}> and ET-Client-Name)",
+                start.elapsed().as_secs_f64(),
+                status,
+                token_id.expect("a request succeeded, so a token exists"),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(125)).await;
+    }
+
+    println!();
+    println!(
+        "{requests} requests, {ok} succeeded, {} token requests, {} rejected by the API.",
+        server.token_requests(),
+        server.api_rejections()
+    );
+    if ok != requests {
+        return Err(format!("{} requests failed", requests - ok).into());
+    }
+    println!("Every request carried an unexpired token; tokens were refreshed in the background.");
+    Ok(())
+}
+
+/// Entur for real: credentials from the environment, the API URL from the command line.
+async fn against_entur() -> Result<(), BoxError> {
+    let environment: Environment = std::env::var("ENTUR_ENVIRONMENT")
+        .unwrap_or_else(|_| "dev".into())
+        .parse()?;
+    let client_name = ClientName::new(
+        &std::env::var("ET_CLIENT_NAME").unwrap_or_else(|_| "entur_auth-quickstart".into()),
+    )?;
+    let Some(url) = std::env::args().nth(1) else {
+        return Err(format!(
+            "give the partner API URL to call, e.g. `cargo run --example quickstart -- {}/…`",
+            environment.audience()
+        )
+        .into());
+    };
+    let source = TokenSource::builder(TokenEndpoint::entur(environment), Credentials::from_env()?)
+        .build()?;
+    println!(
+        "Authenticating against Entur {environment} ({})…",
+        environment.partner_token_url()
+    );
+    source.prefetch().await?;
+    println!("Token fetched; calling {url}");
+
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_only()
+        .enable_http1()
+        .build();
+    let client = Client::builder(TokioExecutor::new()).build::<_, Full<Bytes>>(https);
+    let mut api = ServiceBuilder::new()
+        .layer(EnturAuthLayer::new(source).client_name(client_name))
+        .service(client);
+    let request = http::Request::get(url.as_str()).body(Full::default())?;
+    let response = api.ready().await?.call(request).await?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    println!("{status}");
+    println!("{}", String::from_utf8_lossy(&body[..body.len().min(2000)]));
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("the API answered {status}").into())
+    }
+}

@@ -52,7 +52,9 @@ pub mod source;
 pub mod testing;
 pub mod token;
 
-pub use config::{BodyEncoding, ClientAuth, ClientName, ClientSecret, Credentials, Environment, TokenEndpoint};
+pub use config::{
+    BodyEncoding, ClientAuth, ClientName, ClientSecret, Credentials, Environment, TokenEndpoint,
+};
 pub use endpoint::TokenRequestBody;
 pub use error::{BoxError, Error, OAuthErrorCode};
 pub use layer::{EnturAuth, EnturAuthLayer, ET_CLIENT_NAME};
