@@ -13,13 +13,15 @@ use http::StatusCode;
 /// The error type tower services use: what the inner service or this crate failed with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Why a token could not be obtained, or why the configuration was refused.
+/// Why a token could not be obtained, why the configuration was refused, or why the API
+/// refused a request.
 ///
 /// The variants separate what a caller can act on: [`Error::Rejected`] means the
 /// credentials or the grant are wrong and waiting will not help; [`Error::Unavailable`]
 /// and [`Error::Timeout`] are transient; [`Error::InvalidResponse`] means the token
 /// endpoint answered something that is not a usable token; [`Error::Config`] means the
-/// configuration is incomplete or unsafe.
+/// configuration is incomplete or unsafe. The last four come from the API's answers, through
+/// [`ErrorForStatus`](crate::classify::ErrorForStatus).
 ///
 /// Neither `Display` nor `Debug` ever contains the client secret or a token. The error is
 /// cheap to clone: every caller waiting on one failed fetch receives the same error.
@@ -67,6 +69,32 @@ pub enum Error {
         /// What is wrong and how to fix it.
         reason: String,
     },
+    /// The API refused the token, also after re-authentication (401 or gRPC
+    /// `UNAUTHENTICATED`). From [`ErrorForStatus`](crate::classify::ErrorForStatus).
+    #[non_exhaustive]
+    Unauthorized {
+        /// Whether it came as a gRPC status.
+        grpc: bool,
+    },
+    /// The API accepted the token but it lacks the permission (403 or gRPC
+    /// `PERMISSION_DENIED`). From [`ErrorForStatus`](crate::classify::ErrorForStatus).
+    #[non_exhaustive]
+    PermissionDenied {
+        /// Whether it came as a gRPC status.
+        grpc: bool,
+    },
+    /// The API redirected the request: it was sent over plain HTTP. The redirect was not
+    /// followed. From [`ErrorForStatus`](crate::classify::ErrorForStatus).
+    #[non_exhaustive]
+    InsecureRedirect {
+        /// The redirect status.
+        status: StatusCode,
+        /// Where the API redirected to.
+        location: Option<String>,
+    },
+    /// The API answered 405: usually a request over plain HTTP to an HTTPS-only API.
+    /// From [`ErrorForStatus`](crate::classify::ErrorForStatus).
+    MethodNotAllowed,
 }
 
 /// The `error` code of an OAuth2 error response (RFC 6749 section 5.2).
@@ -269,6 +297,25 @@ impl fmt::Display for Error {
                 status.as_u16()
             ),
             Self::Config { reason } => write!(f, "invalid configuration: {reason}"),
+            Self::Unauthorized { grpc } => write!(
+                f,
+                "the API refused the token ({}) also after re-authenticating: the client_secret may have changed, or the token's audience is not this API's (Entur: the token server and the API must be the same environment)",
+                if *grpc { "gRPC UNAUTHENTICATED" } else { "401 Unauthorized" }
+            ),
+            Self::PermissionDenied { grpc } => write!(
+                f,
+                "the API accepted the token but refused the request ({}): the client lacks the permission (scope) this endpoint needs; ask Entur to grant it or check the client is set up for this API",
+                if *grpc { "gRPC PERMISSION_DENIED" } else { "403 Forbidden" }
+            ),
+            Self::InsecureRedirect { status, location } => write!(
+                f,
+                "the API answered {} redirecting to {}: the request went over plain http://; use https:// (the redirect was not followed, so the token was not sent there)",
+                status.as_u16(),
+                location.as_deref().unwrap_or("an unnamed location")
+            ),
+            Self::MethodNotAllowed => f.write_str(
+                "the API answered 405 Method Not Allowed: this usually means the request went over plain http://, which Entur's APIs do not support; use https:// (or check the HTTP method)",
+            ),
         }
     }
 }
@@ -303,6 +350,19 @@ impl fmt::Debug for Error {
                 .field("reason", reason)
                 .finish(),
             Self::Config { reason } => f.debug_struct("Config").field("reason", reason).finish(),
+            Self::Unauthorized { grpc } => {
+                f.debug_struct("Unauthorized").field("grpc", grpc).finish()
+            }
+            Self::PermissionDenied { grpc } => f
+                .debug_struct("PermissionDenied")
+                .field("grpc", grpc)
+                .finish(),
+            Self::InsecureRedirect { status, location } => f
+                .debug_struct("InsecureRedirect")
+                .field("status", status)
+                .field("location", location)
+                .finish(),
+            Self::MethodNotAllowed => f.write_str("MethodNotAllowed"),
         }
     }
 }

@@ -36,7 +36,7 @@ use std::task::{ready, Context, Poll};
 
 use arc_swap::{ArcSwapOption, Cache};
 use http::header::{HeaderName, AUTHORIZATION};
-use http::{HeaderValue, Request};
+use http::{HeaderValue, Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -161,12 +161,12 @@ impl<S: fmt::Debug> fmt::Debug for EnturAuth<S> {
     }
 }
 
-impl<S, B> Service<Request<B>> for EnturAuth<S>
+impl<S, B, ResB> Service<Request<B>> for EnturAuth<S>
 where
-    S: Service<Request<B>> + Clone,
+    S: Service<Request<B>, Response = Response<ResB>> + Clone,
     S::Error: Into<BoxError>,
 {
-    type Response = S::Response;
+    type Response = Response<ResB>;
     type Error = BoxError;
     type Future = ResponseFuture<S, B>;
 
@@ -205,6 +205,12 @@ where
         }
     }
 }
+
+/// Which token a refused request carried: set by [`EnturAuth`] in the extensions of 401 and
+/// 408 responses, so that [`ReauthPolicy`](crate::retry::ReauthPolicy) (or your own code)
+/// invalidates exactly that token and not a newer one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SentToken(pub TokenId);
 
 type TokenFuture = Pin<Box<dyn Future<Output = Result<Arc<AccessToken>, Error>> + Send>>;
 
@@ -248,18 +254,30 @@ where
     }
 }
 
-impl<S, B> Future for ResponseFuture<S, B>
+impl<S, B, ResB> Future for ResponseFuture<S, B>
 where
-    S: Service<Request<B>>,
+    S: Service<Request<B>, Response = Response<ResB>>,
     S::Error: Into<BoxError>,
 {
-    type Output = Result<S::Response, BoxError>;
+    type Output = Result<Response<ResB>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
-                StateProj::Called { future } => return future.poll(cx).map_err(Into::into),
+                StateProj::Called { future } => {
+                    let mut response = ready!(future.poll(cx)).map_err(Into::into)?;
+                    // Only a refusal pays for the extension; success costs one comparison.
+                    if matches!(
+                        response.status(),
+                        StatusCode::UNAUTHORIZED | StatusCode::REQUEST_TIMEOUT
+                    ) {
+                        if let Some(sent) = *this.sent {
+                            response.extensions_mut().insert(SentToken(sent));
+                        }
+                    }
+                    return Poll::Ready(Ok(response));
+                }
                 StateProj::Waiting {
                     token,
                     request,

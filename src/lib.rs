@@ -40,23 +40,30 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod classify;
 #[cfg(feature = "rustls")]
 mod client;
 pub mod config;
 mod endpoint;
 pub mod error;
 pub mod layer;
+pub mod retry;
 pub mod source;
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod testing;
 pub mod token;
 
+/// The README's code blocks, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 pub use config::{
     BodyEncoding, ClientAuth, ClientName, ClientSecret, Credentials, Environment, TokenEndpoint,
 };
 pub use endpoint::TokenRequestBody;
 pub use error::{BoxError, Error, OAuthErrorCode};
-pub use layer::{EnturAuth, EnturAuthLayer, ET_CLIENT_NAME};
+pub use layer::{EnturAuth, EnturAuthLayer, SentToken, ET_CLIENT_NAME};
 pub use source::{Status, TokenSource, TokenSourceBuilder};
 pub use token::{AccessToken, TokenId};

@@ -31,7 +31,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwapOption;
@@ -74,12 +74,15 @@ pub(crate) struct Shared {
     settings: Settings,
     attempts: AtomicU64,
     failures: AtomicU64,
+    /// When `invalidate` last dropped a token: forced refreshes are rate limited.
+    last_invalidation: Mutex<Option<Instant>>,
 }
 
 #[derive(Clone, Debug)]
 struct Settings {
     lifecycle: Lifecycle,
     fetch_timeout: Duration,
+    min_reauth_interval: Duration,
     transient: (Duration, Duration),
     rejected: (Duration, Duration),
 }
@@ -152,12 +155,24 @@ impl TokenSource {
     ///
     /// Call it when an API rejected that token (401). If the token was already replaced, this
     /// does nothing, so that many requests rejected with the same stale token cause one fetch,
-    /// not one each. Returns whether the token was dropped.
+    /// not one each. Forced refreshes are also rate limited (one per
+    /// [`min_reauth_interval`](TokenSourceBuilder::min_reauth_interval), default 5 s), so that
+    /// an API that rejects every token cannot make this source hammer the token endpoint.
+    /// Returns whether the token was dropped.
     pub fn invalidate(&self, rejected: TokenId) -> bool {
         let shared = &self.handle.shared;
         let current = shared.cell.load();
         let is_current = matches!(&*current, Some(token) if token.id() == rejected);
         if !is_current {
+            return false;
+        }
+        let now = Instant::now();
+        let mut last = shared
+            .last_invalidation
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if last.is_some_and(|at| now < at + shared.settings.min_reauth_interval) {
+            tracing::debug!(token = %rejected, "token rejected again soon after a forced refresh; keeping it (rate limit)");
             return false;
         }
         let previous = shared.cell.compare_and_swap(&*current, None);
@@ -166,10 +181,15 @@ impl TokenSource {
             _ => false,
         };
         if dropped {
-            tracing::debug!(token = ?rejected, "token invalidated, fetching a new one");
+            *last = Some(now);
+            tracing::info!(token = %rejected, "token rejected by the API; fetching a new one");
             shared.wake.notify_one();
         }
         dropped
+    }
+
+    pub(crate) fn current_id(&self) -> Option<TokenId> {
+        self.handle.shared.cell.load().as_ref().map(|t| t.id())
     }
 
     /// A snapshot of the source's state, cheap enough for a health endpoint.
@@ -234,6 +254,7 @@ pub struct TokenSourceBuilder {
     credentials: Credentials,
     lifecycle: Lifecycle,
     fetch_timeout: Duration,
+    min_reauth_interval: Duration,
     transient: (Duration, Duration),
     rejected: (Duration, Duration),
     max_response_bytes: usize,
@@ -263,6 +284,7 @@ impl TokenSourceBuilder {
             credentials,
             lifecycle: Lifecycle::default(),
             fetch_timeout: Duration::from_secs(10),
+            min_reauth_interval: Duration::from_secs(5),
             transient: (Duration::from_millis(500), Duration::from_secs(30)),
             rejected: (Duration::from_secs(30), Duration::from_secs(600)),
             max_response_bytes: 64 * 1024,
@@ -301,6 +323,13 @@ impl TokenSourceBuilder {
     /// callers use. Default 10 s.
     pub fn fetch_timeout(mut self, timeout: Duration) -> Self {
         self.fetch_timeout = timeout;
+        self
+    }
+
+    /// Shortest time between two forced refreshes caused by
+    /// [`TokenSource::invalidate`] (an API answering 401). Default 5 s.
+    pub fn min_reauth_interval(mut self, interval: Duration) -> Self {
+        self.min_reauth_interval = interval;
         self
     }
 
@@ -436,11 +465,13 @@ impl TokenSourceBuilder {
             settings: Settings {
                 lifecycle: self.lifecycle,
                 fetch_timeout: self.fetch_timeout,
+                min_reauth_interval: self.min_reauth_interval,
                 transient: self.transient,
                 rejected: self.rejected,
             },
             attempts: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            last_invalidation: Mutex::new(None),
         });
         let rng = match self.seed {
             Some(seed) => fastrand::Rng::with_seed(seed),
