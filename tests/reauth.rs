@@ -300,3 +300,45 @@ async fn full_stack_over_tcp_rides_out_a_revocation_with_zero_failures() {
     );
     assert_eq!(server.token_requests(), 2, "one fetch, one re-auth");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_buffered_streaming_body_is_replayed() {
+    use entur_auth::retry::BufferRequestLayer;
+    use http_body_util::combinators::UnsyncBoxBody;
+    use http_body_util::BodyExt;
+    let server = server(Duration::from_secs(3600)).await;
+    let source = source(&server);
+    source.prefetch().await.unwrap();
+    server.revoke_all();
+    let api = ServiceBuilder::new()
+        .layer(BufferRequestLayer::new(1024))
+        .retry(ReauthPolicy::new(source.clone()))
+        .layer(EnturAuthLayer::new(source.clone()))
+        .service(server.api_service());
+    let streamed = |text: &'static str| -> UnsyncBoxBody<bytes::Bytes, std::convert::Infallible> {
+        Body::from(text).boxed_unsync()
+    };
+    let request = Request::post(format!("{}/upload", server.api_url()))
+        .body(streamed("payload"))
+        .unwrap();
+    let response = api.clone().oneshot(request).await.unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "replayed with a new token"
+    );
+    assert_eq!(server.api_requests(), 2);
+    assert_eq!(&server.last_api_request().unwrap().body[..], b"payload");
+
+    // Over the limit: a clear error, nothing sent.
+    let big: &'static str = Box::leak("x".repeat(2048).into_boxed_str());
+    let request = Request::post(format!("{}/upload", server.api_url()))
+        .body(streamed(big))
+        .unwrap();
+    let error = api.oneshot(request).await.unwrap_err();
+    assert!(
+        error.to_string().contains("1024-byte replay buffer"),
+        "{error}"
+    );
+    assert_eq!(server.api_requests(), 2);
+}
