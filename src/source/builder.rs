@@ -1,0 +1,359 @@
+//! Configuring and starting a [`TokenSource`].
+
+use std::fmt;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use tokio::sync::{watch, Notify};
+use tower::Service;
+
+use super::{refresher, FetchState, Handle, Settings, Shared, TokenSource};
+use crate::config::{Credentials, TokenEndpoint};
+use crate::endpoint::{self, TokenRequest, TokenRequestBody, Transport};
+use crate::error::{BoxError, Error};
+use crate::token::Lifecycle;
+
+/// Configures a [`TokenSource`]; from [`TokenSource::builder`].
+///
+/// Every setting has a default that suits Entur's 24-hour tokens; see the README's
+/// configuration table.
+pub struct TokenSourceBuilder {
+    endpoint: TokenEndpoint,
+    credentials: Credentials,
+    lifecycle: Lifecycle,
+    fetch_timeout: Duration,
+    min_reauth_interval: Duration,
+    transient: (Duration, Duration),
+    rejected: (Duration, Duration),
+    max_response_bytes: usize,
+    allow_http_loopback: bool,
+    transport: Option<Box<dyn FnOnce(usize) -> Transport + Send>>,
+    #[cfg(feature = "rustls")]
+    extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+    deferred_error: Option<Error>,
+    seed: Option<u64>,
+}
+
+impl fmt::Debug for TokenSourceBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenSourceBuilder")
+            .field("endpoint", &self.endpoint)
+            .field("credentials", &self.credentials)
+            .field("fetch_timeout", &self.fetch_timeout)
+            .field("allow_http_loopback", &self.allow_http_loopback)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenSourceBuilder {
+    pub(super) fn new(endpoint: TokenEndpoint, credentials: Credentials) -> Self {
+        Self {
+            endpoint,
+            credentials,
+            lifecycle: Lifecycle::default(),
+            fetch_timeout: Duration::from_secs(10),
+            min_reauth_interval: Duration::from_secs(5),
+            transient: (Duration::from_millis(500), Duration::from_secs(30)),
+            rejected: (Duration::from_secs(30), Duration::from_secs(600)),
+            max_response_bytes: 64 * 1024,
+            allow_http_loopback: false,
+            transport: None,
+            #[cfg(feature = "rustls")]
+            extra_roots: Vec::new(),
+            deferred_error: None,
+            seed: None,
+        }
+    }
+
+    /// Fraction of the lifetime after which the background refresh starts. Default `0.75`;
+    /// must be in `0.1..=0.95`.
+    pub fn refresh_at(mut self, fraction: f64) -> Self {
+        self.lifecycle.refresh_at = fraction;
+        self
+    }
+
+    /// Largest random amount, as a fraction of the lifetime, by which each refresh is moved
+    /// earlier, so that many processes do not refresh in step. Default `0.05`; must be in
+    /// `0.0..=0.25`.
+    pub fn refresh_jitter(mut self, fraction: f64) -> Self {
+        self.lifecycle.jitter = fraction;
+        self
+    }
+
+    /// Lifetime assumed when the server sends neither `expires_in` nor a JWT `exp`.
+    /// Default 5 minutes.
+    pub fn default_lifetime(mut self, lifetime: Duration) -> Self {
+        self.lifecycle.default_lifetime = lifetime;
+        self
+    }
+
+    /// Time limit for one token request, body included, independent of any timeout the
+    /// callers use. Default 10 s.
+    pub fn fetch_timeout(mut self, timeout: Duration) -> Self {
+        self.fetch_timeout = timeout;
+        self
+    }
+
+    /// Shortest time between two forced refreshes caused by
+    /// [`TokenSource::invalidate`] (an API answering 401). Default 5 s.
+    pub fn min_reauth_interval(mut self, interval: Duration) -> Self {
+        self.min_reauth_interval = interval;
+        self
+    }
+
+    /// Backoff after transient failures (unreachable, timeout, 5xx, 429): the first retry
+    /// after `initial`, then up to twice as long each time, with jitter, at most `max`.
+    /// `Retry-After` is honoured when longer (up to 10 minutes). Default 500 ms and 30 s.
+    pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.transient = (initial, max);
+        self
+    }
+
+    /// Backoff after the server rejected the credentials, answered with something that is not
+    /// a token, or pointed at a configuration error: a slow schedule, so that bad credentials
+    /// never hammer the authorization server. Default 30 s and 10 minutes.
+    pub fn rejected_backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.rejected = (initial, max);
+        self
+    }
+
+    /// Largest token response body read. Default 64 KiB.
+    pub fn max_response_bytes(mut self, bytes: usize) -> Self {
+        self.max_response_bytes = bytes;
+        self
+    }
+
+    /// Allows an `http://` token URL when its host is a loopback address (`127.0.0.0/8`,
+    /// `::1`, `localhost`): for test servers and demos. Default `false`: only `https://`.
+    pub fn allow_http_loopback(mut self, allow: bool) -> Self {
+        self.allow_http_loopback = allow;
+        self
+    }
+
+    /// Sends token requests through `transport` instead of the default HTTPS client: any
+    /// tower service taking `http::Request<TokenRequestBody>`. The source adds its own
+    /// timeout and body size cap. The transport must not follow redirects.
+    pub fn transport<S, B>(mut self, transport: S) -> Self
+    where
+        S: Service<http::Request<TokenRequestBody>, Response = http::Response<B>>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        self.transport = Some(Box::new(move |cap| endpoint::erase(transport, cap)));
+        self
+    }
+
+    /// Trusts an extra root certificate (PEM, one or more `CERTIFICATE` blocks) for the
+    /// default HTTPS client, besides the webpki roots: for a token endpoint behind a private CA.
+    #[cfg(feature = "rustls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
+    pub fn extra_root_certificate_pem(mut self, pem: &[u8]) -> Self {
+        match crate::client::certificates_from_pem(pem) {
+            Ok(certs) => self.extra_roots.extend(certs),
+            Err(e) => self.deferred_error = self.deferred_error.or(Some(e)),
+        }
+        self
+    }
+
+    /// Trusts an extra root certificate in DER form for the default HTTPS client.
+    #[cfg(feature = "rustls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
+    pub fn extra_root_certificate_der(mut self, der: impl Into<Vec<u8>>) -> Self {
+        self.extra_roots
+            .push(rustls::pki_types::CertificateDer::from(der.into()));
+        self
+    }
+
+    /// Seeds the random jitter of refreshes and retries, for reproducible tests.
+    pub fn jitter_seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Builds the source and starts its background task on the current tokio runtime. No
+    /// token is fetched until one is needed (or [`TokenSource::prefetch`] is called).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] when a setting is out of range, the token URL is plain `http://`
+    /// (unless [`allow_http_loopback`](Self::allow_http_loopback) and the host is loopback),
+    /// an extra root certificate is invalid, no transport is available, or there is no
+    /// tokio runtime.
+    pub fn build(self) -> Result<TokenSource, Error> {
+        if let Some(error) = self.deferred_error {
+            return Err(error);
+        }
+        check_url(self.endpoint.url(), self.allow_http_loopback)?;
+        let l = &self.lifecycle;
+        if !(0.1..=0.95).contains(&l.refresh_at) {
+            return Err(Error::config("refresh_at must be between 0.1 and 0.95"));
+        }
+        if !(0.0..=0.25).contains(&l.jitter) {
+            return Err(Error::config("refresh_jitter must be between 0.0 and 0.25"));
+        }
+        if l.default_lifetime < Duration::from_secs(1) {
+            return Err(Error::config("default_lifetime must be at least 1 s"));
+        }
+        if self.fetch_timeout.is_zero() {
+            return Err(Error::config("fetch_timeout must be greater than zero"));
+        }
+        for (name, (initial, max)) in [
+            ("backoff", self.transient),
+            ("rejected_backoff", self.rejected),
+        ] {
+            if initial.is_zero() || max < initial {
+                return Err(Error::config(format!(
+                    "{name}: initial must be greater than zero and not above max"
+                )));
+            }
+        }
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            Error::config(
+                "TokenSource::build was called outside a tokio runtime: build it inside one, the background refresher runs on it",
+            )
+        })?;
+        let transport = match self.transport {
+            Some(make) => make(self.max_response_bytes),
+            None => default_transport(&self)?,
+        };
+        let shared = Arc::new(Shared {
+            cell: Arc::new(ArcSwapOption::empty()),
+            state: watch::Sender::new(FetchState::default()),
+            wake: Notify::new(),
+            request: TokenRequest::new(&self.endpoint, &self.credentials),
+            credentials: self.credentials,
+            transport,
+            settings: Settings {
+                lifecycle: self.lifecycle,
+                fetch_timeout: self.fetch_timeout,
+                min_reauth_interval: self.min_reauth_interval,
+                transient: self.transient,
+                rejected: self.rejected,
+            },
+            attempts: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            last_invalidation: Mutex::new(None),
+        });
+        let rng = match self.seed {
+            Some(seed) => fastrand::Rng::with_seed(seed),
+            None => fastrand::Rng::new(),
+        };
+        let task = runtime
+            .spawn(refresher::run(shared.clone(), rng))
+            .abort_handle();
+        Ok(TokenSource {
+            handle: Arc::new(Handle { shared, task }),
+        })
+    }
+}
+
+#[cfg(feature = "rustls")]
+fn default_transport(builder: &TokenSourceBuilder) -> Result<Transport, Error> {
+    crate::client::https_transport(
+        &builder.extra_roots,
+        builder.allow_http_loopback,
+        builder.max_response_bytes,
+    )
+}
+
+#[cfg(not(feature = "rustls"))]
+fn default_transport(_: &TokenSourceBuilder) -> Result<Transport, Error> {
+    Err(Error::config(
+        "no HTTP client for the token endpoint: enable the `rustls` feature or set one with TokenSourceBuilder::transport",
+    ))
+}
+
+/// Refuses plain `http://` unless allowed, and then only for loopback hosts.
+fn check_url(url: &http::Uri, allow_http_loopback: bool) -> Result<(), Error> {
+    match url.scheme_str() {
+        Some("https") => Ok(()),
+        Some("http") => {
+            let host = url.host().unwrap_or_default();
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let loopback = host.eq_ignore_ascii_case("localhost")
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            if allow_http_loopback && loopback {
+                Ok(())
+            } else if loopback {
+                Err(Error::config(format!(
+                    "token URL {url} uses plain http://: call allow_http_loopback(true) to permit it for a local test server, or use https://"
+                )))
+            } else {
+                Err(Error::config(format!(
+                    "token URL {url} uses plain http://: credentials and tokens must travel over HTTPS; use https:// (plain http:// is allowed only for loopback test servers)"
+                )))
+            }
+        }
+        _ => Err(Error::config(format!(
+            "token URL {url} must start with https://"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_is_refused_except_opted_in_loopback() {
+        let url = |s: &str| s.parse::<http::Uri>().unwrap();
+        assert!(check_url(&url("https://partner.entur.org/oauth/token"), false).is_ok());
+        for loopback in [
+            "http://127.0.0.1:8080/t",
+            "http://127.3.4.5/t",
+            "http://localhost/t",
+            "http://[::1]:9/t",
+        ] {
+            assert!(check_url(&url(loopback), true).is_ok(), "{loopback}");
+            let err = check_url(&url(loopback), false).unwrap_err();
+            assert!(err.to_string().contains("allow_http_loopback"), "{err}");
+        }
+        for remote in [
+            "http://partner.entur.org/t",
+            "http://10.0.0.1/t",
+            "http://[::2]/t",
+        ] {
+            let err = check_url(&url(remote), true).unwrap_err();
+            assert!(err.to_string().contains("HTTPS"), "{remote}: {err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn out_of_range_settings_are_refused() {
+        let endpoint = || TokenEndpoint::entur(crate::Environment::Dev);
+        let creds = || Credentials::new("id", "secret");
+        let cases = [
+            TokenSource::builder(endpoint(), creds()).refresh_at(1.0),
+            TokenSource::builder(endpoint(), creds()).refresh_jitter(0.5),
+            TokenSource::builder(endpoint(), creds()).fetch_timeout(Duration::ZERO),
+            TokenSource::builder(endpoint(), creds())
+                .backoff(Duration::from_secs(5), Duration::from_secs(1)),
+            TokenSource::builder(endpoint(), creds()).default_lifetime(Duration::ZERO),
+        ];
+        for builder in cases {
+            assert!(matches!(builder.build(), Err(Error::Config { .. })));
+        }
+    }
+
+    #[test]
+    fn building_outside_a_runtime_is_an_error_not_a_panic() {
+        let err = TokenSource::builder(
+            TokenEndpoint::entur(crate::Environment::Dev),
+            Credentials::new("id", "secret"),
+        )
+        .build()
+        .unwrap_err();
+        assert!(err.to_string().contains("tokio runtime"), "{err}");
+    }
+}
