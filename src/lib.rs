@@ -65,5 +65,57 @@ pub use config::{
 pub use endpoint::TokenRequestBody;
 pub use error::{BoxError, Error, OAuthErrorCode};
 pub use layer::{EnturAuth, EnturAuthLayer, SentToken, ET_CLIENT_NAME};
-pub use source::{Status, TokenSource, TokenSourceBuilder};
+pub use source::{FetchOutcome, Health, Status, TokenSource, TokenSourceBuilder};
 pub use token::{AccessToken, TokenId};
+
+/// Entry points for the fuzz targets in `fuzz/` and the property tests. Not part of the API.
+#[doc(hidden)]
+pub mod __fuzz {
+    use std::time::{Duration, SystemTime};
+
+    use bytes::Bytes;
+    use http::{HeaderMap, HeaderValue, StatusCode};
+
+    use crate::endpoint::{read_response, RawResponse};
+    use crate::token::{AccessToken, Claims, Issued, Lifecycle};
+
+    /// Reads a token endpoint answer the way the token source does, up to the finished
+    /// `AccessToken`. Returns the token's lifetime, or the error.
+    pub fn token_response(
+        status: u16,
+        retry_after: &[u8],
+        body: &[u8],
+    ) -> Result<Duration, crate::Error> {
+        let mut headers = HeaderMap::new();
+        if let Ok(value) = HeaderValue::from_bytes(retry_after) {
+            headers.insert(http::header::RETRY_AFTER, value);
+        }
+        let raw = RawResponse {
+            status: StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+            headers,
+            body: Bytes::copy_from_slice(body),
+        };
+        let granted = read_response(&raw, "fuzz-secret")?;
+        let sent_at = tokio::time::Instant::now();
+        let issued = Issued {
+            access_token: &granted.access_token,
+            expires_in: granted.expires_in,
+            scope: granted.scope,
+            sent_at,
+            sent_wall: SystemTime::now(),
+        };
+        let token = AccessToken::from_issued(issued, &Lifecycle::default(), 0.5)?;
+        assert!(token.header_value().is_sensitive());
+        assert!(
+            token.refresh_at() <= token.expires_at()
+                || token.expires_at() - sent_at < Duration::from_secs(2)
+        );
+        assert!(token.usable_until() <= token.expires_at());
+        Ok(token.expires_at() - sent_at)
+    }
+
+    /// Reads the claims this crate uses from a JWT-shaped token: `(exp, scope)`.
+    pub fn jwt_claims(token: &str) -> Option<(Option<u64>, Option<String>)> {
+        Claims::read(token).map(|c| (c.exp, c.scope))
+    }
+}

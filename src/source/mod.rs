@@ -80,6 +80,28 @@ pub(crate) struct Shared {
     failures: AtomicU64,
     /// When `invalidate` last dropped a token: forced refreshes are rate limited.
     last_invalidation: Mutex<Option<Instant>>,
+    on_fetch: Option<FetchHook>,
+}
+
+/// A hook called after every token request; see [`TokenSourceBuilder::on_fetch`].
+pub(crate) type FetchHook = Arc<dyn Fn(&FetchOutcome<'_>) + Send + Sync>;
+
+/// What one token request came to, handed to the hook set with
+/// [`TokenSourceBuilder::on_fetch`] (for metrics). Never contains a secret: the token's
+/// `Debug` is redacted.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct FetchOutcome<'a> {
+    /// The new token, or why there is none.
+    pub result: Result<&'a AccessToken, &'a Error>,
+    /// 1 for the first attempt after a success, counting up while attempts fail.
+    pub attempt: u32,
+    /// How long the request took.
+    pub took: Duration,
+    /// After a failure: how long until the next attempt.
+    pub retry_in: Option<Duration>,
+    /// Whether a usable token is being sent meanwhile.
+    pub serving_token: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -199,10 +221,23 @@ impl TokenSource {
         let state = shared.state.borrow().clone();
         let now = Instant::now();
         let token = shared.cell.load();
+        let health = match (token.is_some(), state.fetching, state.last_error.is_some()) {
+            (true, _, true) => Health::Degraded,
+            (true, true, false) => Health::Refreshing,
+            (true, false, false) => Health::Fresh,
+            (false, _, true) => Health::Failing,
+            (false, true, false) => Health::Fetching,
+            (false, false, false) => Health::Idle,
+        };
         Status {
+            health,
+            token: token.as_ref().map(|t| t.id()),
             usable_for: token
                 .as_ref()
                 .map(|t| t.usable_until().saturating_duration_since(now)),
+            refresh_in: token
+                .as_ref()
+                .map(|t| t.refresh_at().saturating_duration_since(now)),
             fetching: state.fetching,
             retry_in: state.retry_at.map(|at| at.saturating_duration_since(now)),
             last_error: state.last_error,
@@ -232,8 +267,14 @@ impl fmt::Debug for TokenSource {
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct Status {
+    /// The state in one word, for a health endpoint.
+    pub health: Health,
+    /// The current token's id, when there is a usable one.
+    pub token: Option<TokenId>,
     /// How much longer the current token will be sent; `None` when there is no usable token.
     pub usable_for: Option<Duration>,
+    /// How long until the current token's background refresh starts (zero once due).
+    pub refresh_in: Option<Duration>,
     /// Whether a fetch is in flight.
     pub fetching: bool,
     /// When the next retry of a failed fetch is due.
@@ -244,4 +285,29 @@ pub struct Status {
     pub fetch_attempts: u64,
     /// Token requests that failed.
     pub fetch_failures: u64,
+}
+
+/// The state of a [`TokenSource`] in one word.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Health {
+    /// No token yet and none asked for (sources fetch lazily).
+    Idle,
+    /// A usable token; no refresh under way.
+    Fresh,
+    /// A usable token; its refresh is under way.
+    Refreshing,
+    /// A usable token, but the last refresh failed: it is being retried with backoff.
+    Degraded,
+    /// No usable token; a fetch is under way.
+    Fetching,
+    /// No usable token and the last fetch failed: requests fail fast until a retry succeeds.
+    Failing,
+}
+
+impl Health {
+    /// `true` while a usable token is being sent.
+    pub fn is_serving(self) -> bool {
+        matches!(self, Self::Fresh | Self::Refreshing | Self::Degraded)
+    }
 }

@@ -6,8 +6,9 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 use tower::ServiceExt;
+use tracing::Instrument;
 
-use super::{FetchState, Shared};
+use super::{FetchOutcome, FetchState, Shared};
 use crate::endpoint;
 use crate::error::Error;
 use crate::token::{AccessToken, Issued};
@@ -16,6 +17,17 @@ use crate::token::{AccessToken, Issued};
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
 
 impl Shared {
+    /// Hands an outcome to the user's hook; a panicking hook is logged, never fatal to the
+    /// refresher.
+    fn report(&self, outcome: FetchOutcome<'_>) {
+        if let Some(hook) = &self.on_fetch {
+            let call = std::panic::AssertUnwindSafe(|| hook(&outcome));
+            if std::panic::catch_unwind(call).is_err() {
+                tracing::error!("the on_fetch hook panicked; the refresher carries on");
+            }
+        }
+    }
+
     fn publish(&self, change: impl FnOnce(&mut FetchState)) {
         self.state.send_modify(change);
     }
@@ -104,10 +116,12 @@ pub(super) async fn run(shared: Arc<Shared>, mut rng: fastrand::Rng) {
         }
 
         shared.publish(|s| s.fetching = true);
-        let attempt = shared.attempts.fetch_add(1, Ordering::Relaxed) + 1;
-        tracing::debug!(attempt, "fetching an access token");
+        shared.attempts.fetch_add(1, Ordering::Relaxed);
+        let attempt = failures + 1;
+        let span = tracing::info_span!("entur_auth_fetch", attempt, url = %shared.request.url());
+        tracing::debug!(parent: &span, "fetching an access token");
         let started = Instant::now();
-        let fetch = shared.fetch(rng.f64());
+        let fetch = shared.fetch(rng.f64()).instrument(span.clone());
         tokio::pin!(fetch);
         // Keep retiring the current token on time while the fetch runs.
         let mut expiry = shared.cell.load_full();
@@ -121,20 +135,30 @@ pub(super) async fn run(shared: Arc<Shared>, mut rng: fastrand::Rng) {
                 }
             }
         };
+        let took = started.elapsed();
         match result {
             Ok(token) => {
+                let token = Arc::new(token);
                 let lifetime = token.expires_at() - token.issued_at();
                 tracing::info!(
-                    token = ?token.id(),
+                    parent: &span,
+                    token = %token.id(),
                     lifetime_s = lifetime.as_secs_f64(),
                     refresh_in_s = (token.refresh_at() - token.issued_at()).as_secs_f64(),
-                    took_ms = started.elapsed().as_millis() as u64,
+                    took_ms = took.as_millis() as u64,
                     "access token fetched"
                 );
-                shared.cell.store(Some(Arc::new(token)));
+                shared.cell.store(Some(token.clone()));
                 failures = 0;
                 retry_at = None;
                 shared.publish(|s| *s = FetchState::default());
+                shared.report(FetchOutcome {
+                    result: Ok(&token),
+                    attempt,
+                    took,
+                    retry_in: None,
+                    serving_token: true,
+                });
             }
             Err(error) => {
                 failures = failures.saturating_add(1);
@@ -142,14 +166,23 @@ pub(super) async fn run(shared: Arc<Shared>, mut rng: fastrand::Rng) {
                 let delay = shared.backoff(&error, failures, &mut rng);
                 let at = Instant::now() + delay;
                 retry_at = Some(at);
+                let serving_token = shared.cell.load().is_some();
                 tracing::warn!(
+                    parent: &span,
                     error = %error,
                     transient = error.is_transient(),
-                    attempt = failures,
+                    took_ms = took.as_millis() as u64,
                     retry_in_ms = delay.as_millis() as u64,
-                    serving_current_token = shared.cell.load().is_some(),
+                    serving_token,
                     "access token fetch failed"
                 );
+                shared.report(FetchOutcome {
+                    result: Err(&error),
+                    attempt,
+                    took,
+                    retry_in: Some(delay),
+                    serving_token,
+                });
                 shared.publish(|s| {
                     s.fetching = false;
                     s.last_error = Some(error);
