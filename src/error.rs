@@ -276,15 +276,19 @@ impl fmt::Display for Error {
                     )?,
                     None => f.write_str("token endpoint unreachable")?,
                 }
-                if let Some(cause) = cause {
-                    write!(f, " ({})", innermost(cause.as_ref()))?;
+                let cause = cause.as_ref().map(|c| innermost(c.as_ref()));
+                if let Some(cause) = &cause {
+                    write!(f, " ({cause})")?;
                 }
                 if let Some(wait) = retry_after {
                     write!(f, "; it asked to retry after {} s", wait.as_secs())?;
                 }
-                f.write_str(
-                    "; retrying with backoff, the current token (if any) is still used: check network access to the token URL if this persists",
-                )
+                f.write_str("; retrying with backoff, the current token (if any) is still used: ")?;
+                if cause.is_some_and(|c| c.contains("certificate")) {
+                    f.write_str("the token endpoint's TLS certificate was not accepted; if it comes from a private CA, add the CA with TokenSourceBuilder::extra_root_certificate_pem")
+                } else {
+                    f.write_str("check network access to the token URL if this persists")
+                }
             }
             Self::Timeout { after } => write!(
                 f,

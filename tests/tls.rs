@@ -1,0 +1,145 @@
+//! TLS for real: an HTTPS token endpoint on 127.0.0.1 with a certificate from a private CA
+//! made in the test.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use entur_auth::testing::TestServer;
+use entur_auth::{Error, TokenEndpoint, TokenSource};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+struct Pki {
+    ca_pem: String,
+    ca_der: Vec<u8>,
+    leaf: CertificateDer<'static>,
+    key: PrivateKeyDer<'static>,
+}
+
+fn private_ca() -> Pki {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf_params =
+        CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+    let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key).unwrap();
+    Pki {
+        ca_pem: ca.pem(),
+        ca_der: ca.der().to_vec(),
+        leaf: leaf.der().clone(),
+        key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
+    }
+}
+
+/// Serves the embedded server's token endpoint over HTTPS on 127.0.0.1; returns the token URL.
+async fn https_token_endpoint(server: &TestServer, pki: &Pki) -> String {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![pki.leaf.clone()], pki.key.clone_key())
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let transport = server.token_transport();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            let transport = transport.clone();
+            tokio::spawn(async move {
+                // A client that refuses our certificate ends the handshake: nothing to serve.
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(move |req| {
+                    tower::ServiceExt::oneshot(transport.clone(), req)
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    format!("https://127.0.0.1:{port}/oauth/token")
+}
+
+fn builder(server: &TestServer, url: &str) -> entur_auth::TokenSourceBuilder {
+    let endpoint = TokenEndpoint::new(url).unwrap().audience(server.audience());
+    TokenSource::builder(endpoint, server.credentials()).fetch_timeout(Duration::from_secs(5))
+}
+
+#[tokio::test]
+async fn private_ca_works_when_added_as_an_extra_root() {
+    let server = server(Duration::from_secs(60)).await;
+    let pki = private_ca();
+    let url = https_token_endpoint(&server, &pki).await;
+
+    let pem = builder(&server, &url)
+        .extra_root_certificate_pem(pki.ca_pem.as_bytes())
+        .build()
+        .unwrap();
+    pem.prefetch().await.unwrap();
+
+    let der = builder(&server, &url)
+        .extra_root_certificate_der(pki.ca_der.clone())
+        .build()
+        .unwrap();
+    der.prefetch().await.unwrap();
+    assert_eq!(server.token_requests(), 2);
+}
+
+#[tokio::test]
+async fn unknown_ca_is_a_clear_certificate_error() {
+    let server = server(Duration::from_secs(60)).await;
+    let pki = private_ca();
+    let url = https_token_endpoint(&server, &pki).await;
+    let source = builder(&server, &url).build().unwrap();
+    let error = source.prefetch().await.unwrap_err();
+    assert!(
+        matches!(error, Error::Unavailable { status: None, .. }),
+        "{error:?}"
+    );
+    let text = error.to_string();
+    assert!(text.contains("certificate"), "{text}");
+    assert!(text.contains("UnknownIssuer"), "{text}");
+    assert!(text.contains("extra_root_certificate_pem"), "{text}");
+    assert_eq!(server.token_requests(), 0, "no credentials were sent");
+}
+
+#[tokio::test]
+async fn invalid_extra_root_is_a_configuration_error() {
+    let server = server(Duration::from_secs(60)).await;
+    for pem in [&b"not a certificate"[..], b""] {
+        let error = builder(&server, "https://127.0.0.1:1/oauth/token")
+            .extra_root_certificate_pem(pem)
+            .build()
+            .unwrap_err();
+        assert!(matches!(error, Error::Config { .. }), "{error}");
+        assert!(
+            error.to_string().contains("extra root certificate"),
+            "{error}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn https_is_required_for_remote_hosts_even_when_loopback_http_is_allowed() {
+    let server = server(Duration::from_secs(60)).await;
+    let endpoint = TokenEndpoint::new("http://partner.dev.entur.org/oauth/token").unwrap();
+    let error = TokenSource::builder(endpoint, server.credentials())
+        .allow_http_loopback(true)
+        .build()
+        .unwrap_err();
+    assert!(error.to_string().contains("HTTPS"), "{error}");
+}
