@@ -283,3 +283,56 @@ async fn a_token_endpoint_that_never_answers_times_out_with_a_typed_error() {
     assert!(source.current().is_some());
     assert_eq!(server.token_requests(), 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn status_and_the_fetch_hook_tell_what_happened() {
+    use entur_auth::Health;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let server = server(Duration::from_secs(60)).await;
+    let ok = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let (ok2, failed2) = (ok.clone(), failed.clone());
+    let source = server
+        .source_builder()
+        .on_fetch(move |outcome| {
+            match outcome.result {
+                Ok(_) => ok2.fetch_add(1, Ordering::SeqCst),
+                Err(_) => failed2.fetch_add(1, Ordering::SeqCst),
+            };
+            assert!(outcome.attempt >= 1);
+            if outcome.attempt == 2 {
+                panic!("a broken metrics hook");
+            }
+        })
+        .build()
+        .unwrap();
+    assert_eq!(source.status().health, Health::Idle);
+    source.prefetch().await.unwrap();
+    let status = source.status();
+    assert_eq!(status.health, Health::Fresh);
+    assert_eq!(status.usable_for, Some(Duration::from_secs(54)));
+    assert_eq!(status.fetch_attempts, 1);
+
+    // The refresh fails twice (the hook panics on the second): degraded, still serving.
+    server.set_sticky_fault(Some(Fault::status(StatusCode::SERVICE_UNAVAILABLE)));
+    tokio::time::sleep(Duration::from_secs(47)).await;
+    let status = source.status();
+    assert_eq!(status.health, Health::Degraded);
+    assert!(status.health.is_serving());
+    assert!(status.retry_in.is_some());
+    assert!(status.fetch_failures >= 2, "{status:?}");
+    assert!(matches!(status.last_error, Some(Error::Unavailable { .. })));
+
+    // Past the end of the token: failing; then the endpoint heals and the refresher, which
+    // survived the panicking hook, recovers.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(source.status().health, Health::Failing);
+    server.set_sticky_fault(None);
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    assert_eq!(source.status().health, Health::Fresh);
+    assert_eq!(ok.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        failed.load(Ordering::SeqCst) as u64,
+        source.status().fetch_failures
+    );
+}
