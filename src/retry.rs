@@ -104,7 +104,8 @@ pub struct ReauthPolicy {
     source: TokenSource,
     replays_left: u8,
     /// The token current when the request went down the stack: used when the response
-    /// does not name the token it refused (a gRPC status, or a layer in between).
+    /// does not name the token it refused (a gRPC status, or a layer in between that drops
+    /// response extensions).
     sent_hint: Option<TokenId>,
 }
 
@@ -139,11 +140,16 @@ where
             return None;
         }
         self.replays_left -= 1;
+        // The token this request carried: named by the auth layer on 401/408; for a gRPC
+        // refusal (HTTP 200, so nothing is stamped on the hot path) the token current when the
+        // request went down, or, if there was none then (the call fetched it), the one current
+        // now. A wrong guess costs at most one rate-limited extra fetch.
         let sent = response
             .extensions()
             .get::<SentToken>()
             .map(|s| s.0)
-            .or(self.sent_hint);
+            .or(self.sent_hint)
+            .or_else(|| self.source.current_id());
         if let Some(sent) = sent {
             self.source.invalidate(sent);
         }

@@ -1,0 +1,219 @@
+//! A backend-for-frontend: an axum server whose handler calls a protected upstream API through
+//! one shared, authenticated hyper-util client, and answers the end user without the token.
+//!
+//! ```text
+//! cargo run --example axum_bff
+//! ```
+//!
+//! Entur asks that access tokens stay on the server side, out of end users' reach. Here the
+//! BFF holds the token source; the browser (or app) calls `GET /departures/{stop}` on the BFF
+//! and never sees a token. The upstream is the embedded protected API on 127.0.0.1; the
+//! example starts the BFF on 127.0.0.1, sends it a few requests itself, checks that no answer
+//! carries a token, prints the answers and exits 0. No network beyond loopback, no credentials.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+use entur_auth::classify::ErrorForStatusLayer;
+use entur_auth::retry::ReauthPolicy;
+use entur_auth::testing::TestServer;
+use entur_auth::{BoxError, ClientName, EnturAuthLayer, TokenSource, ET_CLIENT_NAME};
+use http::header::{AUTHORIZATION, CONTENT_TYPE};
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tower::util::BoxCloneSyncService;
+use tower::{ServiceBuilder, ServiceExt};
+
+/// The one authenticated upstream client, shared by every handler call: its clones share the
+/// token source, so the whole BFF holds one token and refreshes it in one background task.
+type Upstream = BoxCloneSyncService<Request<Full<Bytes>>, http::Response<Incoming>, BoxError>;
+
+#[derive(Clone)]
+struct AppState {
+    upstream: Upstream,
+    /// Base URL of the protected upstream API.
+    api_url: Arc<str>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), BoxError> {
+    // Upstream: the embedded authorization server and protected API.
+    let upstream_server = TestServer::builder()
+        .token_lifetime(Duration::from_secs(60))
+        .start()
+        .await?;
+    let source = TokenSource::builder(upstream_server.endpoint(), upstream_server.credentials())
+        .allow_http_loopback(true) // plain http only because the server is on 127.0.0.1
+        .build()?;
+    source.prefetch().await?; // fail at startup, not on the first user, if credentials are bad
+
+    let http = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let upstream = ServiceBuilder::new()
+        .layer(ErrorForStatusLayer::new())
+        .retry(ReauthPolicy::new(source.clone()))
+        .timeout(Duration::from_secs(5))
+        .layer(EnturAuthLayer::new(source.clone()).client_name(ClientName::new("acme-bff")?))
+        .service(http);
+    let state = AppState {
+        upstream: BoxCloneSyncService::new(upstream),
+        api_url: upstream_server.api_url().into(),
+    };
+
+    // The BFF itself.
+    let app = Router::new()
+        .route("/departures/{stop}", get(departures))
+        .with_state(state);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let bff = listener.local_addr()?;
+    let serving = tokio::spawn(async move { axum::serve(listener, app).await });
+    println!("upstream API (embedded) {}", upstream_server.api_url());
+    println!("BFF                     http://{bff}");
+    println!();
+
+    // The end user: a plain client with no credentials at all.
+    let user = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let token = source
+        .current()
+        .ok_or("the token source has no token after prefetch")?;
+    let token = token.header_value().to_str()?;
+    let token = token.strip_prefix("Bearer ").unwrap_or(token).to_owned();
+    let mut answered = 0;
+    for stop in ["NSR:StopPlace:337", "NSR:StopPlace:58366", "NSR:Quay:7203"] {
+        let uri = format!("http://{bff}/departures/{stop}");
+        let response = user
+            .request(Request::get(&uri).body(Full::default())?)
+            .await?;
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await?.to_bytes();
+        let text = String::from_utf8_lossy(&body);
+        println!("GET /departures/{stop} → {}", parts.status);
+        println!("    {text}");
+        if parts.status != StatusCode::OK {
+            return Err(format!("the BFF answered {}", parts.status).into());
+        }
+        leaks_nothing(&parts.headers, &text, &token)?;
+        answered += 1;
+    }
+
+    // A stop id that could reach another upstream path is refused before anything is sent.
+    let before = upstream_server.api_requests();
+    let uri = format!("http://{bff}/departures/..%2F..%2Foauth%2Ftoken");
+    let response = user
+        .request(Request::get(uri).body(Full::default())?)
+        .await?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    println!("GET /departures/..%2F..%2Foauth%2Ftoken → {status}");
+    println!("    {}", String::from_utf8_lossy(&body));
+    if status != StatusCode::BAD_REQUEST || upstream_server.api_requests() != before {
+        return Err("an invalid stop id must be refused without calling upstream".into());
+    }
+
+    // What upstream saw: the BFF's token and client name, one token for every user request.
+    let seen = upstream_server
+        .last_api_request()
+        .ok_or("upstream saw no request")?;
+    let authorized = seen.headers.get(AUTHORIZATION).map(|v| v.as_bytes())
+        == Some(format!("Bearer {token}").as_bytes());
+    println!();
+    println!(
+        "upstream saw {} requests, refused {}; the last one carried the BFF's bearer token: {authorized}, ET-Client-Name {:?}",
+        upstream_server.api_requests(),
+        upstream_server.api_rejections(),
+        seen.headers.get(ET_CLIENT_NAME)
+    );
+    println!(
+        "token requests: {}; answers to the end user carrying a token: 0 of {answered}",
+        upstream_server.token_requests()
+    );
+    if !authorized || upstream_server.token_requests() != 1 || upstream_server.api_rejections() != 0
+    {
+        return Err("upstream did not get the BFF's one token".into());
+    }
+    serving.abort();
+    Ok(())
+}
+
+/// `GET /departures/{stop}`: the upstream's JSON, and nothing of the upstream's headers.
+async fn departures(State(state): State<AppState>, Path(stop): Path<String>) -> Response {
+    // The stop id goes into the upstream URL: allow only what stop ids are made of.
+    let valid = !stop.is_empty()
+        && stop.len() <= 64
+        && stop
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b':' || b == b'_' || b == b'-');
+    if !valid {
+        return json(
+            StatusCode::BAD_REQUEST,
+            r#"{"error":"invalid stop id"}"#.into(),
+        );
+    }
+    let request = Request::get(format!("{}/departures/{stop}", state.api_url))
+        .body(Full::default())
+        .expect("a valid URL: the stop id was checked");
+    match upstream_json(state.upstream, request).await {
+        Ok(body) => json(StatusCode::OK, body),
+        Err(error) => {
+            // Logged on the server; the end user gets no detail of the upstream or its auth.
+            eprintln!("upstream call failed: {error}");
+            json(
+                StatusCode::BAD_GATEWAY,
+                r#"{"error":"departures are unavailable"}"#.into(),
+            )
+        }
+    }
+}
+
+async fn upstream_json(
+    upstream: Upstream,
+    request: Request<Full<Bytes>>,
+) -> Result<Bytes, BoxError> {
+    let response = upstream.oneshot(request).await?;
+    if !response.status().is_success() {
+        return Err(format!("upstream answered {}", response.status()).into());
+    }
+    Ok(response.into_body().collect().await?.to_bytes())
+}
+
+fn json(status: StatusCode, body: Bytes) -> Response {
+    (status, [(CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// Fails if what the end user received contains a bearer token or the BFF's token.
+fn leaks_nothing(headers: &HeaderMap, body: &str, token: &str) -> Result<(), BoxError> {
+    let mut seen = vec![body.to_owned()];
+    for (name, value) in headers {
+        seen.push(format!(
+            "{name}: {}",
+            String::from_utf8_lossy(value.as_bytes())
+        ));
+    }
+    for text in &seen {
+        if text.to_ascii_lowercase().contains("bearer") || text.contains(token) {
+            return Err("the answer to the end user contains the token".into());
+        }
+    }
+    if headers.contains_key(AUTHORIZATION) {
+        return Err("the answer to the end user has an Authorization header".into());
+    }
+    Ok(())
+}

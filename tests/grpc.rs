@@ -1,0 +1,308 @@
+//! A tonic client behind the auth stack, against tonic servers on 127.0.0.1: gRPC
+//! `UNAUTHENTICATED` costs one re-authentication and one replay; `PERMISSION_DENIED` is not
+//! retried.
+
+mod common;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use entur_auth::classify::{ErrorForStatus, ErrorForStatusLayer};
+use entur_auth::retry::{BufferRequest, BufferRequestLayer, ReauthPolicy};
+use entur_auth::testing::{ApiService, TestServer};
+use entur_auth::{EnturAuth, EnturAuthLayer, Error, TokenSource};
+use http::header::AUTHORIZATION;
+use http::{HeaderValue, StatusCode};
+use http_body_util::{Empty, Full};
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Channel, Endpoint, Server};
+use tonic::{Code, Status};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+use tower::retry::Retry;
+use tower::util::MapRequest;
+use tower::{Layer, Service, ServiceBuilder, ServiceExt};
+
+type ToTonic = fn(http::Request<Full<Bytes>>) -> http::Request<tonic::body::Body>;
+
+/// buffer → retry(ReauthPolicy) → auth → tonic body → channel.
+type Stack = BufferRequest<Retry<ReauthPolicy, EnturAuth<MapRequest<Channel, ToTonic>>>>;
+
+fn to_tonic(request: http::Request<Full<Bytes>>) -> http::Request<tonic::body::Body> {
+    request.map(tonic::body::Body::new)
+}
+
+fn stack(source: &TokenSource, channel: Channel) -> Stack {
+    ServiceBuilder::new()
+        .layer(BufferRequestLayer::new(64 * 1024))
+        .retry(ReauthPolicy::new(source.clone()))
+        .layer(EnturAuthLayer::new(source.clone()))
+        .map_request(to_tonic as ToTonic)
+        .service(channel)
+}
+
+async fn channel(addr: SocketAddr) -> Channel {
+    Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("the gRPC server on 127.0.0.1 accepts connections")
+}
+
+async fn listener() -> (tokio::net::TcpListener, SocketAddr) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    (listener, addr)
+}
+
+fn check_request() -> HealthCheckRequest {
+    HealthCheckRequest::default()
+}
+
+/// The health service behind a bearer check that asks the embedded server's protected API
+/// (issued, not revoked, not expired); the bearer of every call is recorded.
+async fn serve_checked(server: &TestServer) -> (SocketAddr, CheckBearerLayer) {
+    let check = CheckBearerLayer {
+        api: server.api_service(),
+        api_url: server.api_url().into(),
+        seen: Arc::default(),
+        refuse_next: Arc::default(),
+    };
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    let (listener, addr) = listener().await;
+    tokio::spawn(
+        Server::builder()
+            .layer(check.clone())
+            .add_service(health)
+            .serve_with_incoming(TcpIncoming::from(listener)),
+    );
+    (addr, check)
+}
+
+/// The health service behind a tonic interceptor that refuses every call with
+/// `PERMISSION_DENIED`, counting calls.
+async fn serve_denying() -> (SocketAddr, Arc<AtomicUsize>) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    let denying = tonic::service::interceptor::InterceptedService::new(
+        health,
+        move |_request: tonic::Request<()>| -> Result<tonic::Request<()>, Status> {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Err(Status::permission_denied(
+                "this client may not check health",
+            ))
+        },
+    );
+    let (listener, addr) = listener().await;
+    tokio::spawn(
+        Server::builder()
+            .add_service(denying)
+            .serve_with_incoming(TcpIncoming::from(listener)),
+    );
+    (addr, calls)
+}
+
+#[tokio::test]
+async fn unauthenticated_once_costs_one_reauth_and_one_replay() {
+    let server = common::server(Duration::from_secs(3600)).await;
+    let source = common::source(&server);
+    let (addr, check) = serve_checked(&server).await;
+    source.prefetch().await.unwrap();
+    let mut client = HealthClient::new(stack(&source, channel(addr).await));
+
+    let response = client.check(check_request()).await.unwrap();
+    assert_eq!(response.into_inner().status(), ServingStatus::Serving);
+    assert_eq!(check.seen().len(), 1);
+    assert_eq!(server.token_requests(), 1);
+
+    server.revoke_all();
+    let refused = source.current().unwrap();
+    let response = client.check(check_request()).await.unwrap();
+    assert_eq!(
+        response.into_inner().status(),
+        ServingStatus::Serving,
+        "the caller sees the success"
+    );
+    assert_eq!(server.token_requests(), 2, "exactly one re-authentication");
+    let seen = check.seen();
+    assert_eq!(
+        seen.len(),
+        3,
+        "the server saw exactly 2 calls for that Check"
+    );
+    assert_eq!(seen[1].as_ref(), Some(refused.header_value()), "refused");
+    let renewed = source.current().unwrap();
+    assert_ne!(renewed.id(), refused.id());
+    assert_eq!(
+        seen[2].as_ref(),
+        Some(renewed.header_value()),
+        "the replay carried the new token"
+    );
+    assert_eq!(server.api_rejections(), 1);
+
+    let response = client.check(check_request()).await.unwrap();
+    assert_eq!(response.into_inner().status(), ServingStatus::Serving);
+    assert_eq!((check.seen().len(), server.token_requests()), (4, 2));
+}
+
+#[tokio::test]
+async fn a_call_without_a_token_is_refused_by_the_check() {
+    // Makes sure the server-side check used above refuses what it should.
+    let server = common::server(Duration::from_secs(3600)).await;
+    let (addr, check) = serve_checked(&server).await;
+    let status = HealthClient::new(channel(addr).await)
+        .check(check_request())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert_eq!(check.seen(), vec![None]);
+}
+
+#[tokio::test]
+async fn permission_denied_is_not_retried() {
+    let server = common::server(Duration::from_secs(3600)).await;
+    let source = common::source(&server);
+    source.prefetch().await.unwrap();
+    let (addr, calls) = serve_denying().await;
+    let mut client = HealthClient::new(stack(&source, channel(addr).await));
+
+    let status = client.check(check_request()).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_eq!(status.message(), "this client may not check health");
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "not retried");
+    assert_eq!(server.token_requests(), 1, "no re-authentication");
+}
+
+#[tokio::test]
+async fn error_for_status_outermost_turns_permission_denied_into_a_typed_error() {
+    let server = common::server(Duration::from_secs(3600)).await;
+    let source = common::source(&server);
+    source.prefetch().await.unwrap();
+    let (addr, calls) = serve_denying().await;
+    let typed: ErrorForStatus<Stack> =
+        ErrorForStatusLayer::new().layer(stack(&source, channel(addr).await));
+    let mut client = HealthClient::new(typed);
+
+    let status = client.check(check_request()).await.unwrap_err();
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "not retried");
+    assert_eq!(server.token_requests(), 1, "no re-authentication");
+    // tonic turns a transport error it does not know into `Unknown`, keeping it as the source.
+    assert_eq!(status.code(), Code::Unknown, "{status:?}");
+    let error = std::error::Error::source(&status)
+        .and_then(|e| e.downcast_ref::<Error>())
+        .expect("the typed error is the status's source");
+    assert!(
+        matches!(error, Error::PermissionDenied { grpc: true, .. }),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn unauthenticated_for_a_token_fetched_by_the_call_itself_costs_one_reauth() {
+    // No token exists when the retry layer clones the request, so the policy has no hint of
+    // which token will be sent; only the auth layer knows, and a gRPC refusal is a 200.
+    let server = common::server(Duration::from_secs(3600)).await;
+    let source = common::source(&server);
+    let (addr, check) = serve_checked(&server).await;
+    check.refuse_next.store(true, Ordering::SeqCst);
+    let mut client = HealthClient::new(stack(&source, channel(addr).await));
+
+    let response = client.check(check_request()).await;
+    let seen = check.seen();
+    assert_eq!(seen.len(), 2, "one refused call and one replay");
+    assert!(seen[0] != seen[1], "the replay carried a new token");
+    assert_eq!(server.token_requests(), 2, "exactly one re-authentication");
+    assert_eq!(
+        response.unwrap().into_inner().status(),
+        ServingStatus::Serving
+    );
+}
+
+// --- server-side bearer check ---
+
+/// Asks the embedded server's protected API whether each call's bearer is valid (tonic
+/// interceptors are synchronous; this check must await that API, so it is a tower layer).
+#[derive(Clone)]
+struct CheckBearerLayer {
+    api: ApiService,
+    api_url: Arc<str>,
+    seen: Arc<Mutex<Vec<Option<HeaderValue>>>>,
+    /// Refuses the next call whatever its token, as a server that revoked it would.
+    refuse_next: Arc<AtomicBool>,
+}
+
+impl CheckBearerLayer {
+    /// The `Authorization` header of every call that reached the server, in order.
+    fn seen(&self) -> Vec<Option<HeaderValue>> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    async fn accepts(&self, authorization: Option<HeaderValue>) -> bool {
+        let mut ask = http::Request::get(format!("{}/grpc-check", self.api_url))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        if let Some(value) = authorization {
+            ask.headers_mut().insert(AUTHORIZATION, value);
+        }
+        match self.api.clone().oneshot(ask).await {
+            Ok(answer) => answer.status() == StatusCode::OK,
+            Err(never) => match never {},
+        }
+    }
+}
+
+impl<S> Layer<S> for CheckBearerLayer {
+    type Service = CheckBearer<S>;
+    fn layer(&self, inner: S) -> CheckBearer<S> {
+        CheckBearer {
+            inner,
+            check: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct CheckBearer<S> {
+    inner: S,
+    check: CheckBearerLayer,
+}
+
+impl<S, B, ResB> Service<http::Request<B>> for CheckBearer<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send,
+    B: Send + 'static,
+    ResB: Default,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let check = self.check.clone();
+        Box::pin(async move {
+            let authorization = request.headers().get(AUTHORIZATION).cloned();
+            check.seen.lock().unwrap().push(authorization.clone());
+            let refuse = check.refuse_next.swap(false, Ordering::SeqCst);
+            if !refuse && check.accepts(authorization).await {
+                inner.call(request).await
+            } else {
+                Ok(Status::unauthenticated("invalid, expired or revoked bearer token").into_http())
+            }
+        })
+    }
+}
