@@ -72,7 +72,9 @@ async fn secrets_and_tokens_never_leak() {
         .on_fetch(move |outcome| {
             if let Ok(token) = outcome.result {
                 let value = token.header_value().to_str().unwrap();
-                seen.lock().unwrap().push(value["Bearer ".len()..].to_owned());
+                seen.lock()
+                    .unwrap()
+                    .push(value["Bearer ".len()..].to_owned());
             }
         })
         .build()
@@ -87,12 +89,18 @@ async fn secrets_and_tokens_never_leak() {
 
     // Steady traffic over three lifetimes: fetch and refreshes.
     for _ in 0..60 {
-        assert_eq!(send(&mut api, api_request(&server, "/a")).await.unwrap(), StatusCode::OK);
+        assert_eq!(
+            send(&mut api, api_request(&server, "/a")).await.unwrap(),
+            StatusCode::OK
+        );
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     // Revocation: a 401, a re-authentication, a replay.
     server.revoke_all();
-    assert_eq!(send(&mut api, api_request(&server, "/a")).await.unwrap(), StatusCode::OK);
+    assert_eq!(
+        send(&mut api, api_request(&server, "/a")).await.unwrap(),
+        StatusCode::OK
+    );
     texts.push(format!("{:?}", source.status()));
 
     // Transient failures, then rejected credentials echoing the secret, past expiry.
@@ -101,7 +109,9 @@ async fn secrets_and_tokens_never_leak() {
     errors.extend(send(&mut api, api_request(&server, "/a")).await.err());
     server.set_sticky_fault(Some(Fault::Status {
         status: StatusCode::UNAUTHORIZED,
-        body: format!(r#"{{"error":"unauthorized_client","error_description":"secret {SECRET} was changed"}}"#),
+        body: format!(
+            r#"{{"error":"unauthorized_client","error_description":"secret {SECRET} was changed"}}"#
+        ),
         retry_after: None,
     }));
     tokio::time::sleep(Duration::from_secs(40)).await;
@@ -109,10 +119,17 @@ async fn secrets_and_tokens_never_leak() {
     texts.push(format!("{:?}", source.status()));
     server.set_sticky_fault(None);
     tokio::time::sleep(Duration::from_secs(700)).await;
-    assert_eq!(send(&mut api, api_request(&server, "/a")).await.unwrap(), StatusCode::OK);
+    assert_eq!(
+        send(&mut api, api_request(&server, "/a")).await.unwrap(),
+        StatusCode::OK
+    );
 
     let tokens = tokens.lock().unwrap().clone();
-    assert!(tokens.len() >= 4, "fetches, refreshes and a re-auth: {}", tokens.len());
+    assert!(
+        tokens.len() >= 4,
+        "fetches, refreshes and a re-auth: {}",
+        tokens.len()
+    );
     assert_eq!(errors.len(), 2);
     for error in &errors {
         texts.extend(chain(error.as_ref()));
