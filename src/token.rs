@@ -97,16 +97,18 @@ impl AccessToken {
         }
         let claims = Claims::read(token);
         let by_exp = match claims.as_ref().and_then(|c| c.exp) {
-            Some(exp) => {
-                let exp = UNIX_EPOCH + Duration::from_secs(exp);
-                match exp.duration_since(issued.sent_wall) {
+            // An exp beyond what the clock can represent (2^63 s and up) limits nothing:
+            // `expires_in` or the default lifetime decides, capped at a year.
+            Some(exp) => match UNIX_EPOCH.checked_add(Duration::from_secs(exp)) {
+                None => None,
+                Some(exp) => match exp.duration_since(issued.sent_wall) {
                     Ok(left) if !left.is_zero() => Some(left),
                     _ => return Err(Error::invalid(
                         ok,
                         "the token's exp claim is already in the past: check this machine's clock",
                     )),
-                }
-            }
+                },
+            },
             None => None,
         };
         let lifetime = match (issued.expires_in, by_exp) {
@@ -336,6 +338,15 @@ mod tests {
             let err = issue(bad, Some(60)).unwrap_err();
             assert!(matches!(err, Error::InvalidResponse { .. }), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn exp_beyond_the_clock_does_not_panic() {
+        // Found by fuzzing: UNIX_EPOCH + 2^63 s overflows SystemTime.
+        let t = issue(&jwt(r#"{"exp":9223372036854775808}"#), Some(60)).unwrap();
+        assert_eq!(t.expires_at() - t.issued_at(), Duration::from_secs(60));
+        let t = issue(&jwt(r#"{"exp":18446744073709551615}"#), None).unwrap();
+        assert_eq!(t.expires_at() - t.issued_at(), Duration::from_secs(300));
     }
 
     #[test]

@@ -4,6 +4,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use futures_util::FutureExt as _;
 use tokio::time::Instant;
 use tower::ServiceExt;
 use tracing::Instrument;
@@ -121,7 +122,19 @@ pub(super) async fn run(shared: Arc<Shared>, mut rng: fastrand::Rng) {
         let span = tracing::info_span!("entur_auth_fetch", attempt, url = %shared.request.url());
         tracing::debug!(parent: &span, "fetching an access token");
         let started = Instant::now();
-        let fetch = shared.fetch(rng.f64()).instrument(span.clone());
+        // A panic while reading an answer would be a bug; it must not kill the refresher
+        // (waiters would hang): it becomes an error like any other bad answer.
+        let fetch = std::panic::AssertUnwindSafe(shared.fetch(rng.f64()))
+            .catch_unwind()
+            .map(|caught| {
+                caught.unwrap_or_else(|_| {
+                    Err(Error::invalid(
+                        http::StatusCode::OK,
+                        "reading it panicked, a bug in entur-auth: please report it",
+                    ))
+                })
+            })
+            .instrument(span.clone());
         tokio::pin!(fetch);
         // Keep retiring the current token on time while the fetch runs.
         let mut expiry = shared.cell.load_full();
