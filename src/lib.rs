@@ -31,6 +31,9 @@
 //!   [`TokenSourceBuilder::transport`].
 //! - `test-util`: [`testing`], an embedded OAuth2 authorization server and protected API on
 //!   loopback, for tests and demos.
+//! - `shared-store`: `store`, one token shared by a fleet through a [`store::TokenStore`],
+//!   encrypted at rest.
+//! - `redis`: `store::RedisStore`, the token store on Redis.
 //!
 //! # Errors
 //!
@@ -49,6 +52,9 @@ pub mod error;
 pub mod layer;
 pub mod retry;
 pub mod source;
+#[cfg(feature = "shared-store")]
+#[cfg_attr(docsrs, doc(cfg(feature = "shared-store")))]
+pub mod store;
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod testing;

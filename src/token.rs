@@ -42,6 +42,9 @@ pub struct AccessToken {
     refresh_at: Instant,
     usable_until: Instant,
     expires_at: Instant,
+    /// Wall-clock instant the token request was sent: what a shared store records, since
+    /// `Instant`s mean nothing to another process.
+    issued_wall: SystemTime,
     scope: Option<String>,
 }
 
@@ -118,30 +121,88 @@ impl AccessToken {
         }
         .min(MAX_LIFETIME);
 
-        let mut value = BytesMut::with_capacity(7 + token.len());
-        value.put_slice(b"Bearer ");
-        value.put_slice(token.as_bytes());
-        let mut header = HeaderValue::from_maybe_shared(value.freeze())
-            .map_err(|_| Error::invalid(ok, "access_token is not a valid header value"))?;
-        header.set_sensitive(true);
-        // `Bytes` made from a buffer switch to a shared representation on their first clone,
-        // which allocates; do it here, once, so that no request ever pays for it.
-        drop(header.clone());
+        let scope = issued.scope.or_else(|| claims.and_then(|c| c.scope));
+        Self::assemble(
+            header_for(token)?,
+            issued.sent_at,
+            issued.sent_wall,
+            lifetime,
+            scope,
+            lifecycle,
+            jitter_sample,
+        )
+    }
 
+    /// Rebuilds a token another process obtained (from a shared store): `issued_wall` and
+    /// `expires_wall` are wall-clock instants. Returns `None` when it is no longer usable.
+    #[cfg_attr(not(feature = "shared-store"), allow(dead_code))]
+    pub(crate) fn from_shared(
+        token: &str,
+        issued_wall: SystemTime,
+        expires_wall: SystemTime,
+        scope: Option<String>,
+        lifecycle: &Lifecycle,
+        jitter_sample: f64,
+    ) -> Option<Self> {
+        if !token.bytes().all(is_b64token_char) || token.is_empty() {
+            return None;
+        }
+        let lifetime = expires_wall
+            .duration_since(issued_wall)
+            .ok()?
+            .min(MAX_LIFETIME);
+        let age = SystemTime::now()
+            .duration_since(issued_wall)
+            .unwrap_or(Duration::ZERO);
+        let now = Instant::now();
+        let issued_at = now.checked_sub(age)?;
+        let token = Self::assemble(
+            header_for(token).ok()?,
+            issued_at,
+            issued_wall,
+            lifetime,
+            scope,
+            lifecycle,
+            jitter_sample,
+        )
+        .ok()?;
+        (now < token.usable_until).then_some(token)
+    }
+
+    fn assemble(
+        header: HeaderValue,
+        issued_at: Instant,
+        issued_wall: SystemTime,
+        lifetime: Duration,
+        scope: Option<String>,
+        lifecycle: &Lifecycle,
+        jitter_sample: f64,
+    ) -> Result<Self, Error> {
+        if lifetime.is_zero() {
+            return Err(Error::invalid(StatusCode::OK, "the token has no lifetime"));
+        }
         let (refresh_at, usable_until) = lifecycle.schedule(lifetime, jitter_sample);
-        let scope = issued
-            .scope
-            .or_else(|| claims.and_then(|c| c.scope))
-            .map(|s| crate::error::sanitize(&s, 1024));
         Ok(Self {
             header,
             id: TokenId::next(),
-            issued_at: issued.sent_at,
-            refresh_at: issued.sent_at + refresh_at,
-            usable_until: issued.sent_at + usable_until,
-            expires_at: issued.sent_at + lifetime,
-            scope,
+            issued_at,
+            refresh_at: issued_at + refresh_at,
+            usable_until: issued_at + usable_until,
+            expires_at: issued_at + lifetime,
+            issued_wall,
+            scope: scope.map(|s| crate::error::sanitize(&s, 1024)),
         })
+    }
+
+    /// The bearer token itself, without `Bearer `. Secret: never log it.
+    #[cfg_attr(not(feature = "shared-store"), allow(dead_code))]
+    pub(crate) fn secret(&self) -> &[u8] {
+        &self.header.as_bytes()[7..]
+    }
+
+    /// Wall-clock instant the token request was sent.
+    pub fn issued_wall(&self) -> SystemTime {
+        self.issued_wall
     }
 
     /// The `Authorization` header value, `Bearer <token>`, marked sensitive.
@@ -217,6 +278,20 @@ impl Default for Lifecycle {
             default_lifetime: Duration::from_secs(300),
         }
     }
+}
+
+/// `Bearer <token>`, built once and marked sensitive.
+fn header_for(token: &str) -> Result<HeaderValue, Error> {
+    let mut value = BytesMut::with_capacity(7 + token.len());
+    value.put_slice(b"Bearer ");
+    value.put_slice(token.as_bytes());
+    let mut header = HeaderValue::from_maybe_shared(value.freeze())
+        .map_err(|_| Error::invalid(StatusCode::OK, "access_token is not a valid header value"))?;
+    header.set_sensitive(true);
+    // `Bytes` made from a buffer switch to a shared representation on their first clone,
+    // which allocates; do it here, once, so that no request ever pays for it.
+    drop(header.clone());
+    Ok(header)
 }
 
 fn is_b64token_char(b: u8) -> bool {

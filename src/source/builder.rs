@@ -37,6 +37,11 @@ pub struct TokenSourceBuilder {
     deferred_error: Option<Error>,
     seed: Option<u64>,
     on_fetch: Option<FetchHook>,
+    #[cfg(feature = "shared-store")]
+    store: Option<(
+        Arc<dyn crate::store::TokenStore>,
+        crate::store::StoreSettings,
+    )>,
 }
 
 impl fmt::Debug for TokenSourceBuilder {
@@ -68,6 +73,8 @@ impl TokenSourceBuilder {
             deferred_error: None,
             seed: None,
             on_fetch: None,
+            #[cfg(feature = "shared-store")]
+            store: None,
         }
     }
 
@@ -185,6 +192,28 @@ impl TokenSourceBuilder {
         self
     }
 
+    /// Shares one token with every other source (in this or other processes) that uses the
+    /// same `store`, token URL, client id, audience and scope: see [`crate::store`]. The
+    /// store is consulted only when this source's token is due for refresh or missing.
+    #[cfg(feature = "shared-store")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "shared-store")))]
+    pub fn shared_store(mut self, store: impl crate::store::TokenStore) -> Self {
+        let settings = self.store.take().map(|(_, s)| s).unwrap_or_default();
+        self.store = Some((Arc::new(store), settings));
+        self
+    }
+
+    /// Limit on each call to the shared store (default 500 ms); past it, the store counts as
+    /// unavailable and this source fetches for itself.
+    #[cfg(feature = "shared-store")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "shared-store")))]
+    pub fn store_timeout(mut self, timeout: Duration) -> Self {
+        if let Some((_, settings)) = &mut self.store {
+            settings.op_timeout = timeout;
+        }
+        self
+    }
+
     /// Seeds the random jitter of refreshes and retries, for reproducible tests.
     pub fn jitter_seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
@@ -237,6 +266,16 @@ impl TokenSourceBuilder {
             Some(make) => make(self.max_response_bytes),
             None => default_transport(&self)?,
         };
+        #[cfg(feature = "shared-store")]
+        let fleet = self.store.map(|(store, settings)| {
+            crate::store::Fleet::new(
+                store,
+                &self.endpoint,
+                &self.credentials,
+                settings,
+                self.fetch_timeout,
+            )
+        });
         let shared = Arc::new(Shared {
             cell: Arc::new(ArcSwapOption::empty()),
             state: watch::Sender::new(FetchState::default()),
@@ -255,6 +294,8 @@ impl TokenSourceBuilder {
             failures: AtomicU64::new(0),
             last_invalidation: Mutex::new(None),
             on_fetch: self.on_fetch,
+            #[cfg(feature = "shared-store")]
+            fleet,
         });
         let rng = match self.seed {
             Some(seed) => fastrand::Rng::with_seed(seed),

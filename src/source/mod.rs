@@ -81,6 +81,8 @@ pub(crate) struct Shared {
     /// When `invalidate` last dropped a token: forced refreshes are rate limited.
     last_invalidation: Mutex<Option<Instant>>,
     on_fetch: Option<FetchHook>,
+    #[cfg(feature = "shared-store")]
+    fleet: Option<crate::store::Fleet>,
 }
 
 /// A hook called after every token request; see [`TokenSourceBuilder::on_fetch`].

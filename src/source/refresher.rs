@@ -41,8 +41,27 @@ impl Shared {
         }
     }
 
+    /// A new token: from the fleet's shared store when there is one, else fetched.
+    async fn obtain(&self, jitter_sample: f64) -> Result<AccessToken, Error> {
+        #[cfg(feature = "shared-store")]
+        if let Some(fleet) = &self.fleet {
+            let current = self.cell.load_full();
+            let fetch = || self.fetch(jitter_sample);
+            return fleet
+                .obtain(
+                    current.as_deref(),
+                    &self.settings.lifecycle,
+                    jitter_sample,
+                    fetch,
+                )
+                .await;
+        }
+        self.fetch(jitter_sample).await
+    }
+
     /// One token request, with the fetch timeout around all of it.
     async fn fetch(&self, jitter_sample: f64) -> Result<AccessToken, Error> {
+        self.attempts.fetch_add(1, Ordering::Relaxed);
         let request = self.request.to_request();
         let sent_at = Instant::now();
         let sent_wall = SystemTime::now();
@@ -117,14 +136,13 @@ pub(super) async fn run(shared: Arc<Shared>, mut rng: fastrand::Rng) {
         }
 
         shared.publish(|s| s.fetching = true);
-        shared.attempts.fetch_add(1, Ordering::Relaxed);
         let attempt = failures + 1;
         let span = tracing::info_span!("entur_auth_fetch", attempt, url = %shared.request.url());
         tracing::debug!(parent: &span, "fetching an access token");
         let started = Instant::now();
         // A panic while reading an answer would be a bug; it must not kill the refresher
         // (waiters would hang): it becomes an error like any other bad answer.
-        let fetch = std::panic::AssertUnwindSafe(shared.fetch(rng.f64()))
+        let fetch = std::panic::AssertUnwindSafe(shared.obtain(rng.f64()))
             .catch_unwind()
             .map(|caught| {
                 caught.unwrap_or_else(|_| {

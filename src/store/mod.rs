@@ -1,0 +1,487 @@
+//! One token for a whole fleet: a shared [`TokenStore`] (Redis, with the `redis` feature)
+//! that replicas consult before asking the authorization server.
+//!
+//! The in-process `ArcSwap` stays the hot path: the store is read only when the local token is
+//! due for refresh or missing, never per request. When it is due, a replica
+//!
+//! 1. adopts a newer token another replica published, if there is one;
+//! 2. otherwise takes a short-lived fleet-wide lock (set-if-not-exists with an expiry, so a
+//!    holder that dies frees it), fetches, publishes the token, and releases the lock;
+//! 3. or, when another replica holds the lock, waits for its token, then tries the lock again;
+//! 4. and whenever the store is down, slow or answers garbage, fetches for itself: the store
+//!    is never a single point of failure.
+//!
+//! Tokens at rest are encrypted with XChaCha20-Poly1305 under a key derived (HKDF-SHA256)
+//! from the client secret, with the store key as associated data: someone who can read the
+//! store but does not hold the credentials cannot use the tokens, and an entry written under
+//! another key or altered by a single byte is a miss, never a bearer. Keys are derived from
+//! the token URL, client id, audience, scope and parameters — never from the secret.
+//!
+//! ```no_run
+//! # #[cfg(feature = "redis")]
+//! # async fn run() -> Result<(), entur_auth::Error> {
+//! use entur_auth::{Credentials, Environment, TokenEndpoint, TokenSource};
+//! use entur_auth::store::RedisStore;
+//!
+//! let store = RedisStore::new("redis://127.0.0.1:6379/")?;
+//! let source = TokenSource::builder(TokenEndpoint::entur(Environment::Dev), Credentials::from_env()?)
+//!     .shared_store(store)
+//!     .build()?;
+//! # let _ = source; Ok(()) }
+//! ```
+
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+mod redis;
+
+#[cfg(feature = "redis")]
+pub use self::redis::RedisStore;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::time::Instant;
+
+use crate::config::{Credentials, TokenEndpoint};
+use crate::error::{BoxError, Error};
+use crate::token::{AccessToken, Lifecycle};
+
+/// Where a fleet of token sources shares its token: a key-value store with expiring entries
+/// and a set-if-not-exists lock. Values are opaque (already encrypted) bytes.
+///
+/// Every method should answer quickly; the token source also puts its own timeout around each
+/// call and treats an error or a timeout as "store unavailable", fetching for itself.
+pub trait TokenStore: Send + Sync + 'static {
+    /// The value under `key`, if any.
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, BoxError>>;
+
+    /// Sets `key` to `value`, expiring after `ttl`.
+    fn set<'a>(
+        &'a self,
+        key: &'a str,
+        value: Vec<u8>,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), BoxError>>;
+
+    /// Takes the lock `key` for `holder` if nobody holds it, expiring after `ttl`. Returns
+    /// whether it was taken.
+    fn try_lock<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, BoxError>>;
+
+    /// Releases the lock `key` if `holder` still holds it.
+    fn unlock<'a>(&'a self, key: &'a str, holder: &'a str) -> BoxFuture<'a, Result<(), BoxError>>;
+}
+
+/// Settings for sharing through a store, with defaults.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct StoreSettings {
+    /// Limit on each store call.
+    pub(crate) op_timeout: Duration,
+    /// How often a replica waiting for the lock holder looks for its token.
+    pub(crate) poll: Duration,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self {
+            op_timeout: Duration::from_millis(500),
+            poll: Duration::from_millis(100),
+        }
+    }
+}
+
+/// A token source's view of the shared store.
+pub(crate) struct Fleet {
+    store: Arc<dyn TokenStore>,
+    token_key: String,
+    lock_key: String,
+    cipher: XChaCha20Poly1305,
+    holder: String,
+    settings: StoreSettings,
+    lock_ttl: Duration,
+}
+
+impl fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Fleet")
+            .field("token_key", &self.token_key)
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A token as stored: the plaintext inside the encrypted entry.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    /// The access token.
+    t: String,
+    /// Issued (request sent), milliseconds since the Unix epoch.
+    i: u64,
+    /// Expires, milliseconds since the Unix epoch.
+    e: u64,
+    /// Scope.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    s: Option<String>,
+}
+
+const ENTRY_VERSION: u8 = 1;
+
+/// The outcome of looking in the store.
+enum Look {
+    Adopted(AccessToken),
+    Nothing,
+    Unavailable,
+}
+
+impl Fleet {
+    pub(crate) fn new(
+        store: Arc<dyn TokenStore>,
+        endpoint: &TokenEndpoint,
+        credentials: &Credentials,
+        settings: StoreSettings,
+        fetch_timeout: Duration,
+    ) -> Self {
+        let mut id = Sha256::new();
+        for part in [
+            endpoint.url().to_string().as_str(),
+            credentials.client_id(),
+            endpoint.audience_value().unwrap_or_default(),
+            endpoint.scope_value().unwrap_or_default(),
+        ] {
+            id.update((part.len() as u64).to_be_bytes());
+            id.update(part.as_bytes());
+        }
+        for (name, value) in endpoint.params() {
+            id.update((name.len() as u64).to_be_bytes());
+            id.update(name.as_bytes());
+            id.update((value.len() as u64).to_be_bytes());
+            id.update(value.as_bytes());
+        }
+        let id = hex(&id.finalize()[..16]);
+        let token_key = format!("entur-auth:v1:{id}:token");
+        let mut key = [0u8; 32];
+        hkdf::Hkdf::<Sha256>::new(
+            Some(b"entur-auth token store v1"),
+            credentials.client_secret().expose().as_bytes(),
+        )
+        .expand(token_key.as_bytes(), &mut key)
+        .expect("32 bytes is a valid HKDF-SHA256 output length");
+        let holder = hex(&fastrand::u128(..).to_be_bytes());
+        Self {
+            store,
+            lock_key: format!("entur-auth:v1:{id}:lock"),
+            token_key,
+            cipher: XChaCha20Poly1305::new((&key).into()),
+            holder,
+            settings,
+            lock_ttl: fetch_timeout + Duration::from_secs(2),
+        }
+    }
+
+    /// A token for this replica: adopted from the fleet, or fetched with `fetch` (under the
+    /// fleet lock when the store answers) and published.
+    pub(crate) async fn obtain<F, Fut>(
+        &self,
+        current: Option<&AccessToken>,
+        lifecycle: &Lifecycle,
+        jitter: f64,
+        fetch: F,
+    ) -> Result<AccessToken, Error>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<AccessToken, Error>>,
+    {
+        let deadline = Instant::now() + self.lock_ttl * 2;
+        loop {
+            match self.look(current, lifecycle, jitter).await {
+                Look::Adopted(token) => {
+                    tracing::debug!(token = %token.id(), "adopted the fleet's token from the store");
+                    return Ok(token);
+                }
+                Look::Unavailable => return self.fetch_and_publish(&fetch, false).await,
+                Look::Nothing => {}
+            }
+            let op = self
+                .store
+                .try_lock(&self.lock_key, &self.holder, self.lock_ttl);
+            match self.call(op).await {
+                Some(true) => return self.fetch_and_publish(&fetch, true).await,
+                Some(false) if Instant::now() < deadline => {
+                    tokio::time::sleep(self.settings.poll).await;
+                }
+                // Store down, or the holder never published: fetch for ourselves.
+                _ => return self.fetch_and_publish(&fetch, false).await,
+            }
+        }
+    }
+
+    async fn fetch_and_publish<F, Fut>(&self, fetch: &F, locked: bool) -> Result<AccessToken, Error>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<AccessToken, Error>>,
+    {
+        let result = fetch().await;
+        if let Ok(token) = &result {
+            self.publish(token).await;
+        }
+        if locked {
+            let op = self.store.unlock(&self.lock_key, &self.holder);
+            self.call(op).await;
+        }
+        result
+    }
+
+    /// A newer usable token in the store: when this replica has one, the stored one must be
+    /// newer and not yet due for refresh; when it has none, any usable one will do.
+    async fn look(
+        &self,
+        current: Option<&AccessToken>,
+        lifecycle: &Lifecycle,
+        jitter: f64,
+    ) -> Look {
+        let op = self.store.get(&self.token_key);
+        let Some(entry) = self.call(op).await else {
+            return Look::Unavailable;
+        };
+        let Some(stored) = entry.and_then(|bytes| self.open(&bytes)) else {
+            return Look::Nothing;
+        };
+        let issued = UNIX_EPOCH + Duration::from_millis(stored.i);
+        let expires = UNIX_EPOCH + Duration::from_millis(stored.e);
+        if current.is_some_and(|c| issued <= c.issued_wall()) {
+            return Look::Nothing;
+        }
+        let Some(token) =
+            AccessToken::from_shared(&stored.t, issued, expires, stored.s, lifecycle, jitter)
+        else {
+            return Look::Nothing;
+        };
+        if current.is_some() && Instant::now() >= token.refresh_at() {
+            return Look::Nothing;
+        }
+        Look::Adopted(token)
+    }
+
+    async fn publish(&self, token: &AccessToken) {
+        let lifetime = token.expires_at() - token.issued_at();
+        let issued = token.issued_wall();
+        let expires = issued + lifetime;
+        let Ok(ttl) = expires.duration_since(SystemTime::now()) else {
+            return;
+        };
+        let Ok(token_text) = std::str::from_utf8(token.secret()) else {
+            return;
+        };
+        let stored = Stored {
+            t: token_text.to_owned(),
+            i: millis(issued),
+            e: millis(expires),
+            s: token.scope().map(str::to_owned),
+        };
+        let Some(sealed) = self.seal(&stored) else {
+            return;
+        };
+        let op = self.store.set(&self.token_key, sealed, ttl);
+        if self.call(op).await.is_some() {
+            tracing::debug!(token = %token.id(), "published the token to the fleet's store");
+        }
+    }
+
+    /// Runs a store call with the timeout; `None` (logged) when the store is unavailable.
+    async fn call<T>(&self, op: BoxFuture<'_, Result<T, BoxError>>) -> Option<T> {
+        match tokio::time::timeout(self.settings.op_timeout, op).await {
+            Ok(Ok(value)) => Some(value),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "token store unavailable; fetching for this replica");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(
+                    timeout_ms = self.settings.op_timeout.as_millis() as u64,
+                    "token store did not answer in time; fetching for this replica"
+                );
+                None
+            }
+        }
+    }
+
+    fn seal(&self, stored: &Stored) -> Option<Vec<u8>> {
+        let plain = serde_json::to_vec(stored).ok()?;
+        let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
+        let sealed = self
+            .cipher
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: &plain,
+                    aad: self.token_key.as_bytes(),
+                },
+            )
+            .ok()?;
+        let mut entry = Vec::with_capacity(1 + nonce.len() + sealed.len());
+        entry.push(ENTRY_VERSION);
+        entry.extend_from_slice(&nonce);
+        entry.extend_from_slice(&sealed);
+        Some(entry)
+    }
+
+    /// Decrypts an entry; `None` for a wrong key, a tampered entry or garbage.
+    fn open(&self, entry: &[u8]) -> Option<Stored> {
+        let (&version, rest) = entry.split_first()?;
+        if version != ENTRY_VERSION || rest.len() < 24 {
+            return None;
+        }
+        let (nonce, sealed) = rest.split_at(24);
+        let plain = self
+            .cipher
+            .decrypt(
+                XNonce::from_slice(nonce),
+                Payload {
+                    msg: sealed,
+                    aad: self.token_key.as_bytes(),
+                },
+            )
+            .ok();
+        if plain.is_none() {
+            tracing::warn!(
+                "token store entry failed authentication (another key, or altered); ignored"
+            );
+        }
+        serde_json::from_slice(&plain?).ok()
+    }
+
+    #[cfg(test)]
+    fn key(&self) -> &str {
+        &self.token_key
+    }
+}
+
+fn millis(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    /// An in-memory store for the unit tests (the Redis store is tested against a real
+    /// redis-server in tests/redis.rs).
+    #[derive(Default)]
+    struct Memory(Mutex<HashMap<String, Vec<u8>>>);
+
+    impl TokenStore for Memory {
+        fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, BoxError>> {
+            Box::pin(async move { Ok(self.0.lock().unwrap().get(key).cloned()) })
+        }
+        fn set<'a>(
+            &'a self,
+            key: &'a str,
+            value: Vec<u8>,
+            _ttl: Duration,
+        ) -> BoxFuture<'a, Result<(), BoxError>> {
+            Box::pin(async move {
+                self.0.lock().unwrap().insert(key.to_owned(), value);
+                Ok(())
+            })
+        }
+        fn try_lock<'a>(
+            &'a self,
+            key: &'a str,
+            holder: &'a str,
+            _ttl: Duration,
+        ) -> BoxFuture<'a, Result<bool, BoxError>> {
+            Box::pin(async move {
+                let mut map = self.0.lock().unwrap();
+                if map.contains_key(key) {
+                    return Ok(false);
+                }
+                map.insert(key.to_owned(), holder.as_bytes().to_vec());
+                Ok(true)
+            })
+        }
+        fn unlock<'a>(
+            &'a self,
+            key: &'a str,
+            _holder: &'a str,
+        ) -> BoxFuture<'a, Result<(), BoxError>> {
+            Box::pin(async move {
+                self.0.lock().unwrap().remove(key);
+                Ok(())
+            })
+        }
+    }
+
+    fn fleet(store: Arc<Memory>, secret: &str) -> Fleet {
+        Fleet::new(
+            store,
+            &TokenEndpoint::entur(crate::Environment::Dev),
+            &Credentials::new("client", secret),
+            StoreSettings::default(),
+            Duration::from_secs(1),
+        )
+    }
+
+    fn stored() -> Stored {
+        Stored {
+            t: "abc.def.ghi".into(),
+            i: 1,
+            e: 2,
+            s: None,
+        }
+    }
+
+    #[test]
+    fn keys_come_from_public_parts_never_the_secret() {
+        let store = Arc::new(Memory::default());
+        let a = fleet(store.clone(), "secret-one");
+        let b = fleet(store, "secret-two");
+        assert_eq!(
+            a.key(),
+            b.key(),
+            "same client, same key, whatever the secret"
+        );
+        assert!(a.key().starts_with("entur-auth:v1:"));
+        assert!(!a.key().contains("secret"));
+    }
+
+    #[test]
+    fn sealed_entries_open_only_with_the_right_secret_and_unaltered() {
+        let store = Arc::new(Memory::default());
+        let a = fleet(store.clone(), "secret-one");
+        let entry = a.seal(&stored()).unwrap();
+        assert_eq!(a.open(&entry).unwrap().t, "abc.def.ghi");
+        assert!(
+            !String::from_utf8_lossy(&entry).contains("abc.def.ghi"),
+            "encrypted at rest"
+        );
+        assert!(
+            fleet(store, "secret-two").open(&entry).is_none(),
+            "another key"
+        );
+        for i in 0..entry.len() {
+            let mut altered = entry.clone();
+            altered[i] ^= 0x01;
+            assert!(a.open(&altered).is_none(), "byte {i} altered");
+        }
+        assert!(a.open(&[]).is_none());
+        assert!(a.open(&entry[..10]).is_none());
+    }
+}
