@@ -25,7 +25,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 ///
 /// Neither `Display` nor `Debug` ever contains the client secret or a token. The error is
 /// cheap to clone: every caller waiting on one failed fetch receives the same error.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum Error {
     /// The authorization server refused the credentials or the grant (RFC 6749 section 5.2).
@@ -320,53 +320,6 @@ impl fmt::Display for Error {
             Self::MethodNotAllowed => f.write_str(
                 "the API answered 405 Method Not Allowed: this usually means the request went over plain http://, which Entur's APIs do not support; use https:// (or check the HTTP method)",
             ),
-        }
-    }
-}
-
-impl fmt::Debug for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Rejected {
-                code,
-                description,
-                status,
-            } => f
-                .debug_struct("Rejected")
-                .field("code", code)
-                .field("description", description)
-                .field("status", status)
-                .finish(),
-            Self::Unavailable {
-                status,
-                retry_after,
-                cause,
-            } => f
-                .debug_struct("Unavailable")
-                .field("status", status)
-                .field("retry_after", retry_after)
-                .field("cause", &cause.as_ref().map(|c| c.to_string()))
-                .finish(),
-            Self::Timeout { after } => f.debug_struct("Timeout").field("after", after).finish(),
-            Self::InvalidResponse { status, reason } => f
-                .debug_struct("InvalidResponse")
-                .field("status", status)
-                .field("reason", reason)
-                .finish(),
-            Self::Config { reason } => f.debug_struct("Config").field("reason", reason).finish(),
-            Self::Unauthorized { grpc } => {
-                f.debug_struct("Unauthorized").field("grpc", grpc).finish()
-            }
-            Self::PermissionDenied { grpc } => f
-                .debug_struct("PermissionDenied")
-                .field("grpc", grpc)
-                .finish(),
-            Self::InsecureRedirect { status, location } => f
-                .debug_struct("InsecureRedirect")
-                .field("status", status)
-                .field("location", location)
-                .finish(),
-            Self::MethodNotAllowed => f.write_str("MethodNotAllowed"),
         }
     }
 }
