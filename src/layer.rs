@@ -174,24 +174,37 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
+    #[inline]
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         if let Some(name) = &self.client_name {
             request.headers_mut().insert(ET_CLIENT_NAME, name.clone());
         }
-        if let Some(token) = self.cache.load() {
-            request
-                .headers_mut()
-                .insert(AUTHORIZATION, token.header_value().clone());
-            let sent = token.id();
-            return ResponseFuture {
-                state: State::Called {
-                    future: self.inner.call(request),
-                },
-                sent: Some(sent),
-            };
+        let Some(token) = self.cache.load() else {
+            return self.wait_for_token(request);
+        };
+        request
+            .headers_mut()
+            .insert(AUTHORIZATION, token.header_value().clone());
+        let sent = token.id();
+        ResponseFuture {
+            state: State::Called {
+                future: self.inner.call(request),
+            },
+            sent: Some(sent),
         }
-        // No usable token: wait for the shared fetch. The inner service that was polled
-        // ready goes into the future; this service keeps a fresh clone.
+    }
+}
+
+impl<S> EnturAuth<S> {
+    /// No usable token: the request waits for the shared fetch. The inner service that was
+    /// polled ready goes into the future; this service keeps a fresh clone. Out of line, so
+    /// that `call` stays small enough to inline.
+    #[cold]
+    #[inline(never)]
+    fn wait_for_token<B>(&mut self, request: Request<B>) -> ResponseFuture<S, B>
+    where
+        S: Service<Request<B>> + Clone,
+    {
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let source = self.source.clone();
@@ -261,6 +274,7 @@ where
 {
     type Output = Result<Response<ResB>, BoxError>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         loop {
@@ -283,23 +297,40 @@ where
                     request,
                     inner,
                 } => {
-                    let token = match ready!(token.as_mut().poll(cx)) {
-                        Ok(token) => token,
-                        Err(error) => return Poll::Ready(Err(error.into())),
-                    };
-                    let Some(mut request) = request.take() else {
-                        return Poll::Ready(Err("ResponseFuture polled after completion".into()));
-                    };
-                    request
-                        .headers_mut()
-                        .insert(AUTHORIZATION, token.header_value().clone());
-                    *this.sent = Some(token.id());
-                    let future = inner.call(request);
+                    let future = ready!(poll_waiting(token, request, inner, this.sent, cx))?;
                     this.state.set(State::Called { future });
                 }
             }
         }
     }
+}
+
+/// The slow path of [`ResponseFuture::poll`]: waits for the token, then calls the inner
+/// service with it. Out of line, so that the fast path stays small enough to inline.
+#[cold]
+#[inline(never)]
+fn poll_waiting<S, B>(
+    token: &mut TokenFuture,
+    request: &mut Option<Request<B>>,
+    inner: &mut S,
+    sent: &mut Option<TokenId>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<S::Future, BoxError>>
+where
+    S: Service<Request<B>>,
+{
+    let token = match ready!(token.as_mut().poll(cx)) {
+        Ok(token) => token,
+        Err(error) => return Poll::Ready(Err(error.into())),
+    };
+    let Some(mut request) = request.take() else {
+        return Poll::Ready(Err("ResponseFuture polled after completion".into()));
+    };
+    request
+        .headers_mut()
+        .insert(AUTHORIZATION, token.header_value().clone());
+    *sent = Some(token.id());
+    Poll::Ready(Ok(inner.call(request)))
 }
 
 impl<S, B> fmt::Debug for ResponseFuture<S, B>
