@@ -336,3 +336,32 @@ async fn status_and_the_fetch_hook_tell_what_happened() {
         source.status().fetch_failures
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn single_flight_holds_when_the_refresher_races_a_forced_invalidation() {
+    let server = server(Duration::from_secs(60)).await;
+    let source = source(&server);
+    let token = source.token().await.unwrap();
+    // Every later token request takes 200 ms, so callers pile up behind it.
+    server.set_sticky_fault(Some(Fault::Delay(Duration::from_millis(200))));
+    let svc = client(&server, &source);
+    // At the very instant the background refresh is due, the API refuses the token and
+    // 10,000 callers arrive.
+    tokio::time::sleep_until(token.refresh_at()).await;
+    assert!(source.invalidate(token.id()));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..10_000 {
+        let svc = svc.clone();
+        let req = api_request(&server, &format!("/{i}"));
+        tasks.spawn(async move { svc.oneshot(req).await.map(|r| r.status()) });
+    }
+    while let Some(done) = tasks.join_next().await {
+        assert_eq!(done.unwrap().unwrap(), StatusCode::OK);
+    }
+    assert_eq!(
+        server.token_requests(),
+        2,
+        "the first fetch and exactly one more"
+    );
+    assert_ne!(source.current().unwrap().id(), token.id());
+}
