@@ -210,9 +210,11 @@ impl<S> EnturAuth<S> {
         let source = self.source.clone();
         ResponseFuture {
             state: State::Waiting {
-                token: Box::pin(async move { source.token().await }),
-                request: Some(request),
-                inner,
+                waiting: Box::new(Waiting {
+                    token: Box::pin(async move { source.token().await }),
+                    request: Some(request),
+                    inner,
+                }),
             },
             sent: None,
         }
@@ -249,12 +251,18 @@ pin_project! {
             #[pin]
             future: S::Future,
         },
+        // Boxed, so that the future is no larger than the inner one: the fast path moves it.
         Waiting {
-            token: TokenFuture,
-            request: Option<Request<B>>,
-            inner: S,
+            waiting: Box<Waiting<S, B>>,
         },
     }
+}
+
+/// A request waiting for a token, with the inner service that was polled ready for it.
+struct Waiting<S, B> {
+    token: TokenFuture,
+    request: Option<Request<B>>,
+    inner: S,
 }
 
 impl<S, B> ResponseFuture<S, B>
@@ -292,12 +300,8 @@ where
                     }
                     return Poll::Ready(Ok(response));
                 }
-                StateProj::Waiting {
-                    token,
-                    request,
-                    inner,
-                } => {
-                    let future = ready!(poll_waiting(token, request, inner, this.sent, cx))?;
+                StateProj::Waiting { waiting } => {
+                    let future = ready!(poll_waiting(waiting, this.sent, cx))?;
                     this.state.set(State::Called { future });
                 }
             }
@@ -310,15 +314,18 @@ where
 #[cold]
 #[inline(never)]
 fn poll_waiting<S, B>(
-    token: &mut TokenFuture,
-    request: &mut Option<Request<B>>,
-    inner: &mut S,
+    waiting: &mut Waiting<S, B>,
     sent: &mut Option<TokenId>,
     cx: &mut Context<'_>,
 ) -> Poll<Result<S::Future, BoxError>>
 where
     S: Service<Request<B>>,
 {
+    let Waiting {
+        token,
+        request,
+        inner,
+    } = waiting;
     let token = match ready!(token.as_mut().poll(cx)) {
         Ok(token) => token,
         Err(error) => return Poll::Ready(Err(error.into())),
