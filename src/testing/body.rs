@@ -1,0 +1,117 @@
+//! The response body of the embedded server.
+
+use super::*;
+
+/// The response body type of the [`TestServer`], both over TCP and
+/// in-process.
+///
+/// Either a complete body sent at once, or a body trickled out one byte at a
+/// time (see [`Fault::Trickle`]).
+pub struct TestBody {
+    pub(super) inner: BodyInner,
+}
+
+pub(super) enum BodyInner {
+    Full(Option<Bytes>),
+    Trickle {
+        remaining: Bytes,
+        interval: Duration,
+        sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    },
+}
+
+impl TestBody {
+    /// An empty body.
+    pub fn empty() -> TestBody {
+        TestBody {
+            inner: BodyInner::Full(None),
+        }
+    }
+
+    /// A body made of `data`, sent as one frame.
+    pub fn full(data: impl Into<Bytes>) -> TestBody {
+        TestBody {
+            inner: BodyInner::Full(Some(data.into())),
+        }
+    }
+
+    /// A body made of `data`, sent one byte per frame, each after waiting
+    /// `interval` with [`tokio::time::sleep`] (so it must be polled within a
+    /// Tokio runtime with the time driver enabled).
+    pub fn trickle(data: impl Into<Bytes>, interval: Duration) -> TestBody {
+        TestBody {
+            inner: BodyInner::Trickle {
+                remaining: data.into(),
+                interval,
+                sleep: None,
+            },
+        }
+    }
+
+    fn remaining_len(&self) -> usize {
+        match &self.inner {
+            BodyInner::Full(data) => data.as_ref().map_or(0, Bytes::len),
+            BodyInner::Trickle { remaining, .. } => remaining.len(),
+        }
+    }
+}
+
+impl Default for TestBody {
+    fn default() -> TestBody {
+        TestBody::empty()
+    }
+}
+
+impl fmt::Debug for TestBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match &self.inner {
+            BodyInner::Full(_) => "full",
+            BodyInner::Trickle { .. } => "trickle",
+        };
+        f.debug_struct("TestBody")
+            .field("kind", &kind)
+            .field("remaining", &self.remaining_len())
+            .finish()
+    }
+}
+
+impl Body for TestBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        match &mut self.get_mut().inner {
+            BodyInner::Full(data) => Poll::Ready(
+                data.take()
+                    .filter(|data| !data.is_empty())
+                    .map(|data| Ok(Frame::data(data))),
+            ),
+            BodyInner::Trickle {
+                remaining,
+                interval,
+                sleep,
+            } => {
+                if remaining.is_empty() {
+                    return Poll::Ready(None);
+                }
+                let timer = sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(*interval)));
+                if timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                *sleep = None;
+                Poll::Ready(Some(Ok(Frame::data(remaining.split_to(1)))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining_len() == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining_len() as u64)
+    }
+}
