@@ -87,17 +87,7 @@ impl AccessToken {
     ) -> Result<Self, Error> {
         let ok = StatusCode::OK;
         let token = issued.access_token;
-        if token.is_empty() {
-            return Err(Error::invalid(ok, "access_token is empty"));
-        }
-        // RFC 6750 b64token, and what may stand in a header value; checked here so that
-        // a hostile or broken server cannot smuggle CR/LF or spaces into our requests.
-        if !token.bytes().all(is_b64token_char) {
-            return Err(Error::invalid(
-                ok,
-                "access_token has characters not allowed in a bearer token (RFC 6750)",
-            ));
-        }
+        let header = header_for(token)?;
         let claims = Claims::read(token);
         let by_exp = match claims.as_ref().and_then(|c| c.exp) {
             // An exp beyond what the clock can represent (2^63 s and up) limits nothing:
@@ -123,7 +113,7 @@ impl AccessToken {
 
         let scope = issued.scope.or_else(|| claims.and_then(|c| c.scope));
         Self::assemble(
-            header_for(token)?,
+            header,
             issued.sent_at,
             issued.sent_wall,
             lifetime,
@@ -144,9 +134,7 @@ impl AccessToken {
         lifecycle: &Lifecycle,
         jitter_sample: f64,
     ) -> Option<Self> {
-        if !token.bytes().all(is_b64token_char) || token.is_empty() {
-            return None;
-        }
+        let header = header_for(token).ok()?;
         let lifetime = expires_wall
             .duration_since(issued_wall)
             .ok()?
@@ -157,7 +145,7 @@ impl AccessToken {
         let now = Instant::now();
         let issued_at = now.checked_sub(age)?;
         let token = Self::assemble(
-            header_for(token).ok()?,
+            header,
             issued_at,
             issued_wall,
             lifetime,
@@ -280,8 +268,19 @@ impl Default for Lifecycle {
     }
 }
 
-/// `Bearer <token>`, built once and marked sensitive.
+/// `Bearer <token>`, checked, built once and marked sensitive.
 fn header_for(token: &str) -> Result<HeaderValue, Error> {
+    if token.is_empty() {
+        return Err(Error::invalid(StatusCode::OK, "access_token is empty"));
+    }
+    // RFC 6750 b64token, and what may stand in a header value: a hostile or broken server
+    // (or store entry) cannot smuggle CR/LF or spaces into our requests.
+    if !token.bytes().all(is_b64token_char) {
+        return Err(Error::invalid(
+            StatusCode::OK,
+            "access_token has characters not allowed in a bearer token (RFC 6750)",
+        ));
+    }
     let mut value = BytesMut::with_capacity(7 + token.len());
     value.put_slice(b"Bearer ");
     value.put_slice(token.as_bytes());
