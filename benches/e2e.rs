@@ -87,10 +87,12 @@ fn request(uri: &Uri) -> Request<Empty<Bytes>> {
 }
 
 /// One request: wait until ready, send, read the whole (empty) response body.
-async fn round_trip<S>(svc: &mut S, uri: &Uri)
+async fn round_trip<S, B>(svc: &mut S, uri: &Uri)
 where
-    S: Service<Request<Empty<Bytes>>, Response = Response<Incoming>>,
+    S: Service<Request<Empty<Bytes>>, Response = Response<B>>,
     S::Error: fmt::Debug,
+    B: http_body::Body,
+    B::Error: fmt::Debug,
 {
     let response = svc
         .ready()

@@ -29,7 +29,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
 use entur_auth::EnturAuthLayer;
 use futures_util::task::noop_waker_ref;
 use http::header::AUTHORIZATION;
-use http::{HeaderValue, Request, Response};
+use http::{HeaderValue, Request};
 use tower::layer::util::Identity;
 use tower::{Layer, Service, ServiceBuilder};
 use tower_http::set_header::SetRequestHeaderLayer;
@@ -43,8 +43,8 @@ use support::*;
 fn bench<L>(group: &mut BenchmarkGroup<'_, WallTime>, name: &str, layer: L, expected: Option<&str>)
 where
     L: Layer<Inner> + Layer<Echo>,
-    <L as Layer<Inner>>::Service: Service<Request<()>, Response = Response<()>>,
-    <L as Layer<Echo>>::Service: Service<Request<()>, Response = Response<()>>,
+    <L as Layer<Inner>>::Service: Responds,
+    <L as Layer<Echo>>::Service: Responds,
     <<L as Layer<Inner>>::Service as Service<Request<()>>>::Error: fmt::Debug,
     <<L as Layer<Echo>>::Service as Service<Request<()>>>::Error: fmt::Debug,
 {

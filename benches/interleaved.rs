@@ -15,8 +15,7 @@ use std::time::Instant;
 use entur_auth::EnturAuthLayer;
 use futures_util::task::noop_waker_ref;
 use http::header::AUTHORIZATION;
-use http::{Request, Response};
-use tower::{Service, ServiceBuilder};
+use tower::ServiceBuilder;
 use tower_http::set_header::SetRequestHeaderLayer;
 
 #[path = "support/mod.rs"]
@@ -32,7 +31,7 @@ const STACKS: [&str; 4] = ["no_layer", "static_header", "entur_auth", "rwlock_fo
 /// Nanoseconds per request over one batch.
 fn batch<S>(svc: &mut S, cx: &mut Context<'_>) -> f64
 where
-    S: Service<Request<()>, Response = Response<()>>,
+    S: Responds,
     S::Error: fmt::Debug,
 {
     let start = Instant::now();
@@ -51,10 +50,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// of each stack.
 fn rounds<A, B, C, D>(mut a: A, mut b: B, mut c: C, mut d: D) -> Vec<[f64; 4]>
 where
-    A: Service<Request<()>, Response = Response<()>>,
-    B: Service<Request<()>, Response = Response<()>>,
-    C: Service<Request<()>, Response = Response<()>>,
-    D: Service<Request<()>, Response = Response<()>>,
+    A: Responds,
+    B: Responds,
+    C: Responds,
+    D: Responds,
     A::Error: fmt::Debug,
     B::Error: fmt::Debug,
     C::Error: fmt::Debug,

@@ -20,8 +20,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
-use entur_auth::classify::ErrorForStatusLayer;
-use entur_auth::retry::ReauthPolicy;
+use entur_auth::error_for_status::ErrorForStatusLayer;
+use entur_auth::layer::ResponseBody;
 use entur_auth::testing::TestServer;
 use entur_auth::{BoxError, ClientName, EnturAuthLayer, TokenSource, ET_CLIENT_NAME};
 use http::header::{AUTHORIZATION, CONTENT_TYPE};
@@ -35,7 +35,8 @@ use tower::{ServiceBuilder, ServiceExt};
 
 /// The one authenticated upstream client, shared by every handler call: its clones share the
 /// token source, so the whole BFF holds one token and refreshes it in one background task.
-type Upstream = BoxCloneSyncService<Request<Full<Bytes>>, http::Response<Incoming>, BoxError>;
+type Upstream =
+    BoxCloneSyncService<Request<Full<Bytes>>, http::Response<ResponseBody<Incoming>>, BoxError>;
 
 #[derive(Clone)]
 struct AppState {
@@ -69,9 +70,12 @@ async fn run() -> Result<(), BoxError> {
     let http = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let upstream = ServiceBuilder::new()
         .layer(ErrorForStatusLayer::new())
-        .retry(ReauthPolicy::new(source.clone()))
         .timeout(Duration::from_secs(5))
-        .layer(EnturAuthLayer::new(source.clone()).client_name(ClientName::new("acme-bff")?))
+        .layer(
+            EnturAuthLayer::new(source.clone())
+                .client_name(ClientName::new("acme-bff")?)
+                .with_replay(),
+        )
         .service(http);
     let state = AppState {
         upstream: BoxCloneSyncService::new(upstream),

@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use entur_auth::classify::ErrorForStatusLayer;
-use entur_auth::retry::ReauthPolicy;
+use entur_auth::error_for_status::ErrorForStatusLayer;
+use entur_auth::layer::ResponseBody;
 use entur_auth::testing::TestServer;
 use entur_auth::{AccessToken, BoxError, ClientName, EnturAuthLayer, TokenSource, ET_CLIENT_NAME};
 use http::{Request, Response, StatusCode};
@@ -56,14 +56,16 @@ async fn run() -> Result<(), BoxError> {
         .allow_http_loopback(true) // plain http only because the server is on 127.0.0.1
         .build()?;
     let http = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    // Outermost first: typed errors see the final answer; retry replays through the timeout
-    // and the auth layer, so every attempt has its own time limit and reads the token afresh.
+    // Outermost first: typed errors see the final answer; the timeout bounds the whole
+    // exchange; the auth layer with its one replay after a refused token comes last, so the
+    // replay reads the token afresh.
     let api = ServiceBuilder::new()
         .layer(ErrorForStatusLayer::new())
-        .retry(ReauthPolicy::new(source.clone()))
         .timeout(Duration::from_secs(2))
         .layer(
-            EnturAuthLayer::new(source.clone()).client_name(ClientName::new("acme-hyperclient")?),
+            EnturAuthLayer::new(source.clone())
+                .client_name(ClientName::new("acme-hyperclient")?)
+                .with_replay(),
         )
         .service(http);
 
@@ -181,7 +183,8 @@ async fn get<S>(
     sent: &mut u32,
 ) -> Result<(StatusCode, String), BoxError>
 where
-    S: Service<Request<Full<Bytes>>, Response = Response<Incoming>, Error = BoxError> + Clone,
+    S: Service<Request<Full<Bytes>>, Response = Response<ResponseBody<Incoming>>, Error = BoxError>
+        + Clone,
 {
     *sent += 1;
     let url = format!("{}/departures/{sent}", server.api_url());

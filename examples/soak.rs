@@ -17,7 +17,7 @@
 //!
 //! The stack is the one the README recommends, without `ErrorForStatusLayer` so that a 401
 //! that survives re-authentication is counted here as `unauthorized`:
-//! `retry(ReauthPolicy) → timeout(10 s) → EnturAuthLayer → hyper-util client`.
+//! `timeout(10 s) → EnturAuthLayer::with_replay() → hyper-util client`.
 //!
 //! Printed on stdout, one JSON object: `requests`, `ok` (2xx), `failed` (errors and other
 //! statuses), `unauthorized` (401 after the one replay), `token_fetches`, `p50_us`, `p99_us`
@@ -31,7 +31,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use entur_auth::retry::ReauthPolicy;
 use entur_auth::testing::TestServer;
 use entur_auth::{
     BodyEncoding, BoxError, ClientAuth, Credentials, EnturAuthLayer, TokenEndpoint, TokenSource,
@@ -340,9 +339,8 @@ async fn run(args: Args) -> Result<bool, Failure> {
         .pool_max_idle_per_host(args.workers)
         .build(https_connector(extra_root.as_deref())?);
     let api = ServiceBuilder::new()
-        .retry(ReauthPolicy::new(source.clone()))
         .timeout(Duration::from_secs(10))
-        .layer(EnturAuthLayer::new(source.clone()))
+        .layer(EnturAuthLayer::new(source.clone()).with_replay())
         .service(client);
 
     // The first token before the clock starts, so that a wrong configuration fails at once.

@@ -11,7 +11,7 @@
 //! `Channel` wrapped in the stack below. It shows a `Check` succeeding, a call without a token
 //! refused, then every token revoked mid-run and the next `Check` succeeding through exactly
 //! one re-authentication: the server's trailers-only answer carries `grpc-status: 16` in its
-//! headers, which `ReauthPolicy` reads. No network beyond loopback, no credentials; exits 0.
+//! headers, which the auth layer reads. No network beyond loopback, no credentials; exits 0.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use entur_auth::retry::{BufferRequestLayer, ReauthPolicy};
+use entur_auth::buffer::BufferRequestLayer;
 use entur_auth::testing::{ApiService, TestServer};
 use entur_auth::{BoxError, ClientName, EnturAuthLayer, TokenSource};
 use http::header::AUTHORIZATION;
@@ -64,8 +64,8 @@ async fn run() -> Result<(), BoxError> {
     println!("gRPC health server      http://{addr}\n");
 
     // The client: the channel in the auth stack. tonic sends streaming bodies; the buffer
-    // layer turns them into `Full<Bytes>` so that the retry can replay them, and the last
-    // step turns them back into tonic's body type for the channel.
+    // layer turns them into `Full<Bytes>` so that a refused call can be replayed, and the
+    // last step turns them back into tonic's body type for the channel.
     let source = TokenSource::builder(auth.endpoint(), auth.credentials())
         .allow_http_loopback(true) // plain http only because the server is on 127.0.0.1
         .build()?;
@@ -75,8 +75,11 @@ async fn run() -> Result<(), BoxError> {
         .await?;
     let stack = ServiceBuilder::new()
         .layer(BufferRequestLayer::new(64 * 1024))
-        .retry(ReauthPolicy::new(source.clone()))
-        .layer(EnturAuthLayer::new(source.clone()).client_name(ClientName::new("acme-grpc")?))
+        .layer(
+            EnturAuthLayer::new(source.clone())
+                .client_name(ClientName::new("acme-grpc")?)
+                .with_replay(),
+        )
         .map_request(|r: http::Request<Full<Bytes>>| r.map(tonic::body::Body::new))
         .service(channel.clone());
     let mut client = HealthClient::new(stack);
@@ -106,7 +109,7 @@ async fn run() -> Result<(), BoxError> {
     let (tokens_after, calls_after) = (auth.token_requests(), check.calls());
     println!("  → {status:?}");
     println!(
-        "  (the refusal: HTTP 200 with `grpc-status: 16` in its headers, read by ReauthPolicy)"
+        "  (the refusal: HTTP 200 with `grpc-status: 16` in its headers, read by the auth layer, which dropped the token; the replay layer sent the call again)"
     );
     println!(
         "  token requests: {tokens_before} before, {tokens_after} after; calls the gRPC server saw for this Check: {}",

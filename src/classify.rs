@@ -1,16 +1,20 @@
 //! What an API's answer means for authentication: re-authenticate, fail, or leave it to the
 //! caller. Entur's documentation names what each status means; gRPC servers (tonic) answer
-//! HTTP 200 with a `grpc-status` header instead, which is read too.
+//! HTTP 200 with a `grpc-status` header, or send the status in the trailers after the body,
+//! and both are read.
 //!
 //! | answer | meaning | [`Decision`] |
 //! |---|---|---|
-//! | 401, gRPC `UNAUTHENTICATED` (16) | token invalid, expired or revoked; or the secret changed | [`Decision::Reauthenticate`] |
-//! | 408 | the token expired during the session | [`Decision::Reauthenticate`] |
-//! | 403, gRPC `PERMISSION_DENIED` (7), 401 with `error="insufficient_scope"` | token valid, permission missing | [`Decision::Fail`] |
-//! | 301, 302, 307, 308 | plain HTTP redirected to HTTPS: a configuration error | [`Decision::Fail`] |
+//! | 401, gRPC `UNAUTHENTICATED` (16) in headers or trailers | token invalid, expired or revoked; or the secret changed | [`Decision::Reauthenticate`] |
+//! | 408 | Entur: the token expired during the session (elsewhere usually a proxy's timeout; see [`TokenEndpoint::reauth_on_408`](crate::TokenEndpoint::reauth_on_408)) | [`Decision::Reauthenticate`] |
+//! | 403, gRPC `PERMISSION_DENIED` (7), 401 with a Bearer challenge `error="insufficient_scope"` | token valid, permission missing | [`Decision::Fail`] |
+//! | 301, 302, 307, 308 | Entur: plain HTTP redirected to HTTPS | [`Decision::Redirect`] |
 //! | 405 | usually plain HTTP against an HTTPS-only API | [`Decision::Fail`] |
 //! | 429, 503 | load | [`Decision::RetryLater`], with `Retry-After` |
 //! | anything else | not about authentication | [`Decision::Pass`] |
+//!
+//! `WWW-Authenticate` is read as RFC 9110 section 11.6.1 defines it: several challenges per
+//! field and per header line, quoted strings that contain commas.
 //!
 //! ```
 //! use entur_auth::classify::{classify, Decision, Rejection};
@@ -22,22 +26,26 @@
 //! assert!(matches!(classify(&grpc), Decision::Reauthenticate(_)));
 //! ```
 //!
-//! [`ReauthPolicy`](crate::retry::ReauthPolicy) acts on these decisions inside
-//! `tower::retry`; [`ErrorForStatusLayer`] turns the failures into typed errors.
+//! [`EnturAuth`](crate::EnturAuth) acts on refusals itself (it drops the refused token);
+//! [`ReplayLayer`](crate::replay::ReplayLayer) and
+//! [`ReauthPolicy`](crate::retry::ReauthPolicy) replay the request once;
+//! [`ErrorForStatusLayer`](crate::error_for_status::ErrorForStatusLayer) turns the
+//! failures into typed errors.
 
-use std::task::{ready, Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use http::header::{HeaderName, LOCATION, WWW_AUTHENTICATE};
-use http::{HeaderMap, Request, Response, StatusCode};
-use pin_project_lite::pin_project;
-use tower_layer::Layer;
-use tower_service::Service;
+use http::{HeaderMap, Response, StatusCode, Uri};
 
-use crate::error::{sanitize, BoxError, Error};
+use crate::error::{sanitize, Error};
 
-/// The `grpc-status` header of trailers-only gRPC responses.
+/// The `grpc-status` header (or trailer) of gRPC responses.
 pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
+/// gRPC `UNAUTHENTICATED`.
+const GRPC_UNAUTHENTICATED: u32 = 16;
+/// gRPC `PERMISSION_DENIED`.
+const GRPC_PERMISSION_DENIED: u32 = 7;
 
 /// What to do with an API's answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,6 +57,15 @@ pub enum Decision {
     Reauthenticate(Reauth),
     /// Retrying cannot help: report it.
     Fail(Rejection),
+    /// A redirect. Entur redirects plain-HTTP requests to HTTPS, so for a request that went
+    /// over `http://` this is a configuration error; for an `https://` request it is the
+    /// API's own business (a pre-signed download URL, say) and is passed on.
+    Redirect {
+        /// The redirect status.
+        status: StatusCode,
+        /// Where to, without its query or fragment (which may hold credentials).
+        location: Option<String>,
+    },
     /// The API is overloaded: leave it to the caller's retry policy, after `retry_after`.
     RetryLater {
         /// The API's `Retry-After`, when it sent one.
@@ -62,7 +79,7 @@ pub enum Decision {
 pub enum Reauth {
     /// HTTP 401: the token is invalid, expired or revoked.
     Unauthorized,
-    /// HTTP 408: the token expired during the session.
+    /// HTTP 408: the token expired during the session (Entur).
     SessionTimeout,
     /// gRPC status 16, `UNAUTHENTICATED`.
     GrpcUnauthenticated,
@@ -72,62 +89,78 @@ pub enum Reauth {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Rejection {
-    /// HTTP 403 or gRPC `PERMISSION_DENIED`: the token is valid but lacks the permission.
+    /// HTTP 403, gRPC `PERMISSION_DENIED`, or a 401 whose Bearer challenge says
+    /// `insufficient_scope`: the token is valid but lacks the permission.
     PermissionDenied {
         /// Whether it came as a gRPC status.
         grpc: bool,
-    },
-    /// A redirect: the request went over plain HTTP and was redirected to HTTPS.
-    InsecureRedirect {
-        /// The redirect status (301, 302, 307 or 308).
-        status: StatusCode,
-        /// Where the API redirected to.
-        location: Option<String>,
     },
     /// HTTP 405: usually plain HTTP against an API that only speaks HTTPS.
     MethodNotAllowed,
 }
 
-/// Classifies an API's answer. See the [module docs](self) for the table.
+/// Classifies an API's answer by Entur's table (a 408 means the token expired). See the
+/// [module docs](self).
 pub fn classify<B>(response: &Response<B>) -> Decision {
     classify_parts(response.status(), response.headers())
 }
 
-/// Classifies an answer from its status and headers.
+/// Classifies an answer from its status and headers, by Entur's table.
 pub fn classify_parts(status: StatusCode, headers: &HeaderMap) -> Decision {
     match status.as_u16() {
-        401 if bearer_error(headers) == Some("insufficient_scope") => {
+        401 if bearer_error(headers).as_deref() == Some("insufficient_scope") => {
             Decision::Fail(Rejection::PermissionDenied { grpc: false })
         }
         401 => Decision::Reauthenticate(Reauth::Unauthorized),
         408 => Decision::Reauthenticate(Reauth::SessionTimeout),
         403 => Decision::Fail(Rejection::PermissionDenied { grpc: false }),
-        301 | 302 | 307 | 308 => Decision::Fail(Rejection::InsecureRedirect {
+        301 | 302 | 307 | 308 => Decision::Redirect {
             status,
-            location: headers
-                .get(LOCATION)
-                .and_then(|v| v.to_str().ok())
-                .map(|v| sanitize(v, 200)),
-        }),
+            location: location(headers),
+        },
         405 => Decision::Fail(Rejection::MethodNotAllowed),
         429 | 503 => Decision::RetryLater {
             retry_after: crate::endpoint::retry_after(headers, SystemTime::now()),
         },
-        _ => match grpc_status(headers) {
-            Some(16) => Decision::Reauthenticate(Reauth::GrpcUnauthenticated),
-            Some(7) => Decision::Fail(Rejection::PermissionDenied { grpc: true }),
-            _ => Decision::Pass,
-        },
+        _ => classify_grpc(headers),
     }
 }
 
-/// The code of a trailers-only gRPC response.
+/// Classifies the trailers of a response: where gRPC sends the status of streaming calls,
+/// and of anything that failed after the response headers went out.
+pub fn classify_trailers(trailers: &HeaderMap) -> Decision {
+    classify_grpc(trailers)
+}
+
+fn classify_grpc(headers: &HeaderMap) -> Decision {
+    match grpc_status(headers) {
+        Some(GRPC_UNAUTHENTICATED) => Decision::Reauthenticate(Reauth::GrpcUnauthenticated),
+        Some(GRPC_PERMISSION_DENIED) => Decision::Fail(Rejection::PermissionDenied { grpc: true }),
+        _ => Decision::Pass,
+    }
+}
+
+/// Whether an answer refuses the token, for a source that does (or, for 408, does not)
+/// follow Entur's table.
+pub(crate) fn refusal(
+    status: StatusCode,
+    headers: &HeaderMap,
+    reauth_on_408: bool,
+) -> Option<Reauth> {
+    match classify_parts(status, headers) {
+        Decision::Reauthenticate(Reauth::SessionTimeout) if !reauth_on_408 => None,
+        Decision::Reauthenticate(reason) => Some(reason),
+        _ => None,
+    }
+}
+
+/// The code of a gRPC status in headers (trailers-only responses) or trailers.
 pub fn grpc_status(headers: &HeaderMap) -> Option<u32> {
     headers.get(GRPC_STATUS)?.to_str().ok()?.trim().parse().ok()
 }
 
 /// The `error` parameter of a `WWW-Authenticate: Bearer …` challenge (RFC 6750 section 3).
-fn bearer_error(headers: &HeaderMap) -> Option<&str> {
+fn bearer_error(headers: &HeaderMap) -> Option<String> {
     headers.get_all(WWW_AUTHENTICATE).iter().find_map(|value| {
         let value = value.to_str().ok()?;
         let (scheme, params) = value.trim().split_once(' ')?;
@@ -138,135 +171,41 @@ fn bearer_error(headers: &HeaderMap) -> Option<&str> {
             let (name, value) = param.trim().split_once('=')?;
             name.trim()
                 .eq_ignore_ascii_case("error")
-                .then(|| value.trim().trim_matches('"'))
+                .then(|| value.trim().trim_matches('"').to_owned())
         })
     })
+}
+
+/// The `Location` of a redirect, fit for an error message: scheme, host and path only. A
+/// query (a pre-signed URL's signature, say) or userinfo would put credentials into logs.
+pub(crate) fn location(headers: &HeaderMap) -> Option<String> {
+    let raw = headers.get(LOCATION)?.to_str().ok()?;
+    let without_query = raw.split(['?', '#']).next().unwrap_or_default();
+    let shown = match without_query.parse::<Uri>() {
+        Ok(uri) if uri.host().is_some() => {
+            format!(
+                "{}://{}{}",
+                uri.scheme_str().unwrap_or("https"),
+                uri.host().unwrap_or_default(),
+                uri.port().map(|p| format!(":{p}")).unwrap_or_default()
+            ) + uri.path()
+        }
+        Ok(uri) => uri.path().to_owned(),
+        Err(_) => without_query
+            .rsplit('@')
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
+    };
+    Some(sanitize(&shown, 200))
 }
 
 impl Rejection {
     pub(crate) fn into_error(self) -> Error {
         match self {
             Self::PermissionDenied { grpc } => Error::PermissionDenied { grpc },
-            Self::InsecureRedirect { status, location } => {
-                Error::InsecureRedirect { status, location }
-            }
             Self::MethodNotAllowed => Error::MethodNotAllowed,
         }
-    }
-}
-
-/// Turns answers that mean "this will not work" into typed [`Error`]s instead of responses:
-/// 403 and gRPC `PERMISSION_DENIED` → [`Error::PermissionDenied`], redirects →
-/// [`Error::InsecureRedirect`] (never followed: the token is not sent to the new location),
-/// 405 → [`Error::MethodNotAllowed`], and a 401 (or gRPC `UNAUTHENTICATED`) that reached it →
-/// [`Error::Unauthorized`].
-///
-/// Put it outside `tower::retry` with [`ReauthPolicy`](crate::retry::ReauthPolicy), so that a
-/// 401 is an error only once the replay with a new token was refused too:
-///
-/// ```no_run
-/// # use entur_auth::{EnturAuthLayer, TokenSource, classify::ErrorForStatusLayer, retry::ReauthPolicy};
-/// # fn stack<S>(source: TokenSource, client: S) {
-/// let api = tower::ServiceBuilder::new()
-///     .layer(ErrorForStatusLayer::new())
-///     .retry(ReauthPolicy::new(source.clone()))
-///     .layer(EnturAuthLayer::new(source))
-///     .service(client);
-/// # let _ = api; }
-/// ```
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ErrorForStatusLayer {
-    _priv: (),
-}
-
-impl ErrorForStatusLayer {
-    /// A layer that turns refusals into errors.
-    pub fn new() -> Self {
-        Self::default()
-    }
-}
-
-impl<S> Layer<S> for ErrorForStatusLayer {
-    type Service = ErrorForStatus<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        ErrorForStatus { inner }
-    }
-}
-
-/// Turns refusals into typed errors; see [`ErrorForStatusLayer`].
-#[derive(Clone, Debug)]
-pub struct ErrorForStatus<S> {
-    inner: S,
-}
-
-impl<S> ErrorForStatus<S> {
-    /// Wraps `inner`.
-    pub fn new(inner: S) -> Self {
-        Self { inner }
-    }
-
-    /// A reference to the inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// A mutable reference to the inner service.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// The inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
-}
-
-impl<S, ReqB, ResB> Service<Request<ReqB>> for ErrorForStatus<S>
-where
-    S: Service<Request<ReqB>, Response = Response<ResB>>,
-    S::Error: Into<BoxError>,
-{
-    type Response = Response<ResB>;
-    type Error = BoxError;
-    type Future = ResponseFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, request: Request<ReqB>) -> Self::Future {
-        ResponseFuture {
-            inner: self.inner.call(request),
-        }
-    }
-}
-
-pin_project! {
-    /// Response future of [`ErrorForStatus`].
-    #[derive(Debug)]
-    pub struct ResponseFuture<F> {
-        #[pin]
-        inner: F,
-    }
-}
-
-impl<F, ResB, E> std::future::Future for ResponseFuture<F>
-where
-    F: std::future::Future<Output = Result<Response<ResB>, E>>,
-    E: Into<BoxError>,
-{
-    type Output = Result<Response<ResB>, BoxError>;
-
-    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let response = ready!(self.project().inner.poll(cx)).map_err(Into::into)?;
-        Poll::Ready(match classify(&response) {
-            Decision::Fail(rejection) => Err(rejection.into_error().into()),
-            Decision::Reauthenticate(reason) => Err(Error::Unauthorized {
-                grpc: reason == Reauth::GrpcUnauthenticated,
-            }
-            .into()),
-            _ => Ok(response),
-        })
     }
 }
 
@@ -317,10 +256,10 @@ mod tests {
         for status in [301, 302, 307, 308] {
             assert_eq!(
                 classify(&response(status, &[("location", "https://api.entur.io/x")])),
-                Fail(Rejection::InsecureRedirect {
+                Redirect {
                     status: StatusCode::from_u16(status).unwrap(),
                     location: Some("https://api.entur.io/x".into())
-                })
+                }
             );
         }
         assert_eq!(

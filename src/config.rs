@@ -96,6 +96,16 @@ impl FromStr for Environment {
     }
 }
 
+/// Whether `host` (as in a URI, IPv6 in brackets or not) is `localhost` or a loopback
+/// address: `127.0.0.0/8` or `::1`.
+pub(crate) fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// How the token request's parameters are encoded.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum BodyEncoding {
@@ -128,6 +138,7 @@ pub struct TokenEndpoint {
     params: Vec<(String, String)>,
     encoding: BodyEncoding,
     client_auth: ClientAuth,
+    reauth_on_408: bool,
 }
 
 impl TokenEndpoint {
@@ -151,6 +162,7 @@ impl TokenEndpoint {
             params: Vec::new(),
             encoding: BodyEncoding::Json,
             client_auth: ClientAuth::Body,
+            reauth_on_408: true,
         }
     }
 
@@ -184,6 +196,7 @@ impl TokenEndpoint {
             params: Vec::new(),
             encoding: BodyEncoding::Form,
             client_auth: ClientAuth::Body,
+            reauth_on_408: false,
         })
     }
 
@@ -215,6 +228,24 @@ impl TokenEndpoint {
     pub fn client_auth(mut self, client_auth: ClientAuth) -> Self {
         self.client_auth = client_auth;
         self
+    }
+
+    /// Whether an API's `408 Request Timeout` means that the token expired, so that the
+    /// token is dropped and (with a replay layer) the request replayed with a new one.
+    ///
+    /// Entur documents 408 as "the access token has expired while the session was ongoing",
+    /// so the Entur presets say `true`. Elsewhere a 408 is usually a proxy's plain timeout,
+    /// which a new token cannot fix, so [`TokenEndpoint::new`] says `false` and leaves 408 to
+    /// your own retry policy; opt in here if your API uses 408 as Entur does.
+    pub fn reauth_on_408(mut self, expired: bool) -> Self {
+        self.reauth_on_408 = expired;
+        self
+    }
+
+    /// Whether a 408 from the API means the token expired; see
+    /// [`reauth_on_408`](Self::reauth_on_408).
+    pub fn reauths_on_408(&self) -> bool {
+        self.reauth_on_408
     }
 
     /// The token URL.

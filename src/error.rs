@@ -69,32 +69,62 @@ pub enum Error {
         /// What is wrong and how to fix it.
         reason: String,
     },
-    /// The API refused the token, also after re-authentication (401 or gRPC
-    /// `UNAUTHENTICATED`). From [`ErrorForStatus`](crate::classify::ErrorForStatus).
+    /// The API refused the token (401, gRPC `UNAUTHENTICATED`, or an Entur 408). From
+    /// [`ErrorForStatus`](crate::error_for_status::ErrorForStatus). `refusal` says what was
+    /// done about it: whether the token was dropped and a new one fetched, whether forced
+    /// refreshes are backing off, and whether the request was replayed with the new token.
     #[non_exhaustive]
     Unauthorized {
         /// Whether it came as a gRPC status.
         grpc: bool,
+        /// What [`EnturAuth`](crate::EnturAuth) and the replay did; `None` when no
+        /// `EnturAuth` below saw the answer.
+        refusal: Option<crate::layer::Refusal>,
     },
-    /// The API accepted the token but it lacks the permission (403 or gRPC
-    /// `PERMISSION_DENIED`). From [`ErrorForStatus`](crate::classify::ErrorForStatus).
+    /// The API accepted the token but it lacks the permission (403, gRPC
+    /// `PERMISSION_DENIED`, or a 401 with `error="insufficient_scope"`). From
+    /// [`ErrorForStatus`](crate::error_for_status::ErrorForStatus).
     #[non_exhaustive]
     PermissionDenied {
         /// Whether it came as a gRPC status.
         grpc: bool,
     },
-    /// The API redirected the request: it was sent over plain HTTP. The redirect was not
-    /// followed. From [`ErrorForStatus`](crate::classify::ErrorForStatus).
+    /// A request sent over plain `http://` was redirected (Entur redirects plain HTTP to
+    /// HTTPS). The redirect was not followed. From
+    /// [`ErrorForStatus`](crate::error_for_status::ErrorForStatus).
     #[non_exhaustive]
     InsecureRedirect {
         /// The redirect status.
         status: StatusCode,
-        /// Where the API redirected to.
+        /// Where the API redirected to, without its query (which may hold credentials).
         location: Option<String>,
+        /// Whether the request carried the bearer token (over plain HTTP).
+        token_sent: bool,
     },
     /// The API answered 405: usually a request over plain HTTP to an HTTPS-only API.
-    /// From [`ErrorForStatus`](crate::classify::ErrorForStatus).
+    /// From [`ErrorForStatus`](crate::error_for_status::ErrorForStatus).
     MethodNotAllowed,
+    /// [`EnturAuth`](crate::EnturAuth) refused to send the bearer token over plain
+    /// `http://` to a host that is not loopback: the token would cross the network in
+    /// cleartext. Nothing was sent.
+    #[non_exhaustive]
+    CleartextRefused {
+        /// The request's host.
+        host: String,
+    },
+    /// The background refresher is not running (its tokio runtime was shut down or stopped
+    /// running it) and this caller could not take it over.
+    #[non_exhaustive]
+    RefresherStopped {
+        /// Why, and what to do.
+        reason: String,
+    },
+    /// A bug in entur-auth (or in a transport or store it called) was contained.
+    #[non_exhaustive]
+    Internal {
+        /// What happened.
+        reason: String,
+    },
 }
 
 /// The `error` code of an OAuth2 error response (RFC 6749 section 5.2).
@@ -181,6 +211,18 @@ impl fmt::Display for OAuthErrorCode {
 impl Error {
     pub(crate) fn config(reason: impl Into<String>) -> Self {
         Self::Config {
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn refresher_stopped(reason: impl Into<String>) -> Self {
+        Self::RefresherStopped {
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn internal(reason: impl Into<String>) -> Self {
+        Self::Internal {
             reason: reason.into(),
         }
     }
@@ -301,22 +343,37 @@ impl fmt::Display for Error {
                 status.as_u16()
             ),
             Self::Config { reason } => write!(f, "invalid configuration: {reason}"),
-            Self::Unauthorized { grpc } => write!(
-                f,
-                "the API refused the token ({}) also after re-authenticating: the client_secret may have changed, or the token's audience is not this API's (Entur: the token server and the API must be the same environment)",
-                if *grpc { "gRPC UNAUTHENTICATED" } else { "401 Unauthorized" }
-            ),
+            Self::Unauthorized { grpc, refusal } => unauthorized(f, *grpc, refusal.as_ref()),
             Self::PermissionDenied { grpc } => write!(
                 f,
                 "the API accepted the token but refused the request ({}): the client lacks the permission (scope) this endpoint needs; ask Entur to grant it or check the client is set up for this API",
                 if *grpc { "gRPC PERMISSION_DENIED" } else { "403 Forbidden" }
             ),
-            Self::InsecureRedirect { status, location } => write!(
+            Self::InsecureRedirect {
+                status,
+                location,
+                token_sent,
+            } => {
+                write!(
+                    f,
+                    "the API answered {} to a request over plain http://, redirecting to {}; the redirect was not followed: use https://",
+                    status.as_u16(),
+                    location.as_deref().unwrap_or("an unnamed location")
+                )?;
+                if *token_sent {
+                    f.write_str(" (the bearer token was sent with the plain-http request: treat it as exposed)")
+                } else {
+                    f.write_str(" (no bearer token was sent)")
+                }
+            }
+            Self::CleartextRefused { host } => write!(
                 f,
-                "the API answered {} redirecting to {}: the request went over plain http://; use https:// (the redirect was not followed, so the token was not sent there)",
-                status.as_u16(),
-                location.as_deref().unwrap_or("an unnamed location")
+                "refused to send the bearer token over plain http:// to {host}: it would cross the network in cleartext; use https://, or, if this host is reached over a network you trust (a sidecar, a mesh with mTLS), allow it with EnturAuthLayer::allow_plain_http(true)"
             ),
+            Self::RefresherStopped { reason } => {
+                write!(f, "the token refresher is not running: {reason}")
+            }
+            Self::Internal { reason } => write!(f, "internal error in entur-auth: {reason}"),
             Self::MethodNotAllowed => f.write_str(
                 "the API answered 405 Method Not Allowed: this usually means the request went over plain http://, which Entur's APIs do not support; use https:// (or check the HTTP method)",
             ),
@@ -332,6 +389,53 @@ impl std::error::Error for Error {
             } => Some(cause.as_ref()),
             _ => None,
         }
+    }
+}
+
+/// Says what happened to a refused token and what to do, from the [`Refusal`] the auth layer
+/// and the replay recorded.
+///
+/// [`Refusal`]: crate::layer::Refusal
+fn unauthorized(
+    f: &mut fmt::Formatter<'_>,
+    grpc: bool,
+    refusal: Option<&crate::layer::Refusal>,
+) -> fmt::Result {
+    use crate::classify::Reauth;
+    use crate::layer::ReplayOutcome as Replay;
+    use crate::source::Invalidation;
+
+    let answer = match refusal.map(|r| r.reason) {
+        Some(Reauth::SessionTimeout) => "408: the token expired during the session",
+        _ if grpc => "gRPC UNAUTHENTICATED",
+        _ => "401 Unauthorized",
+    };
+    write!(f, "the API refused the token ({answer})")?;
+    let Some(refusal) = refusal else {
+        return f.write_str(
+            "; no EnturAuth layer below saw the answer, so the token was not dropped: build the stack with EnturAuthLayer::with_replay(), or put ErrorForStatusLayer outside EnturAuthLayer",
+        );
+    };
+    const CHECK: &str = "the client_secret may have changed, or the token's audience is not this API's (Entur: the token server and the API must be the same environment)";
+    match (refusal.invalidation, refusal.replay) {
+        (_, Replay::Replayed) => write!(
+            f,
+            " again after re-authenticating: the request was replayed with a new token and refused too; {CHECK}"
+        ),
+        (Invalidation::RateLimited { retry_in }, _) => write!(
+            f,
+            " right after a forced refresh: the API keeps refusing new tokens, so re-authentication backs off (next in {} s) and the request was not replayed; {CHECK}",
+            retry_in.as_secs().max(1)
+        ),
+        (Invalidation::SourceGone, _) => f.write_str(
+            "; the token source was dropped, so no new token is coming",
+        ),
+        (_, Replay::NotReplayable) => f.write_str(
+            "; a new token is being fetched, but this request was not replayed because its body cannot be sent twice (a stream): send it again, or buffer bodies with BufferRequestLayer",
+        ),
+        _ => f.write_str(
+            "; a new token is being fetched, but this request was not replayed (no replay layer around EnturAuth): send it again, or build the stack with EnturAuthLayer::with_replay()",
+        ),
     }
 }
 

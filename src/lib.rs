@@ -43,13 +43,16 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod buffer;
 pub mod classify;
 #[cfg(feature = "rustls")]
 mod client;
 pub mod config;
 mod endpoint;
 pub mod error;
+pub mod error_for_status;
 pub mod layer;
+pub mod replay;
 pub mod retry;
 pub mod source;
 #[cfg(feature = "shared-store")]
@@ -70,8 +73,11 @@ pub use config::{
 };
 pub use endpoint::TokenRequestBody;
 pub use error::{BoxError, Error, OAuthErrorCode};
-pub use layer::{EnturAuth, EnturAuthLayer, SentToken, ET_CLIENT_NAME};
-pub use source::{FetchOutcome, Health, Status, TokenSource, TokenSourceBuilder};
+pub use layer::{EnturAuth, EnturAuthLayer, Refusal, ReplayOutcome, SentToken, ET_CLIENT_NAME};
+pub use replay::ReplayLayer;
+pub use source::{
+    FetchOutcome, Health, Invalidation, Status, TokenSource, TokenSourceBuilder, WeakTokenSource,
+};
 pub use token::{AccessToken, TokenId};
 
 /// Entry points for the fuzz targets in `fuzz/` and the property tests. Not part of the API.

@@ -1,6 +1,7 @@
-//! Re-authentication as a `tower::retry::Policy`: when the API refuses the token (401, 408,
-//! gRPC `UNAUTHENTICATED`), drop exactly that token, wait for the one shared refresh, and
-//! replay the request once.
+//! Re-authentication as a `tower::retry::Policy`, for stacks built around `tower::retry`.
+//! Prefer [`EnturAuthLayer::with_replay`](crate::EnturAuthLayer::with_replay), which puts
+//! the layers in the right order by construction and can say when a request was not
+//! replayed because its body is a stream.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -16,111 +17,85 @@
 //! # let _ = api; }
 //! ```
 //!
+//! # What does what
+//!
+//! [`EnturAuth`](crate::EnturAuth) drops a refused token itself, for every request, in any
+//! stack. The policy only decides the replay: when the answer (or a typed
+//! [`Error::Unauthorized`] from an
+//! [`ErrorForStatus`](crate::error_for_status::ErrorForStatus) placed inside the retry layer)
+//! says a new token is coming, it waits for it and lets `tower::retry` send the request once
+//! more. A second refusal is final, and is marked as such in its
+//! [`Refusal`](crate::layer::Refusal). While forced refreshes back off (the API refuses every
+//! new token), the same token would go again, so nothing is replayed.
+//!
 //! # Why the auth layer goes inside retry
 //!
 //! Retry replays the request it cloned *before* it went down the stack. With the auth layer
-//! inside, every attempt passes through it again and gets the token that is current then —
-//! the new one after a re-authentication. With the auth layer outside, the replay would carry
-//! the refused token again. Timeout goes between them so that each attempt has its own limit.
+//! inside, every attempt passes through it again and gets the token that is current then.
+//! With the auth layer outside, the replay would carry the refused token again.
 //!
-//! # Bounds
-//!
-//! One replay per request: a second refusal is returned as it is (or, with
-//! [`ErrorForStatusLayer`](crate::classify::ErrorForStatusLayer) outside, as
-//! [`Error::Unauthorized`](crate::Error::Unauthorized)). Many requests refused with the same
-//! token cause one token fetch; an API that refuses every token causes at most one forced
-//! fetch per [`min_reauth_interval`](crate::TokenSourceBuilder::min_reauth_interval). Only
-//! requests whose body can be cloned ([`ReplayBody`]) are replayed; others come back as they
-//! were answered. Everything that is not a refusal of the token passes through untouched.
+//! `tower::retry` does not consult the policy for requests it could not clone, so a request
+//! with a streaming body is answered as it was, without a replay.
 
 use std::future::Future;
 use std::pin::Pin;
 
-use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::{Empty, Full};
 
-use crate::classify::{classify, Decision};
-use crate::layer::SentToken;
+use crate::classify;
+use crate::error::{BoxError, Error};
+use crate::layer::{Refusal, ReplayOutcome};
 use crate::source::TokenSource;
-use crate::token::TokenId;
 
-/// A request body that may be cloned for a replay.
-///
-/// Implemented for the buffered bodies (`Full`, `Empty`, `String`, `Bytes`, `Vec<u8>`, `()`),
-/// which replay, and for streaming bodies, which do not. Implement it for your own body type
-/// to say whether it can be sent twice.
-pub trait ReplayBody: Sized {
-    /// A copy of the body to send again, or `None` if it cannot be sent twice.
-    fn try_clone(&self) -> Option<Self>;
-}
+pub use crate::replay::ReplayBody;
 
-impl<D: Clone> ReplayBody for Full<D> {
-    fn try_clone(&self) -> Option<Self> {
-        Some(self.clone())
-    }
-}
-
-impl<D> ReplayBody for Empty<D> {
-    fn try_clone(&self) -> Option<Self> {
-        Some(Empty::new())
-    }
-}
-
-macro_rules! replay_by_clone {
-    ($($t:ty),*) => {$(
-        impl ReplayBody for $t {
-            fn try_clone(&self) -> Option<Self> {
-                Some(self.clone())
-            }
-        }
-    )*};
-}
-replay_by_clone!(String, Bytes, Vec<u8>, ());
-
-impl<D, E> ReplayBody for http_body_util::combinators::UnsyncBoxBody<D, E> {
-    fn try_clone(&self) -> Option<Self> {
-        None
-    }
-}
-
-impl<D, E> ReplayBody for http_body_util::combinators::BoxBody<D, E> {
-    fn try_clone(&self) -> Option<Self> {
-        None
-    }
-}
-
-#[cfg(feature = "rustls")]
-impl ReplayBody for hyper::body::Incoming {
-    fn try_clone(&self) -> Option<Self> {
-        None
-    }
-}
-
-/// A `tower::retry::Policy` that re-authenticates once when the API refuses the token.
+/// A `tower::retry::Policy` that replays a request once when the API refused its token.
 /// See the [module docs](self).
 #[derive(Clone, Debug)]
 pub struct ReauthPolicy {
     source: TokenSource,
     replays_left: u8,
-    /// The token current when the request went down the stack: used when the response
-    /// does not name the token it refused (a gRPC status, or a layer in between that drops
-    /// response extensions).
-    sent_hint: Option<TokenId>,
 }
 
 impl ReauthPolicy {
-    /// A policy that re-authenticates with `source`, the same source the auth layer uses.
+    /// A policy that replays with tokens from `source`, the same source the auth layer uses.
     pub fn new(source: TokenSource) -> Self {
         Self {
             source,
             replays_left: 1,
-            sent_hint: None,
+        }
+    }
+
+    /// The refusal an attempt ended with, if any: stamped on the answer by the auth layer, or
+    /// carried by a typed error from an `ErrorForStatus` inside the retry layer.
+    fn refusal<'r, ResB>(
+        &self,
+        result: &'r mut Result<Response<ResB>, BoxError>,
+    ) -> Option<Option<&'r mut Refusal>> {
+        match result {
+            Ok(response) => {
+                let unstamped = classify::refusal(
+                    response.status(),
+                    response.headers(),
+                    self.source.reauth_on_408(),
+                )
+                .is_some();
+                match response.extensions_mut().get_mut::<Refusal>() {
+                    Some(refusal) => Some(Some(refusal)),
+                    // A layer between the auth layer and here dropped the extensions.
+                    None if unstamped => Some(None),
+                    None => None,
+                }
+            }
+            Err(error) => match error.downcast_mut::<Error>()? {
+                Error::Unauthorized { refusal, .. } => Some(refusal.as_mut()),
+                _ => None,
+            },
         }
     }
 }
 
-impl<B, ResB, E> tower::retry::Policy<Request<B>, Response<ResB>, E> for ReauthPolicy
+impl<B, ResB> tower::retry::Policy<Request<B>, Response<ResB>, BoxError> for ReauthPolicy
 where
     B: ReplayBody,
 {
@@ -129,31 +104,22 @@ where
     fn retry(
         &mut self,
         _request: &mut Request<B>,
-        result: &mut Result<Response<ResB>, E>,
+        result: &mut Result<Response<ResB>, BoxError>,
     ) -> Option<Self::Future> {
-        let response = result.as_ref().ok()?;
-        let Decision::Reauthenticate(reason) = classify(response) else {
+        let replays_left = self.replays_left;
+        let refusal = self.refusal(result)?;
+        if replays_left == 0 {
+            if let Some(refusal) = refusal {
+                refusal.replay = ReplayOutcome::Replayed;
+            }
+            tracing::debug!("token refused again after re-authenticating");
             return None;
-        };
-        if self.replays_left == 0 {
-            tracing::debug!(?reason, "token refused again after re-authenticating");
+        }
+        if refusal.is_some_and(|r| !r.invalidation.replaced()) {
             return None;
         }
         self.replays_left -= 1;
-        // The token this request carried: named by the auth layer on 401/408; for a gRPC
-        // refusal (HTTP 200, so nothing is stamped on the hot path) the token current when the
-        // request went down, or, if there was none then (the call fetched it), the one current
-        // now. A wrong guess costs at most one rate-limited extra fetch.
-        let sent = response
-            .extensions()
-            .get::<SentToken>()
-            .map(|s| s.0)
-            .or(self.sent_hint)
-            .or_else(|| self.source.current_id());
-        if let Some(sent) = sent {
-            self.source.invalidate(sent);
-        }
-        tracing::debug!(?reason, "token refused; replaying with a fresh token");
+        tracing::debug!("token refused; replaying with a fresh token");
         let source = self.source.clone();
         // Wait for the shared refresh; if it fails, the replay fails in the auth layer with
         // that error, which says more than the refusal would.
@@ -163,117 +129,6 @@ where
     }
 
     fn clone_request(&mut self, request: &Request<B>) -> Option<Request<B>> {
-        self.sent_hint = self.source.current_id();
-        let body = request.body().try_clone()?;
-        let mut clone = Request::new(body);
-        *clone.method_mut() = request.method().clone();
-        *clone.uri_mut() = request.uri().clone();
-        *clone.version_mut() = request.version();
-        *clone.headers_mut() = request.headers().clone();
-        *clone.extensions_mut() = request.extensions().clone();
-        Some(clone)
-    }
-}
-
-/// Buffers request bodies (up to a size limit) into [`Full<Bytes>`], so that requests with
-/// streaming bodies — tonic's, or hyper's `Incoming` in a proxy — can be replayed by
-/// [`ReauthPolicy`]. Put it outside the retry layer:
-///
-/// ```no_run
-/// # use entur_auth::{EnturAuthLayer, TokenSource, retry::{BufferRequestLayer, ReauthPolicy}};
-/// # fn stack<S>(source: TokenSource, channel: S) {
-/// let api = tower::ServiceBuilder::new()
-///     .layer(BufferRequestLayer::new(64 * 1024))
-///     .retry(ReauthPolicy::new(source.clone()))
-///     .layer(EnturAuthLayer::new(source))
-///     // tonic: .map_request(|r: http::Request<http_body_util::Full<bytes::Bytes>>| r.map(tonic::body::Body::new))
-///     .service(channel);
-/// # let _ = api; }
-/// ```
-#[derive(Clone, Copy, Debug)]
-pub struct BufferRequestLayer {
-    max_bytes: usize,
-}
-
-impl BufferRequestLayer {
-    /// Buffers bodies of at most `max_bytes`; a larger body fails the request with an error
-    /// saying so.
-    pub fn new(max_bytes: usize) -> Self {
-        Self { max_bytes }
-    }
-}
-
-impl<S> tower_layer::Layer<S> for BufferRequestLayer {
-    type Service = BufferRequest<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        BufferRequest {
-            inner,
-            max_bytes: self.max_bytes,
-        }
-    }
-}
-
-/// Buffers request bodies into [`Full<Bytes>`]; see [`BufferRequestLayer`].
-#[derive(Clone, Debug)]
-pub struct BufferRequest<S> {
-    inner: S,
-    max_bytes: usize,
-}
-
-impl<S> BufferRequest<S> {
-    /// The inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
-}
-
-impl<S, B, ResB> tower_service::Service<Request<B>> for BufferRequest<S>
-where
-    S: tower_service::Service<Request<Full<Bytes>>, Response = Response<ResB>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
-    S::Error: Into<crate::BoxError>,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<crate::BoxError>,
-    ResB: Send + 'static,
-{
-    type Response = Response<ResB>;
-    type Error = crate::BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<ResB>, crate::BoxError>> + Send>>;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        use http_body_util::BodyExt;
-        // The ready service goes into the future; this one keeps a fresh clone.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let max = self.max_bytes;
-        Box::pin(async move {
-            let (parts, body) = request.into_parts();
-            let bytes = http_body_util::Limited::new(body, max)
-                .collect()
-                .await
-                .map_err(|e| -> crate::BoxError {
-                    if e.is::<http_body_util::LengthLimitError>() {
-                        format!("request body larger than the {max}-byte replay buffer: raise BufferRequestLayer's limit").into()
-                    } else {
-                        e
-                    }
-                })?
-                .to_bytes();
-            inner
-                .call(Request::from_parts(parts, Full::new(bytes)))
-                .await
-                .map_err(Into::into)
-        })
+        crate::replay::clone_request(request)
     }
 }

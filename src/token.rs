@@ -2,7 +2,7 @@
 //! its refresh and expiry.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -46,6 +46,9 @@ pub struct AccessToken {
     /// `Instant`s mean nothing to another process.
     issued_wall: SystemTime,
     scope: Option<String>,
+    /// Fetched while the API was refusing tokens: the first accepted request with it ends
+    /// the forced-refresh backoff. Read on the hot path (one relaxed load).
+    probation: AtomicBool,
 }
 
 /// When to refresh and retire a token (DESIGN.md, "Token lifecycle").
@@ -179,6 +182,7 @@ impl AccessToken {
             expires_at: issued_at + lifetime,
             issued_wall,
             scope: scope.map(|s| crate::error::sanitize(&s, 1024)),
+            probation: AtomicBool::new(false),
         })
     }
 
@@ -223,6 +227,21 @@ impl AccessToken {
     /// whichever is earlier.
     pub fn expires_at(&self) -> Instant {
         self.expires_at
+    }
+
+    /// Whether this token was fetched while the API was refusing tokens and no request has
+    /// been accepted with it yet.
+    #[inline]
+    pub(crate) fn on_probation(&self) -> bool {
+        self.probation.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn start_probation(&self) {
+        self.probation.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn end_probation(&self) {
+        self.probation.store(false, Ordering::Relaxed);
     }
 
     /// The granted scope, from the response or the JWT `scope` claim.

@@ -103,17 +103,29 @@ impl Service<Request<()>> for Inner {
 /// The same request for both stacks, with headers so that the map has capacity.
 fn request() -> Request<()> {
     let mut request = Request::new(());
-    *request.uri_mut() = Uri::from_static("http://api.example.com/journey-planner/v3/graphql");
+    *request.uri_mut() = Uri::from_static("https://api.example.com/journey-planner/v3/graphql");
     let headers = request.headers_mut();
     headers.insert(HOST, HeaderValue::from_static("api.example.com"));
     headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
     request
 }
 
+/// Any HTTP service taking `Request<()>`, whatever its response body type.
+trait Responds: Service<Request<()>, Response = Response<<Self as Responds>::Body>> {
+    type Body;
+}
+
+impl<S, B> Responds for S
+where
+    S: Service<Request<()>, Response = Response<B>>,
+{
+    type Body = B;
+}
+
 /// One request, synchronously: `poll_ready`, `call`, one poll of the response future.
 fn send<S>(svc: &mut S) -> StatusCode
 where
-    S: Service<Request<()>, Response = Response<()>>,
+    S: Responds,
     S::Error: fmt::Debug,
 {
     let mut cx = Context::from_waker(noop_waker_ref());
@@ -131,7 +143,7 @@ where
 /// Sends `n` requests; returns how many were authorized.
 fn send_n<S>(svc: &mut S, n: usize) -> usize
 where
-    S: Service<Request<()>, Response = Response<()>>,
+    S: Responds,
     S::Error: fmt::Debug,
 {
     (0..n).filter(|_| send(svc) == StatusCode::OK).count()

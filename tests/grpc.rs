@@ -13,8 +13,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use entur_auth::classify::{ErrorForStatus, ErrorForStatusLayer};
-use entur_auth::retry::{BufferRequest, BufferRequestLayer, ReauthPolicy};
+use entur_auth::buffer::{BufferRequest, BufferRequestLayer};
+use entur_auth::error_for_status::{ErrorForStatus, ErrorForStatusLayer};
+use entur_auth::retry::ReauthPolicy;
 use entur_auth::testing::{ApiService, TestServer};
 use entur_auth::{EnturAuth, EnturAuthLayer, Error, TokenSource};
 use http::header::AUTHORIZATION;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
+use entur_auth::Invalidation;
 use entur_auth::{
     BodyEncoding, ClientAuth, ClientName, Credentials, EnturAuth, EnturAuthLayer, Environment,
     Error, TokenEndpoint, TokenSource, ET_CLIENT_NAME,
@@ -226,7 +227,7 @@ async fn no_debug_or_display_output_contains_the_secret_or_a_token() {
         body: format!(r#"{{"error":"invalid_client","error_description":"bad {secret}"}}"#),
         retry_after: None,
     });
-    assert!(source.invalidate(token.id()));
+    assert_eq!(source.invalidate(token.id()), Invalidation::Started);
     let error = source.token().await.unwrap_err();
     let boxed: entur_auth::BoxError = Box::new(error.clone());
 

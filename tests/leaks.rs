@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use entur_auth::classify::ErrorForStatusLayer;
+use entur_auth::error_for_status::ErrorForStatusLayer;
 use entur_auth::retry::ReauthPolicy;
 use entur_auth::testing::{Fault, TestServer};
 use entur_auth::{BoxError, EnturAuthLayer};
@@ -146,7 +146,7 @@ async fn secrets_and_tokens_never_leak() {
     let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
     assert!(logs.contains("access token fetched"), "capture works");
     assert!(logs.contains("access token fetch failed"));
-    assert!(logs.contains("token rejected by the API"));
+    assert!(logs.contains("token refused by the API"));
     texts.push(logs);
     for text in &texts {
         assert!(!text.contains(SECRET), "secret leaked in: {text}");

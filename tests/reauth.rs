@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use entur_auth::classify::ErrorForStatusLayer;
+use entur_auth::error_for_status::ErrorForStatusLayer;
 use entur_auth::retry::ReauthPolicy;
+use entur_auth::Invalidation;
 use entur_auth::{EnturAuth, EnturAuthLayer, Error, TokenSource};
 use http::header::{AUTHORIZATION, LOCATION};
 use http::{Request, Response, StatusCode};
@@ -106,13 +107,13 @@ async fn a_hundred_requests_refused_with_one_stale_token_cause_one_fetch() {
 
     // A late refusal of the replaced token causes no fetch.
     tokio::time::sleep(Duration::from_secs(60)).await;
-    assert!(!source.invalidate(stale));
+    assert_eq!(source.invalidate(stale), Invalidation::AlreadyReplaced);
     settle().await;
     assert_eq!(server.token_requests(), 2);
 }
 
 #[tokio::test(start_paused = true)]
-async fn an_api_that_always_refuses_gets_two_attempts_per_request_and_no_hammering() {
+async fn an_api_that_always_refuses_gets_one_replay_then_backoff_and_no_hammering() {
     let server = server(Duration::from_secs(3600)).await;
     let source = source(&server);
     let calls = Arc::new(AtomicUsize::new(0));
@@ -121,10 +122,20 @@ async fn an_api_that_always_refuses_gets_two_attempts_per_request_and_no_hammeri
     let mut typed = ServiceBuilder::new()
         .layer(ErrorForStatusLayer::new())
         .service(stack(&source, inner));
+    // The first refusal forces a refresh and a replay; the replay is refused too.
+    let response = send(&mut plain, api_request(&server, "/a")).await.unwrap();
+    assert_eq!(response, StatusCode::UNAUTHORIZED, "the final 401 as is");
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "one replay");
+    assert_eq!(server.token_requests(), 2, "the first fetch and one forced");
+    // Within the backoff, a refusal cannot bring a new token: no replay, no fetch.
     for i in 0..10 {
         let response = send(&mut plain, api_request(&server, "/a")).await.unwrap();
-        assert_eq!(response, StatusCode::UNAUTHORIZED, "the final 401 as is");
-        assert_eq!(calls.load(Ordering::SeqCst), 2 * (i + 1));
+        assert_eq!(response, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            3 + i,
+            "no replay while backing off"
+        );
     }
     for _ in 0..10 {
         let error = send(&mut typed, api_request(&server, "/a"))
@@ -132,17 +143,18 @@ async fn an_api_that_always_refuses_gets_two_attempts_per_request_and_no_hammeri
             .unwrap_err();
         let error = error.downcast_ref::<Error>().unwrap();
         assert!(
-            matches!(error, Error::Unauthorized { grpc: false, .. }),
-            "{error}"
+            matches!(error, Error::Unauthorized { grpc: false, refusal: Some(r), .. }
+                if matches!(r.invalidation, Invalidation::RateLimited { .. })),
+            "{error:?}"
         );
+        assert!(error.to_string().contains("backs off"), "{error}");
     }
+    assert_eq!(calls.load(Ordering::SeqCst), 22);
     assert_eq!(
-        calls.load(Ordering::SeqCst),
-        40,
-        "exactly two attempts each"
+        server.token_requests(),
+        2,
+        "the rest are within the backoff"
     );
-    // The first fetch, and one forced refresh: the rest are within the rate limit.
-    assert_eq!(server.token_requests(), 2);
 }
 
 #[tokio::test(start_paused = true)]
@@ -303,7 +315,7 @@ async fn full_stack_over_tcp_rides_out_a_revocation_with_zero_failures() {
 
 #[tokio::test(start_paused = true)]
 async fn a_buffered_streaming_body_is_replayed() {
-    use entur_auth::retry::BufferRequestLayer;
+    use entur_auth::buffer::BufferRequestLayer;
     use http_body_util::combinators::UnsyncBoxBody;
     use http_body_util::BodyExt;
     let server = server(Duration::from_secs(3600)).await;

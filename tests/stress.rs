@@ -8,6 +8,7 @@ use std::time::Duration;
 use common::*;
 use entur_auth::testing::Fault;
 use entur_auth::EnturAuthLayer;
+use entur_auth::Invalidation;
 use http::{Request, StatusCode};
 use tower::{Layer, ServiceExt};
 
@@ -99,7 +100,10 @@ async fn cancelling_callers_at_every_point_of_the_fetch_leaves_the_source_usable
             "cancelled after {cancel_after} ms"
         );
         // And a waiter on `token()` itself, cancelled mid-wait.
-        assert!(source.invalidate(source.current().unwrap().id()));
+        assert_eq!(
+            source.invalidate(source.current().unwrap().id()),
+            Invalidation::Started
+        );
         server.push_fault(Fault::Delay(Duration::from_millis(200)));
         let _ = tokio::time::timeout(Duration::from_millis(cancel_after), source.token()).await;
         source.token().await.unwrap();

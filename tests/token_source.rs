@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use entur_auth::testing::Fault;
+use entur_auth::Invalidation;
 use entur_auth::{EnturAuthLayer, Error, OAuthErrorCode};
 use futures_util::FutureExt;
 use http::{Request, StatusCode};
@@ -209,12 +210,12 @@ async fn invalidate_drops_only_the_current_token() {
     let server = server(Duration::from_secs(3600)).await;
     let source = source(&server);
     let first = source.token().await.unwrap();
-    assert!(source.invalidate(first.id()));
+    assert_eq!(source.invalidate(first.id()), Invalidation::Started);
     let second = source.token().await.unwrap();
     assert_ne!(first.id(), second.id());
     assert_eq!(server.token_requests(), 2);
     // A rejection of the old token, arriving late, changes nothing.
-    assert!(!source.invalidate(first.id()));
+    assert_eq!(source.invalidate(first.id()), Invalidation::AlreadyReplaced);
     settle().await;
     assert_eq!(server.token_requests(), 2);
     assert_eq!(source.current().unwrap().id(), second.id());
@@ -348,7 +349,7 @@ async fn single_flight_holds_when_the_refresher_races_a_forced_invalidation() {
     // At the very instant the background refresh is due, the API refuses the token and
     // 10,000 callers arrive.
     tokio::time::sleep_until(token.refresh_at()).await;
-    assert!(source.invalidate(token.id()));
+    assert_eq!(source.invalidate(token.id()), Invalidation::Started);
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..10_000 {
         let svc = svc.clone();

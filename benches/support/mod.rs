@@ -61,7 +61,7 @@ impl Service<Request<()>> for Echo {
 
 /// Parsed once: the benches measure header work, not URI parsing.
 pub static URI: LazyLock<Uri> =
-    LazyLock::new(|| Uri::from_static("http://api.example.com/journey-planner/v3/graphql"));
+    LazyLock::new(|| Uri::from_static("https://api.example.com/journey-planner/v3/graphql"));
 
 /// The same request for every stack and every iteration.
 pub fn request() -> Request<()> {
@@ -73,10 +73,23 @@ pub fn request() -> Request<()> {
     request
 }
 
-/// One request through `svc`: `poll_ready`, `call`, one poll of the response future.
-pub fn send<S>(svc: &mut S, cx: &mut Context<'_>, request: Request<()>) -> Response<()>
+/// A service the benches can send to: any HTTP service taking `Request<()>`, whatever its
+/// response body type.
+pub trait Responds: Service<Request<()>, Response = Response<<Self as Responds>::Body>> {
+    type Body;
+}
+
+impl<S, B> Responds for S
 where
-    S: Service<Request<()>, Response = Response<()>>,
+    S: Service<Request<()>, Response = Response<B>>,
+{
+    type Body = B;
+}
+
+/// One request through `svc`: `poll_ready`, `call`, one poll of the response future.
+pub fn send<S>(svc: &mut S, cx: &mut Context<'_>, request: Request<()>) -> S::Response
+where
+    S: Responds,
     S::Error: fmt::Debug,
 {
     match svc.poll_ready(cx) {

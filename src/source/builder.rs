@@ -1,7 +1,7 @@
 //! Configuring and starting a [`TokenSource`].
 
 use std::fmt;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -9,8 +9,10 @@ use arc_swap::ArcSwapOption;
 use tokio::sync::{watch, Notify};
 use tower::Service;
 
+use super::registry::{self, SourceKey};
 use super::{
-    refresher, FetchHook, FetchOutcome, FetchState, Handle, Settings, Shared, TokenSource,
+    check_timers, FetchHook, FetchOutcome, FetchState, Handle, Reauth, Settings, Shared,
+    Supervisor, TokenSource,
 };
 use crate::config::{Credentials, TokenEndpoint};
 use crate::endpoint::{self, TokenRequest, TokenRequestBody, Transport};
@@ -37,11 +39,11 @@ pub struct TokenSourceBuilder {
     deferred_error: Option<Error>,
     seed: Option<u64>,
     on_fetch: Option<FetchHook>,
+    stall_timeout: Duration,
     #[cfg(feature = "shared-store")]
-    store: Option<(
-        Arc<dyn crate::store::TokenStore>,
-        crate::store::StoreSettings,
-    )>,
+    store: Option<Arc<dyn crate::store::TokenStore>>,
+    #[cfg(feature = "shared-store")]
+    store_settings: crate::store::StoreSettings,
 }
 
 impl fmt::Debug for TokenSourceBuilder {
@@ -73,13 +75,18 @@ impl TokenSourceBuilder {
             deferred_error: None,
             seed: None,
             on_fetch: None,
+            stall_timeout: Duration::from_secs(5),
             #[cfg(feature = "shared-store")]
             store: None,
+            #[cfg(feature = "shared-store")]
+            store_settings: Default::default(),
         }
     }
 
     /// Fraction of the lifetime after which the background refresh starts. Default `0.75`;
-    /// must be in `0.1..=0.95`.
+    /// must be in `0.1..=0.95`. Whatever the fraction, a refresh is always due at least one
+    /// safety margin (`min(30 s, 10 % of the lifetime)`) before the token is retired, so
+    /// that requests never wait on a refresh that started too late.
     pub fn refresh_at(mut self, fraction: f64) -> Self {
         self.lifecycle.refresh_at = fraction;
         self
@@ -87,7 +94,9 @@ impl TokenSourceBuilder {
 
     /// Largest random amount, as a fraction of the lifetime, by which each refresh is moved
     /// earlier, so that many processes do not refresh in step. Default `0.05`; must be in
-    /// `0.0..=0.25`.
+    /// `0.0..=0.25` and at most half of [`refresh_at`](Self::refresh_at) (a larger jitter
+    /// could move refreshes right after issue and multiply the token requests):
+    /// [`build`](Self::build) refuses other values.
     pub fn refresh_jitter(mut self, fraction: f64) -> Self {
         self.lifecycle.jitter = fraction;
         self
@@ -187,6 +196,11 @@ impl TokenSourceBuilder {
     /// Calls `hook` after every token request with its [`FetchOutcome`]: to feed your own
     /// metrics (fetch count, failures by kind, latency). It runs on the refresher task: keep
     /// it quick. A panic in it is caught and logged.
+    ///
+    /// The source owns the hook: a hook that holds a [`TokenSource`] would keep the source
+    /// (and its background task) alive forever. To reach the source from the hook, capture a
+    /// [`WeakTokenSource`](super::WeakTokenSource) from [`TokenSource::downgrade`], set
+    /// after building through a `OnceLock`, or read [`FetchOutcome`] alone.
     pub fn on_fetch(mut self, hook: impl Fn(&FetchOutcome<'_>) + Send + Sync + 'static) -> Self {
         self.on_fetch = Some(Arc::new(hook));
         self
@@ -198,8 +212,7 @@ impl TokenSourceBuilder {
     #[cfg(feature = "shared-store")]
     #[cfg_attr(docsrs, doc(cfg(feature = "shared-store")))]
     pub fn shared_store(mut self, store: impl crate::store::TokenStore) -> Self {
-        let settings = self.store.take().map(|(_, s)| s).unwrap_or_default();
-        self.store = Some((Arc::new(store), settings));
+        self.store = Some(Arc::new(store));
         self
     }
 
@@ -208,9 +221,22 @@ impl TokenSourceBuilder {
     #[cfg(feature = "shared-store")]
     #[cfg_attr(docsrs, doc(cfg(feature = "shared-store")))]
     pub fn store_timeout(mut self, timeout: Duration) -> Self {
-        if let Some((_, settings)) = &mut self.store {
-            settings.op_timeout = timeout;
-        }
+        self.store_settings.op_timeout = timeout;
+        self
+    }
+
+    /// How long the background refresher may leave the watchdog's probe unanswered before it
+    /// counts as stopped. Default 5 s.
+    ///
+    /// The refresher runs on the tokio runtime the source was built on. If that runtime stops
+    /// running it (a current-thread runtime nobody drives any more, all workers blocked), its
+    /// timers cannot retire the token or bound a fetch. A watchdog thread probes the refresher
+    /// this long before the current token's usable time ends, and while callers wait with no
+    /// token; a refresher that does not answer in time is declared stopped
+    /// ([`Health::Stopped`](crate::Health::Stopped)): its token is no longer sent, and the
+    /// next caller's runtime takes the refreshing over.
+    pub fn stall_timeout(mut self, timeout: Duration) -> Self {
+        self.stall_timeout = timeout;
         self
     }
 
@@ -234,52 +260,48 @@ impl TokenSourceBuilder {
             return Err(error);
         }
         check_url(self.endpoint.url(), self.allow_http_loopback)?;
-        let l = &self.lifecycle;
-        if !(0.1..=0.95).contains(&l.refresh_at) {
-            return Err(Error::config("refresh_at must be between 0.1 and 0.95"));
-        }
-        if !(0.0..=0.25).contains(&l.jitter) {
-            return Err(Error::config("refresh_jitter must be between 0.0 and 0.25"));
-        }
-        if l.default_lifetime < Duration::from_secs(1) {
-            return Err(Error::config("default_lifetime must be at least 1 s"));
-        }
-        if self.fetch_timeout.is_zero() {
-            return Err(Error::config("fetch_timeout must be greater than zero"));
-        }
-        for (name, (initial, max)) in [
-            ("backoff", self.transient),
-            ("rejected_backoff", self.rejected),
-        ] {
-            if initial.is_zero() || max < initial {
-                return Err(Error::config(format!(
-                    "{name}: initial must be greater than zero and not above max"
-                )));
-            }
-        }
+        self.check_settings()?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             Error::config(
                 "TokenSource::build was called outside a tokio runtime: build it inside one, the background refresher runs on it",
             )
         })?;
+        check_timers()?;
         let transport = match self.transport {
             Some(make) => make(self.max_response_bytes),
             None => default_transport(&self)?,
         };
         #[cfg(feature = "shared-store")]
-        let fleet = self.store.map(|(store, settings)| {
+        let fleet = self.store.map(|store| {
             crate::store::Fleet::new(
                 store,
                 &self.endpoint,
                 &self.credentials,
-                settings,
+                self.store_settings,
                 self.fetch_timeout,
             )
         });
+        let rng = match self.seed {
+            Some(seed) => fastrand::Rng::with_seed(seed),
+            None => fastrand::Rng::new(),
+        };
         let shared = Arc::new(Shared {
+            key: SourceKey::next(),
             cell: Arc::new(ArcSwapOption::empty()),
             state: watch::Sender::new(FetchState::default()),
             wake: Notify::new(),
+            ping: Notify::new(),
+            pulse: AtomicU64::new(0),
+            probing_waiters: AtomicBool::new(false),
+            supervisor: Mutex::new(Supervisor {
+                task: None,
+                generation: 0,
+                stopped: None,
+                parked: None,
+                rng,
+            }),
+            generation: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
             request: TokenRequest::new(&self.endpoint, &self.credentials),
             credentials: self.credentials,
             transport,
@@ -289,24 +311,115 @@ impl TokenSourceBuilder {
                 min_reauth_interval: self.min_reauth_interval,
                 transient: self.transient,
                 rejected: self.rejected,
+                stall_timeout: self.stall_timeout,
+                reauth_on_408: self.endpoint.reauths_on_408(),
             },
             attempts: AtomicU64::new(0),
             failures: AtomicU64::new(0),
-            last_invalidation: Mutex::new(None),
+            reauth: Mutex::new(Reauth::default()),
             on_fetch: self.on_fetch,
             #[cfg(feature = "shared-store")]
             fleet,
         });
-        let rng = match self.seed {
-            Some(seed) => fastrand::Rng::with_seed(seed),
-            None => fastrand::Rng::new(),
-        };
-        let task = runtime
-            .spawn(refresher::run(shared.clone(), rng))
-            .abort_handle();
+        registry::register(&shared);
+        let mut supervisor = shared.supervisor();
+        shared.spawn_refresher(&mut supervisor, &runtime);
+        drop(supervisor);
         Ok(TokenSource {
-            handle: Arc::new(Handle { shared, task }),
+            handle: Arc::new(Handle { shared }),
         })
+    }
+
+    /// Refuses settings that are out of range, or that would defeat proactive refresh.
+    fn check_settings(&self) -> Result<(), Error> {
+        const DAY: Duration = Duration::from_secs(24 * 3600);
+        let l = &self.lifecycle;
+        if !(0.1..=0.95).contains(&l.refresh_at) {
+            return Err(Error::config(format!(
+                "refresh_at is {}: it must be between 0.1 and 0.95 (a fraction of the token lifetime)",
+                l.refresh_at
+            )));
+        }
+        if !(0.0..=0.25).contains(&l.jitter) {
+            return Err(Error::config(format!(
+                "refresh_jitter is {}: it must be between 0.0 and 0.25 (a fraction of the token lifetime)",
+                l.jitter
+            )));
+        }
+        if l.jitter > l.refresh_at / 2.0 {
+            return Err(Error::config(format!(
+                "refresh_jitter ({}) is more than half of refresh_at ({}): refreshes could come right after each fetch; lower refresh_jitter or raise refresh_at",
+                l.jitter, l.refresh_at
+            )));
+        }
+        let limits = [
+            (
+                "default_lifetime",
+                l.default_lifetime,
+                Duration::from_secs(1),
+                365 * DAY,
+            ),
+            (
+                "fetch_timeout",
+                self.fetch_timeout,
+                Duration::from_millis(1),
+                DAY,
+            ),
+            (
+                "min_reauth_interval",
+                self.min_reauth_interval,
+                Duration::ZERO,
+                DAY,
+            ),
+            (
+                "stall_timeout",
+                self.stall_timeout,
+                Duration::from_millis(1),
+                DAY,
+            ),
+            (
+                "backoff (initial)",
+                self.transient.0,
+                Duration::from_millis(1),
+                DAY,
+            ),
+            (
+                "backoff (max)",
+                self.transient.1,
+                Duration::from_millis(1),
+                DAY,
+            ),
+            (
+                "rejected_backoff (initial)",
+                self.rejected.0,
+                Duration::from_millis(1),
+                DAY,
+            ),
+            (
+                "rejected_backoff (max)",
+                self.rejected.1,
+                Duration::from_millis(1),
+                DAY,
+            ),
+        ];
+        for (name, value, min, max) in limits {
+            if value < min || value > max {
+                return Err(Error::config(format!(
+                    "{name} is {value:?}: it must be between {min:?} and {max:?}"
+                )));
+            }
+        }
+        for (name, (initial, max)) in [
+            ("backoff", self.transient),
+            ("rejected_backoff", self.rejected),
+        ] {
+            if max < initial {
+                return Err(Error::config(format!(
+                    "{name}: initial ({initial:?}) must not be above max ({max:?})"
+                )));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -331,12 +444,7 @@ fn check_url(url: &http::Uri, allow_http_loopback: bool) -> Result<(), Error> {
     match url.scheme_str() {
         Some("https") => Ok(()),
         Some("http") => {
-            let host = url.host().unwrap_or_default();
-            let host = host.trim_start_matches('[').trim_end_matches(']');
-            let loopback = host.eq_ignore_ascii_case("localhost")
-                || host
-                    .parse::<std::net::IpAddr>()
-                    .is_ok_and(|ip| ip.is_loopback());
+            let loopback = crate::config::is_loopback(url.host().unwrap_or_default());
             if allow_http_loopback && loopback {
                 Ok(())
             } else if loopback {

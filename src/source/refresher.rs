@@ -1,5 +1,6 @@
 //! The background task: the only place tokens are fetched, refreshed and retired.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -16,21 +17,20 @@ use crate::token::{AccessToken, Issued};
 
 /// Retry-After is honoured up to this long.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
+/// After this many panics in a row the refresher stops using timers (a runtime whose timers
+/// panic) and only answers demand.
+const MAX_PANICS_IN_A_ROW: u32 = 3;
 
 impl Shared {
     /// Hands an outcome to the user's hook; a panicking hook is logged, never fatal to the
     /// refresher.
     fn report(&self, outcome: FetchOutcome<'_>) {
         if let Some(hook) = &self.on_fetch {
-            let call = std::panic::AssertUnwindSafe(|| hook(&outcome));
+            let call = AssertUnwindSafe(|| hook(&outcome));
             if std::panic::catch_unwind(call).is_err() {
                 tracing::error!("the on_fetch hook panicked; the refresher carries on");
             }
         }
-    }
-
-    fn publish(&self, change: impl FnOnce(&mut FetchState)) {
-        self.state.send_modify(change);
     }
 
     /// Drops `token` from the cell if it is still there.
@@ -47,9 +47,11 @@ impl Shared {
         if let Some(fleet) = &self.fleet {
             let current = self.cell.load_full();
             let fetch = || self.fetch(jitter_sample);
+            let refused = |token: &AccessToken| self.was_refused(token);
             return fleet
                 .obtain(
                     current.as_deref(),
+                    &refused,
                     &self.settings.lifecycle,
                     jitter_sample,
                     fetch,
@@ -102,6 +104,13 @@ impl Shared {
     }
 }
 
+/// `now + delay`, saturating far in the future instead of overflowing.
+fn later(delay: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(delay)
+        .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
+}
+
 /// Sleeps until `at`, or forever.
 async fn sleep_until(at: Option<Instant>) {
     match at {
@@ -110,55 +119,109 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-/// The background task: the only place tokens are fetched.
-pub(super) async fn run(shared: Arc<Shared>, mut rng: fastrand::Rng) {
-    let mut failures: u32 = 0;
-    let mut retry_at: Option<Instant> = None;
-    loop {
+/// Ends the refresher's generation when its task ends: if the task was dropped while it was
+/// still the current refresher (its runtime shut down), the source learns of it at once.
+struct Guard {
+    shared: Arc<Shared>,
+    generation: u64,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.shared.refresher_ended(self.generation);
+    }
+}
+
+/// The background task of one refresher generation.
+pub(super) async fn run(shared: Arc<Shared>, generation: u64, rng: fastrand::Rng) {
+    let guard = Guard {
+        shared: shared.clone(),
+        generation,
+    };
+    let mut refresher = Refresher {
+        shared,
+        rng,
+        failures: 0,
+        retry_at: None,
+        panics: 0,
+    };
+    // The current token may have come from a refresher before this one: watch it.
+    if let Some(token) = refresher.shared.cell.load_full() {
+        refresher.shared.watch_token(&token);
+    }
+    while refresher.shared.is_current(generation) {
+        // No panic ends the refresher: a bug in one step (or in a transport or store it
+        // calls) counts as a failed fetch, and the loop carries on.
+        match AssertUnwindSafe(refresher.step()).catch_unwind().await {
+            Ok(()) => refresher.panics = 0,
+            Err(_) => refresher.panicked(),
+        }
+    }
+    drop(guard);
+}
+
+struct Refresher {
+    shared: Arc<Shared>,
+    rng: fastrand::Rng,
+    /// Failed attempts since the last success.
+    failures: u32,
+    /// When the next attempt after a failure is due.
+    retry_at: Option<Instant>,
+    panics: u32,
+}
+
+impl Refresher {
+    /// Waits for the next thing to do (a refresh, a retirement, demand, a probe) and does it.
+    async fn step(&mut self) {
+        let shared = self.shared.clone();
+        shared.beat();
+        if self.panics >= MAX_PANICS_IN_A_ROW {
+            // Timers keep panicking: answer demand only.
+            tokio::select! {
+                () = shared.wake.notified() => {}
+                () = shared.ping.notified() => return,
+            }
+            return self.fetch().await;
+        }
         let current = shared.cell.load_full();
         if let Some(token) = &current {
             if Instant::now() >= token.usable_until() {
                 shared.retire(token);
-                continue;
+                return;
             }
         }
-        let due = retry_at.or(current.as_ref().map(|t| t.refresh_at()));
+        let due = self.retry_at.or(current.as_ref().map(|t| t.refresh_at()));
         let expiry = current.as_ref().map(|t| t.usable_until());
         tokio::select! {
             () = shared.wake.notified() => {
                 // Demand: only an empty cell outside backoff warrants a fetch now.
-                if retry_at.is_some() || shared.cell.load().is_some() {
-                    continue;
+                if self.retry_at.is_some() || shared.cell.load().is_some() {
+                    return;
                 }
             }
+            () = shared.ping.notified() => return,
             () = sleep_until(due) => {}
-            () = sleep_until(expiry) => continue,
+            () = sleep_until(expiry) => return,
         }
+        self.fetch().await;
+    }
 
+    async fn fetch(&mut self) {
+        let shared = self.shared.clone();
         shared.publish(|s| s.fetching = true);
-        let attempt = failures + 1;
+        let attempt = self.failures + 1;
         let span = tracing::info_span!("entur_auth_fetch", attempt, url = %shared.request.url());
         tracing::debug!(parent: &span, "fetching an access token");
         let started = Instant::now();
-        // A panic while reading an answer would be a bug; it must not kill the refresher
-        // (waiters would hang): it becomes an error like any other bad answer.
-        let fetch = std::panic::AssertUnwindSafe(shared.obtain(rng.f64()))
-            .catch_unwind()
-            .map(|caught| {
-                caught.unwrap_or_else(|_| {
-                    Err(Error::invalid(
-                        http::StatusCode::OK,
-                        "reading it panicked, a bug in entur-auth: please report it",
-                    ))
-                })
-            })
-            .instrument(span.clone());
+        let fetch = shared.obtain(self.rng.f64()).instrument(span.clone());
         tokio::pin!(fetch);
-        // Keep retiring the current token on time while the fetch runs.
+        // Keep retiring the current token on time, and answering the watchdog, while the
+        // fetch runs.
         let mut expiry = shared.cell.load_full();
         let result = loop {
             tokio::select! {
                 result = &mut fetch => break result,
+                () = shared.ping.notified() => shared.beat(),
                 () = sleep_until(expiry.as_ref().map(|t| t.usable_until())) => {
                     if let Some(token) = expiry.take() {
                         shared.retire(&token);
@@ -168,58 +231,91 @@ pub(super) async fn run(shared: Arc<Shared>, mut rng: fastrand::Rng) {
         };
         let took = started.elapsed();
         match result {
-            Ok(token) => {
-                let token = Arc::new(token);
-                let lifetime = token.expires_at() - token.issued_at();
-                tracing::info!(
-                    parent: &span,
-                    token = %token.id(),
-                    lifetime_s = lifetime.as_secs_f64(),
-                    refresh_in_s = (token.refresh_at() - token.issued_at()).as_secs_f64(),
-                    took_ms = took.as_millis() as u64,
-                    "access token fetched"
-                );
-                shared.cell.store(Some(token.clone()));
-                failures = 0;
-                retry_at = None;
-                shared.publish(|s| *s = FetchState::default());
-                shared.report(FetchOutcome {
-                    result: Ok(&token),
-                    attempt,
-                    took,
-                    retry_in: None,
-                    serving_token: true,
-                });
-            }
-            Err(error) => {
-                failures = failures.saturating_add(1);
-                shared.failures.fetch_add(1, Ordering::Relaxed);
-                let delay = shared.backoff(&error, failures, &mut rng);
-                let at = Instant::now() + delay;
-                retry_at = Some(at);
-                let serving_token = shared.cell.load().is_some();
-                tracing::warn!(
-                    parent: &span,
-                    error = %error,
-                    transient = error.is_transient(),
-                    took_ms = took.as_millis() as u64,
-                    retry_in_ms = delay.as_millis() as u64,
-                    serving_token,
-                    "access token fetch failed"
-                );
-                shared.report(FetchOutcome {
-                    result: Err(&error),
-                    attempt,
-                    took,
-                    retry_in: Some(delay),
-                    serving_token,
-                });
-                shared.publish(|s| {
-                    s.fetching = false;
-                    s.last_error = Some(error);
-                    s.retry_at = Some(at);
-                });
-            }
+            Ok(token) => self.succeeded(token, attempt, took, &span),
+            Err(error) => self.failed(error, attempt, took, &span),
         }
+    }
+
+    fn succeeded(
+        &mut self,
+        token: AccessToken,
+        attempt: u32,
+        took: Duration,
+        span: &tracing::Span,
+    ) {
+        let shared = &self.shared;
+        let token = Arc::new(token);
+        let lifetime = token.expires_at() - token.issued_at();
+        // A token fetched while the API was refusing tokens is on probation: the first
+        // request it gets accepted ends the forced-refresh backoff.
+        if shared.reauth().streak > 0 {
+            token.start_probation();
+        }
+        tracing::info!(
+            parent: span,
+            token = %token.id(),
+            lifetime_s = lifetime.as_secs_f64(),
+            refresh_in_s = (token.refresh_at() - token.issued_at()).as_secs_f64(),
+            took_ms = took.as_millis() as u64,
+            "access token fetched"
+        );
+        shared.cell.store(Some(token.clone()));
+        shared.watch_token(&token);
+        self.failures = 0;
+        self.retry_at = None;
+        shared.publish(|s| *s = FetchState::default());
+        shared.report(FetchOutcome {
+            result: Ok(&token),
+            attempt,
+            took,
+            retry_in: None,
+            serving_token: true,
+        });
+    }
+
+    fn failed(&mut self, error: Error, attempt: u32, took: Duration, span: &tracing::Span) {
+        let shared = &self.shared;
+        self.failures = self.failures.saturating_add(1);
+        shared.failures.fetch_add(1, Ordering::Relaxed);
+        let delay = shared.backoff(&error, self.failures, &mut self.rng);
+        let at = later(delay);
+        self.retry_at = Some(at);
+        let serving_token = shared.cell.load().is_some();
+        tracing::warn!(
+            parent: span,
+            error = %error,
+            transient = error.is_transient(),
+            took_ms = took.as_millis() as u64,
+            retry_in_ms = delay.as_millis() as u64,
+            serving_token,
+            "access token fetch failed"
+        );
+        shared.report(FetchOutcome {
+            result: Err(&error),
+            attempt,
+            took,
+            retry_in: Some(delay),
+            serving_token,
+        });
+        shared.publish(|s| {
+            s.fetching = false;
+            s.last_error = Some(error);
+            s.retry_at = Some(at);
+        });
+    }
+
+    /// A step panicked: a bug. Waiting callers get an error instead of hanging, and the
+    /// next attempt follows the slow schedule.
+    fn panicked(&mut self) {
+        self.panics = self.panics.saturating_add(1);
+        tracing::error!(
+            panics_in_a_row = self.panics,
+            "the token refresher panicked (a bug in entur-auth or in the transport or store it called: please report it); it carries on"
+        );
+        let error = Error::internal(
+            "the token refresher panicked (a bug: please report it); it retries on the slow schedule",
+        );
+        let span = tracing::Span::current();
+        self.failed(error, self.failures + 1, Duration::ZERO, &span);
     }
 }

@@ -190,9 +190,14 @@ impl Fleet {
 
     /// A token for this replica: adopted from the fleet, or fetched with `fetch` (under the
     /// fleet lock when the store answers) and published.
+    ///
+    /// `refused` says whether the API refused a token: such a token is never adopted, even
+    /// when the store still holds it, so that the replica that saw the refusal fetches a new
+    /// token (and publishes it for the others) instead of re-adopting the refused one.
     pub(crate) async fn obtain<F, Fut>(
         &self,
         current: Option<&AccessToken>,
+        refused: &(dyn Fn(&AccessToken) -> bool + Sync),
         lifecycle: &Lifecycle,
         jitter: f64,
         fetch: F,
@@ -203,7 +208,7 @@ impl Fleet {
     {
         let deadline = Instant::now() + self.lock_ttl * 2;
         loop {
-            match self.look(current, lifecycle, jitter).await {
+            match self.look(current, refused, lifecycle, jitter).await {
                 Look::Adopted(token) => {
                     tracing::debug!(token = %token.id(), "adopted the fleet's token from the store");
                     return Ok(token);
@@ -215,7 +220,18 @@ impl Fleet {
                 .store
                 .try_lock(&self.lock_key, &self.holder, self.lock_ttl);
             match self.call(op).await {
-                Some(true) => return self.fetch_and_publish(&fetch, true).await,
+                Some(true) => {
+                    // Another replica may have published between our look and the lock.
+                    if let Look::Adopted(token) =
+                        self.look(current, refused, lifecycle, jitter).await
+                    {
+                        let op = self.store.unlock(&self.lock_key, &self.holder);
+                        self.call(op).await;
+                        tracing::debug!(token = %token.id(), "adopted the fleet's token from the store");
+                        return Ok(token);
+                    }
+                    return self.fetch_and_publish(&fetch, true).await;
+                }
                 Some(false) if Instant::now() < deadline => {
                     tokio::time::sleep(self.settings.poll).await;
                 }
@@ -246,6 +262,7 @@ impl Fleet {
     async fn look(
         &self,
         current: Option<&AccessToken>,
+        refused: &(dyn Fn(&AccessToken) -> bool + Sync),
         lifecycle: &Lifecycle,
         jitter: f64,
     ) -> Look {
@@ -267,6 +284,10 @@ impl Fleet {
             return Look::Nothing;
         };
         if current.is_some() && Instant::now() >= token.refresh_at() {
+            return Look::Nothing;
+        }
+        if refused(&token) {
+            tracing::debug!("the store holds a token the API refused; fetching a new one");
             return Look::Nothing;
         }
         Look::Adopted(token)

@@ -640,12 +640,14 @@ impl TestServer {
         crate::Credentials::new(self.client_id(), self.client_secret())
     }
 
-    /// The server's token endpoint with its audience, JSON-encoded as Entur's presets are.
+    /// The server's token endpoint with its audience, JSON-encoded and with a 408 meaning
+    /// "the token expired", as Entur's presets are.
     pub fn endpoint(&self) -> crate::TokenEndpoint {
         crate::TokenEndpoint::new(&self.token_url())
             .expect("the server's token URL is a valid http URL")
             .audience(self.audience())
             .encoding(crate::BodyEncoding::Json)
+            .reauth_on_408(true)
     }
 
     /// A [`TokenSourceBuilder`](crate::TokenSourceBuilder) for this server that reaches it

@@ -27,23 +27,47 @@
 //! [`arc_swap::Cache`]), one reference-count increment of a prebuilt, sensitive
 //! `HeaderValue`, and one header insert: no allocation, no lock, no clock read. Only when no
 //! usable token exists does the response future wait, on the one fetch shared by all callers.
+//!
+//! # Refusals
+//!
+//! The response future reads every answer: a 401, an Entur 408, or a gRPC `UNAUTHENTICATED`
+//! (in the headers, or in the trailers at the end of the body) drops the token the request
+//! carried at once, whatever else is in the stack and whether or not the request can be
+//! replayed. The answer is passed on with a [`Refusal`] in its extensions, saying what was
+//! done; [`ReplayLayer`](crate::replay::ReplayLayer) then replays the request once with the
+//! new token. Forced refreshes back off when the API keeps refusing (see
+//! [`TokenSource::invalidate`]).
+//!
+//! # Plain HTTP
+//!
+//! A request to `http://` on a host that is not loopback fails with
+//! [`Error::CleartextRefused`](crate::Error::CleartextRefused) before anything is sent: the
+//! bearer token would cross the network in cleartext. Relative URIs (as tonic sends them)
+//! and `https://` pass; [`EnturAuthLayer::allow_plain_http`] lifts the check.
+
+mod body;
+pub(crate) mod future;
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 
 use arc_swap::{ArcSwapOption, Cache};
 use http::header::{HeaderName, AUTHORIZATION};
-use http::{HeaderValue, Request, Response, StatusCode};
-use pin_project_lite::pin_project;
+use http::uri::Scheme;
+use http::{HeaderValue, Request, Response};
 use tower_layer::Layer;
 use tower_service::Service;
 
+pub use self::body::ResponseBody;
+pub use self::future::ResponseFuture;
+
+use self::future::Sent;
+use crate::classify::Reauth;
 use crate::config::ClientName;
 use crate::error::{BoxError, Error};
-use crate::source::TokenSource;
+use crate::source::registry::SourceKey;
+use crate::source::{Invalidation, TokenSource};
 use crate::token::{AccessToken, TokenId};
 
 /// The `ET-Client-Name` header Entur asks every client to send.
@@ -55,6 +79,7 @@ pub const ET_CLIENT_NAME: HeaderName = HeaderName::from_static("et-client-name")
 pub struct EnturAuthLayer {
     source: TokenSource,
     client_name: Option<HeaderValue>,
+    allow_plain_http: bool,
 }
 
 impl EnturAuthLayer {
@@ -63,6 +88,7 @@ impl EnturAuthLayer {
         Self {
             source,
             client_name: None,
+            allow_plain_http: false,
         }
     }
 
@@ -70,6 +96,22 @@ impl EnturAuthLayer {
     pub fn client_name(mut self, name: ClientName) -> Self {
         self.client_name = Some(name.header_value().clone());
         self
+    }
+
+    /// Allows sending the bearer token over plain `http://` to hosts that are not loopback.
+    /// Default `false`: such requests fail with
+    /// [`Error::CleartextRefused`](crate::Error::CleartextRefused) and nothing is sent.
+    /// Allow it only when the network path is protected otherwise (a sidecar proxy, a service
+    /// mesh with mTLS).
+    pub fn allow_plain_http(mut self, allow: bool) -> Self {
+        self.allow_plain_http = allow;
+        self
+    }
+
+    /// This layer with the one replay after a refusal, in the right order: the default way to
+    /// build a stack. See [`ReplayLayer`](crate::replay::ReplayLayer).
+    pub fn with_replay(self) -> crate::replay::ReplayLayer {
+        crate::replay::ReplayLayer::new(self)
     }
 
     /// The token source.
@@ -85,19 +127,26 @@ impl<S> Layer<S> for EnturAuthLayer {
         EnturAuth {
             inner,
             cache: Cache::new(self.source.cell().clone()),
+            key: self.source.key(),
+            reauth_on_408: self.source.reauth_on_408(),
+            allow_plain_http: self.allow_plain_http,
             source: self.source.clone(),
             client_name: self.client_name.clone(),
         }
     }
 }
 
-/// Sets `Authorization: Bearer <token>` (and `ET-Client-Name`) on requests to `S`.
+/// Sets `Authorization: Bearer <token>` (and `ET-Client-Name`) on requests to `S`, and drops
+/// the token when the API refuses it.
 ///
 /// Cheap to clone; clones share the token source. Each clone keeps its own lock-free view of
 /// the current token. See the [module docs](crate::layer) for the per-request cost.
 pub struct EnturAuth<S> {
     inner: S,
     cache: Cache<Arc<ArcSwapOption<AccessToken>>, Option<Arc<AccessToken>>>,
+    key: SourceKey,
+    reauth_on_408: bool,
+    allow_plain_http: bool,
     source: TokenSource,
     client_name: Option<HeaderValue>,
 }
@@ -116,6 +165,12 @@ impl<S> EnturAuth<S> {
     /// Also sets `ET-Client-Name: <name>` on every request.
     pub fn client_name(mut self, name: ClientName) -> Self {
         self.client_name = Some(name.header_value().clone());
+        self
+    }
+
+    /// See [`EnturAuthLayer::allow_plain_http`].
+    pub fn allow_plain_http(mut self, allow: bool) -> Self {
+        self.allow_plain_http = allow;
         self
     }
 
@@ -145,6 +200,9 @@ impl<S: Clone> Clone for EnturAuth<S> {
         Self {
             inner: self.inner.clone(),
             cache: self.cache.clone(),
+            key: self.key,
+            reauth_on_408: self.reauth_on_408,
+            allow_plain_http: self.allow_plain_http,
             source: self.source.clone(),
             client_name: self.client_name.clone(),
         }
@@ -157,6 +215,7 @@ impl<S: fmt::Debug> fmt::Debug for EnturAuth<S> {
             .field("inner", &self.inner)
             .field("source", &self.source)
             .field("client_name", &self.client_name)
+            .field("allow_plain_http", &self.allow_plain_http)
             .finish()
     }
 }
@@ -166,7 +225,7 @@ where
     S: Service<Request<B>, Response = Response<ResB>> + Clone,
     S::Error: Into<BoxError>,
 {
-    type Response = Response<ResB>;
+    type Response = Response<ResponseBody<ResB>>;
     type Error = BoxError;
     type Future = ResponseFuture<S, B>;
 
@@ -176,6 +235,11 @@ where
 
     #[inline]
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        if request.uri().scheme() == Some(&Scheme::HTTP) && !self.allow_plain_http {
+            if let Some(refused) = refuse_cleartext(request.uri()) {
+                return ResponseFuture::failed(refused, self.sent(None));
+            }
+        }
         if let Some(name) = &self.client_name {
             request.headers_mut().insert(ET_CLIENT_NAME, name.clone());
         }
@@ -185,17 +249,25 @@ where
         request
             .headers_mut()
             .insert(AUTHORIZATION, token.header_value().clone());
-        let sent = token.id();
-        ResponseFuture {
-            state: State::Called {
-                future: self.inner.call(request),
-            },
-            sent: Some(sent),
-        }
+        let sent = Sent {
+            token: Some(token.id()),
+            probation: token.on_probation(),
+            ..self.sent(None)
+        };
+        ResponseFuture::called(self.inner.call(request), sent)
     }
 }
 
 impl<S> EnturAuth<S> {
+    fn sent(&self, token: Option<TokenId>) -> Sent {
+        Sent {
+            key: self.key,
+            token,
+            probation: false,
+            reauth_on_408: self.reauth_on_408,
+        }
+    }
+
     /// No usable token: the request waits for the shared fetch. The inner service that was
     /// polled ready goes into the future; this service keeps a fresh clone. Out of line, so
     /// that `call` stays small enough to inline.
@@ -208,145 +280,66 @@ impl<S> EnturAuth<S> {
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let source = self.source.clone();
-        ResponseFuture {
-            state: State::Waiting {
-                waiting: Box::new(Waiting {
-                    token: Box::pin(async move { source.token().await }),
-                    request: Some(request),
-                    inner,
-                }),
-            },
-            sent: None,
-        }
+        ResponseFuture::waiting(
+            Box::pin(async move { source.token().await }),
+            request,
+            inner,
+            self.sent(None),
+        )
     }
 }
 
-/// Which token a refused request carried: set by [`EnturAuth`] in the extensions of 401 and
-/// 408 responses, so that [`ReauthPolicy`](crate::retry::ReauthPolicy) (or your own code)
-/// invalidates exactly that token and not a newer one.
+/// The error for a request to `http://` on a host that is not loopback; `None` for
+/// loopback hosts (tests, local sidecars).
+#[cold]
+#[inline(never)]
+fn refuse_cleartext(uri: &http::Uri) -> Option<BoxError> {
+    let host = uri.host().unwrap_or_default();
+    if crate::config::is_loopback(host) {
+        return None;
+    }
+    Some(
+        Error::CleartextRefused {
+            host: crate::error::sanitize(host, 100),
+        }
+        .into(),
+    )
+}
+
+/// Which token a request carried, set by [`EnturAuth`] in the extensions of redirects, so
+/// that [`ErrorForStatus`](crate::error_for_status::ErrorForStatus) can say whether the
+/// token went out with a plain-HTTP request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SentToken(pub TokenId);
 
-type TokenFuture = Pin<Box<dyn Future<Output = Result<Arc<AccessToken>, Error>> + Send>>;
-
-pin_project! {
-    /// Response future of [`EnturAuth`].
-    pub struct ResponseFuture<S, B>
-    where
-        S: Service<Request<B>>,
-    {
-        #[pin]
-        state: State<S, B>,
-        sent: Option<TokenId>,
-    }
+/// What happened to a refused token: set by [`EnturAuth`] in the extensions of every answer
+/// that refused the token the request carried (401, an Entur 408, gRPC `UNAUTHENTICATED`),
+/// and completed by the replay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Refusal {
+    /// The token the request carried.
+    pub token: TokenId,
+    /// How the API refused it.
+    pub reason: Reauth,
+    /// What the token source did: dropped it and started a fetch, found it already replaced,
+    /// or is backing off forced refreshes.
+    pub invalidation: Invalidation,
+    /// Whether the request was replayed with a new token.
+    pub replay: ReplayOutcome,
 }
 
-pin_project! {
-    #[project = StateProj]
-    enum State<S, B>
-    where
-        S: Service<Request<B>>,
-    {
-        Called {
-            #[pin]
-            future: S::Future,
-        },
-        // Boxed, so that the future is no larger than the inner one: the fast path moves it.
-        Waiting {
-            waiting: Box<Waiting<S, B>>,
-        },
-    }
-}
-
-/// A request waiting for a token, with the inner service that was polled ready for it.
-struct Waiting<S, B> {
-    token: TokenFuture,
-    request: Option<Request<B>>,
-    inner: S,
-}
-
-impl<S, B> ResponseFuture<S, B>
-where
-    S: Service<Request<B>>,
-{
-    /// The token the request was sent with; `None` while it still waits for one.
-    pub fn token_id(&self) -> Option<TokenId> {
-        self.sent
-    }
-}
-
-impl<S, B, ResB> Future for ResponseFuture<S, B>
-where
-    S: Service<Request<B>, Response = Response<ResB>>,
-    S::Error: Into<BoxError>,
-{
-    type Output = Result<Response<ResB>, BoxError>;
-
-    #[inline]
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
-        loop {
-            match this.state.as_mut().project() {
-                StateProj::Called { future } => {
-                    let mut response = ready!(future.poll(cx)).map_err(Into::into)?;
-                    // Only a refusal pays for the extension; success costs one comparison.
-                    if matches!(
-                        response.status(),
-                        StatusCode::UNAUTHORIZED | StatusCode::REQUEST_TIMEOUT
-                    ) {
-                        if let Some(sent) = *this.sent {
-                            response.extensions_mut().insert(SentToken(sent));
-                        }
-                    }
-                    return Poll::Ready(Ok(response));
-                }
-                StateProj::Waiting { waiting } => {
-                    let future = ready!(poll_waiting(waiting, this.sent, cx))?;
-                    this.state.set(State::Called { future });
-                }
-            }
-        }
-    }
-}
-
-/// The slow path of [`ResponseFuture::poll`]: waits for the token, then calls the inner
-/// service with it. Out of line, so that the fast path stays small enough to inline.
-#[cold]
-#[inline(never)]
-fn poll_waiting<S, B>(
-    waiting: &mut Waiting<S, B>,
-    sent: &mut Option<TokenId>,
-    cx: &mut Context<'_>,
-) -> Poll<Result<S::Future, BoxError>>
-where
-    S: Service<Request<B>>,
-{
-    let Waiting {
-        token,
-        request,
-        inner,
-    } = waiting;
-    let token = match ready!(token.as_mut().poll(cx)) {
-        Ok(token) => token,
-        Err(error) => return Poll::Ready(Err(error.into())),
-    };
-    let Some(mut request) = request.take() else {
-        return Poll::Ready(Err("ResponseFuture polled after completion".into()));
-    };
-    request
-        .headers_mut()
-        .insert(AUTHORIZATION, token.header_value().clone());
-    *sent = Some(token.id());
-    Poll::Ready(Ok(inner.call(request)))
-}
-
-impl<S, B> fmt::Debug for ResponseFuture<S, B>
-where
-    S: Service<Request<B>>,
-{
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture")
-            .field("sent", &self.sent)
-            .finish_non_exhaustive()
-    }
+/// Whether a refused request was replayed; see [`Refusal`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReplayOutcome {
+    /// No replay was tried: no replay layer around [`EnturAuth`] (or not yet: this is the
+    /// first answer, which a replay layer will act on).
+    #[default]
+    NotAttempted,
+    /// The request's body cannot be sent twice (a stream), so it was not replayed.
+    NotReplayable,
+    /// This answer is the replay's: the request was sent again with a new token and refused
+    /// again.
+    Replayed,
 }

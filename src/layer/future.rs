@@ -1,0 +1,233 @@
+//! The response future of [`EnturAuth`](super::EnturAuth).
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use http::header::AUTHORIZATION;
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use tower_service::Service;
+
+use super::body::{ResponseBody, Watch};
+use super::{Refusal, ReplayOutcome, SentToken};
+use crate::classify::{self, GRPC_STATUS};
+use crate::error::{BoxError, Error};
+use crate::source::registry::{self, SourceKey};
+use crate::source::Invalidation;
+use crate::token::{AccessToken, TokenId};
+
+/// A boxed wait for the source's token.
+pub(crate) type TokenFuture = Pin<Box<dyn Future<Output = Result<Arc<AccessToken>, Error>> + Send>>;
+
+/// What the future needs to act on a refusal: which source, which token, and how to read
+/// the answer. Plain data: no reference count is taken per request.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Sent {
+    pub(super) key: SourceKey,
+    pub(super) token: Option<TokenId>,
+    /// The token was fetched while the API was refusing tokens: an accepted answer ends the
+    /// forced-refresh backoff.
+    pub(super) probation: bool,
+    pub(super) reauth_on_408: bool,
+}
+
+pin_project! {
+    /// Response future of [`EnturAuth`](super::EnturAuth).
+    pub struct ResponseFuture<S, B>
+    where
+        S: Service<Request<B>>,
+    {
+        #[pin]
+        state: State<S, B>,
+        sent: Sent,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, B>
+    where
+        S: Service<Request<B>>,
+    {
+        Called {
+            #[pin]
+            future: S::Future,
+        },
+        // Boxed, so that the future is no larger than the inner one: the fast path moves it.
+        Waiting {
+            waiting: Box<Waiting<S, B>>,
+        },
+        Failed {
+            error: Option<BoxError>,
+        },
+    }
+}
+
+/// A request waiting for a token, with the inner service that was polled ready for it.
+struct Waiting<S, B> {
+    token: TokenFuture,
+    request: Option<Request<B>>,
+    inner: S,
+}
+
+impl<S, B> ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+{
+    pub(super) fn called(future: S::Future, sent: Sent) -> Self {
+        Self {
+            state: State::Called { future },
+            sent,
+        }
+    }
+
+    pub(super) fn waiting(token: TokenFuture, request: Request<B>, inner: S, sent: Sent) -> Self {
+        Self {
+            state: State::Waiting {
+                waiting: Box::new(Waiting {
+                    token,
+                    request: Some(request),
+                    inner,
+                }),
+            },
+            sent,
+        }
+    }
+
+    pub(super) fn failed(error: BoxError, sent: Sent) -> Self {
+        Self {
+            state: State::Failed { error: Some(error) },
+            sent,
+        }
+    }
+
+    /// The token the request was sent with; `None` while it still waits for one.
+    pub fn token_id(&self) -> Option<TokenId> {
+        self.sent.token
+    }
+}
+
+impl<S, B, ResB> Future for ResponseFuture<S, B>
+where
+    S: Service<Request<B>, Response = Response<ResB>>,
+    S::Error: Into<BoxError>,
+{
+    type Output = Result<Response<ResponseBody<ResB>>, BoxError>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Called { future } => {
+                    let mut response = ready!(future.poll(cx)).map_err(Into::into)?;
+                    let sent = *this.sent;
+                    // A success costs a status comparison and a look for `grpc-status`.
+                    let status = response.status().as_u16();
+                    if sent.probation
+                        || matches!(status, 300..=308 | 401 | 408)
+                        || response.headers().contains_key(GRPC_STATUS)
+                    {
+                        inspect(&mut response, sent);
+                    }
+                    let watch = sent.token.map(|token| Watch {
+                        key: sent.key,
+                        token,
+                    });
+                    return Poll::Ready(Ok(response.map(|body| ResponseBody::new(body, watch))));
+                }
+                StateProj::Waiting { waiting } => {
+                    let future = ready!(poll_waiting(waiting, this.sent, cx))?;
+                    this.state.set(State::Called { future });
+                }
+                StateProj::Failed { error } => {
+                    let error = error
+                        .take()
+                        .unwrap_or_else(|| "ResponseFuture polled after completion".into());
+                    return Poll::Ready(Err(error));
+                }
+            }
+        }
+    }
+}
+
+/// Acts on an answer that may refuse the token: drops the token (once per token, however
+/// many requests carried it) and records what was done in a [`Refusal`]. Ends the
+/// forced-refresh backoff when a token on probation was accepted. Marks redirects with the
+/// token that was sent.
+#[cold]
+#[inline(never)]
+fn inspect<B>(response: &mut Response<B>, sent: Sent) {
+    let Some(token) = sent.token else { return };
+    if response.status().is_redirection() {
+        response.extensions_mut().insert(SentToken(token));
+        return;
+    }
+    let shared = registry::lookup(sent.key);
+    match classify::refusal(response.status(), response.headers(), sent.reauth_on_408) {
+        Some(reason) => {
+            let invalidation = match &shared {
+                Some(shared) => shared.invalidate(token),
+                None => Invalidation::SourceGone,
+            };
+            response.extensions_mut().insert(Refusal {
+                token,
+                reason,
+                invalidation,
+                replay: ReplayOutcome::NotAttempted,
+            });
+        }
+        None if sent.probation => {
+            if let Some(shared) = shared {
+                shared.accepted(token);
+            }
+        }
+        None => {}
+    }
+}
+
+/// The slow path of [`ResponseFuture::poll`]: waits for the token, then calls the inner
+/// service with it. Out of line, so that the fast path stays small enough to inline.
+#[cold]
+#[inline(never)]
+fn poll_waiting<S, B>(
+    waiting: &mut Waiting<S, B>,
+    sent: &mut Sent,
+    cx: &mut Context<'_>,
+) -> Poll<Result<S::Future, BoxError>>
+where
+    S: Service<Request<B>>,
+{
+    let Waiting {
+        token,
+        request,
+        inner,
+    } = waiting;
+    let token = match ready!(token.as_mut().poll(cx)) {
+        Ok(token) => token,
+        Err(error) => return Poll::Ready(Err(error.into())),
+    };
+    let Some(mut request) = request.take() else {
+        return Poll::Ready(Err("ResponseFuture polled after completion".into()));
+    };
+    request
+        .headers_mut()
+        .insert(AUTHORIZATION, token.header_value().clone());
+    sent.token = Some(token.id());
+    sent.probation = token.on_probation();
+    Poll::Ready(Ok(inner.call(request)))
+}
+
+impl<S, B> fmt::Debug for ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("sent", &self.sent.token)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,197 @@
+//! The watchdog: notices a refresher that cannot run.
+//!
+//! A refresher is a task on the tokio runtime its source was built on. Its own timers retire
+//! tokens and bound its fetches, so while that runtime runs, nothing else is needed. A
+//! runtime can also stop running it without ending it: a current-thread runtime that nobody
+//! drives any more, or one whose workers are all blocked. Then no timer of that runtime fires:
+//! the cached token would be sent after its usable time, and callers waiting for a fetch would
+//! wait forever.
+//!
+//! So one thread per process (started on first use, sleeping until its next deadline) probes
+//! refreshers at the moments that matter: shortly before the current token's usable time ends,
+//! and every `stall_timeout` while callers wait with no token. A probe wakes the refresher
+//! and expects an answer within `stall_timeout`; a refresher that does not answer is declared
+//! stopped: its token is parked (no longer sent), and the next caller takes the refreshing over
+//! on its own runtime (see `Shared::take_over`). The thread only reads real time; whether a
+//! token is due is always decided by the refresher on its own (possibly paused) clock, so a
+//! probe of a running refresher changes nothing.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::{Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use super::registry::{self, SourceKey};
+use crate::token::TokenId;
+
+/// What a probe is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Probe {
+    /// The token `TokenId` is about to reach the end of its usable time.
+    Token(TokenId),
+    /// Callers are waiting with no token.
+    Waiters,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Wake the refresher and remember its pulse.
+    Ping,
+    /// Did the pulse move since the ping?
+    Check { pulse: u64, generation: u64 },
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Job {
+    at: Instant,
+    seq: u64,
+    key: SourceKey,
+    probe: Probe,
+    phase: Phase,
+}
+
+impl Ord for Job {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+impl PartialOrd for Job {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+#[derive(Default)]
+struct Jobs {
+    heap: BinaryHeap<Reverse<Job>>,
+    seq: u64,
+}
+
+struct Watchdog {
+    jobs: Mutex<Jobs>,
+    changed: Condvar,
+}
+
+fn watchdog() -> Option<&'static Watchdog> {
+    static WATCHDOG: OnceLock<Option<&'static Watchdog>> = OnceLock::new();
+    *WATCHDOG.get_or_init(|| {
+        let watchdog: &'static Watchdog = Box::leak(Box::new(Watchdog {
+            jobs: Mutex::new(Jobs::default()),
+            changed: Condvar::new(),
+        }));
+        match std::thread::Builder::new()
+            .name("entur-auth-watchdog".into())
+            .spawn(move || run(watchdog))
+        {
+            Ok(_) => Some(watchdog),
+            Err(error) => {
+                tracing::error!(%error, "could not start the entur-auth watchdog thread; refreshers whose runtime stops running will not be noticed");
+                None
+            }
+        }
+    })
+}
+
+/// Probes the refresher of `key` about `probe` at `at`.
+pub(super) fn schedule(key: SourceKey, probe: Probe, at: Instant) {
+    push(key, probe, Phase::Ping, at);
+}
+
+fn push(key: SourceKey, probe: Probe, phase: Phase, at: Instant) {
+    let Some(watchdog) = watchdog() else { return };
+    let mut jobs = lock(watchdog);
+    jobs.seq += 1;
+    let seq = jobs.seq;
+    let earliest = jobs
+        .heap
+        .peek()
+        .map_or(true, |Reverse(first)| at < first.at);
+    jobs.heap.push(Reverse(Job {
+        at,
+        seq,
+        key,
+        probe,
+        phase,
+    }));
+    drop(jobs);
+    if earliest {
+        watchdog.changed.notify_one();
+    }
+}
+
+fn lock(watchdog: &Watchdog) -> std::sync::MutexGuard<'_, Jobs> {
+    watchdog
+        .jobs
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn run(watchdog: &'static Watchdog) {
+    let mut jobs = lock(watchdog);
+    loop {
+        let now = Instant::now();
+        match jobs.heap.peek() {
+            None => {
+                jobs = watchdog
+                    .changed
+                    .wait(jobs)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+            }
+            Some(Reverse(first)) if first.at > now => {
+                let wait = first.at - now;
+                jobs = watchdog
+                    .changed
+                    .wait_timeout(jobs, wait)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .0;
+            }
+            Some(_) => {
+                let Some(Reverse(job)) = jobs.heap.pop() else {
+                    continue;
+                };
+                drop(jobs);
+                // A bug here must not end supervision for every source in the process.
+                if std::panic::catch_unwind(|| handle(job)).is_err() {
+                    tracing::error!("the entur-auth watchdog panicked on one probe (a bug: please report it); it carries on");
+                }
+                jobs = lock(watchdog);
+            }
+        }
+    }
+}
+
+fn handle(job: Job) {
+    let Some(shared) = registry::lookup(job.key) else {
+        return;
+    };
+    let grace = shared.settings.stall_timeout;
+    if !shared.probe_needed(job.probe) {
+        shared.probe_done(job.probe);
+        return;
+    }
+    match job.phase {
+        Phase::Ping => {
+            let (pulse, generation) = shared.pulse();
+            shared.ping();
+            let check = Phase::Check { pulse, generation };
+            push(job.key, job.probe, check, Instant::now() + grace);
+        }
+        Phase::Check { pulse, generation } => {
+            if shared.pulse() == (pulse, generation) {
+                shared.stalled(generation, job.probe);
+            } else if job.probe == Probe::Waiters {
+                // Answered; callers still wait: look again later.
+                push(job.key, job.probe, Phase::Ping, Instant::now() + grace);
+            }
+        }
+    }
+}
+
+/// The real-time instant `grace` before the tokio instant `at`: when to ping so that an
+/// unanswered probe is decided by `at`.
+pub(super) fn ping_before(at: tokio::time::Instant, grace: Duration) -> Instant {
+    let left = at.saturating_duration_since(tokio::time::Instant::now());
+    let now = Instant::now();
+    now.checked_add(left.saturating_sub(grace)).unwrap_or(now)
+}
