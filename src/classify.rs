@@ -34,9 +34,10 @@
 
 use std::time::{Duration, SystemTime};
 
-use http::header::{HeaderName, LOCATION, WWW_AUTHENTICATE};
+use http::header::{HeaderName, LOCATION};
 use http::{HeaderMap, Response, StatusCode, Uri};
 
+use crate::challenge::bearer_error;
 use crate::error::{sanitize, Error};
 
 /// The `grpc-status` header (or trailer) of gRPC responses.
@@ -157,23 +158,6 @@ pub(crate) fn refusal(
 /// The code of a gRPC status in headers (trailers-only responses) or trailers.
 pub fn grpc_status(headers: &HeaderMap) -> Option<u32> {
     headers.get(GRPC_STATUS)?.to_str().ok()?.trim().parse().ok()
-}
-
-/// The `error` parameter of a `WWW-Authenticate: Bearer …` challenge (RFC 6750 section 3).
-fn bearer_error(headers: &HeaderMap) -> Option<String> {
-    headers.get_all(WWW_AUTHENTICATE).iter().find_map(|value| {
-        let value = value.to_str().ok()?;
-        let (scheme, params) = value.trim().split_once(' ')?;
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return None;
-        }
-        params.split(',').find_map(|param| {
-            let (name, value) = param.trim().split_once('=')?;
-            name.trim()
-                .eq_ignore_ascii_case("error")
-                .then(|| value.trim().trim_matches('"').to_owned())
-        })
-    })
 }
 
 /// The `Location` of a redirect, fit for an error message: scheme, host and path only. A

@@ -44,6 +44,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod buffer;
+mod challenge;
 pub mod classify;
 #[cfg(feature = "rustls")]
 mod client;
