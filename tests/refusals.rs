@@ -499,15 +499,13 @@ async fn www_authenticate_with_several_challenges_is_read_correctly() {
 }
 
 type Frames = futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>;
+type GrpcAnswer = std::future::Ready<Result<Response<StreamBody<Frames>>, Infallible>>;
 
 /// A gRPC answer whose status comes in the trailers, after the headers (as tonic sends it
 /// for streaming calls and for failures after the headers went out).
 fn grpc_with_trailers(
     code: &'static str,
-) -> tower::util::ServiceFn<
-    impl FnMut(Request<Body>) -> std::future::Ready<Result<Response<StreamBody<Frames>>, Infallible>>
-        + Clone,
-> {
+) -> tower::util::ServiceFn<impl FnMut(Request<Body>) -> GrpcAnswer + Clone> {
     tower::service_fn(move |_request: Request<Body>| {
         let mut trailers = HeaderMap::new();
         trailers.insert("grpc-status", code.parse().unwrap());
