@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tower::Service;
 
 use super::registry::{self, SourceKey};
@@ -289,8 +289,7 @@ impl TokenSourceBuilder {
             key: SourceKey::next(),
             cell: Arc::new(ArcSwapOption::empty()),
             state: watch::Sender::new(FetchState::default()),
-            wake: Notify::new(),
-            ping: Notify::new(),
+            signals: Default::default(),
             pulse: AtomicU64::new(0),
             probing_waiters: AtomicBool::new(false),
             supervisor: Mutex::new(Supervisor {
@@ -322,9 +321,7 @@ impl TokenSourceBuilder {
             fleet,
         });
         registry::register(&shared);
-        let mut supervisor = shared.supervisor();
-        shared.spawn_refresher(&mut supervisor, &runtime);
-        drop(supervisor);
+        shared.spawn_refresher(shared.supervisor(), &runtime);
         Ok(TokenSource {
             handle: Arc::new(Handle { shared }),
         })

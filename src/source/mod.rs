@@ -45,7 +45,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::{watch, Notify};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
@@ -102,10 +102,10 @@ pub(crate) struct Shared {
     pub(crate) key: SourceKey,
     pub(crate) cell: Arc<ArcSwapOption<AccessToken>>,
     state: watch::Sender<FetchState>,
-    /// Demand: a caller needs a token now.
-    wake: Notify,
-    /// The watchdog asks the refresher to show it is running.
-    ping: Notify,
+    /// How callers and the watchdog reach the current refresher. Each refresher generation
+    /// has its own: a stalled refresher still registered on the old ones cannot swallow a
+    /// notification meant for its successor.
+    signals: ArcSwap<Signals>,
     /// Moves every time the refresher runs; the watchdog compares it before and after a ping.
     pulse: AtomicU64,
     /// A watchdog probe for waiting callers is scheduled.
@@ -130,6 +130,15 @@ impl Drop for Shared {
     fn drop(&mut self) {
         registry::deregister(self.key);
     }
+}
+
+/// How a refresher is reached.
+#[derive(Default)]
+pub(crate) struct Signals {
+    /// Demand: a caller needs a token now.
+    wake: Notify,
+    /// The watchdog asks the refresher to show it is running.
+    ping: Notify,
 }
 
 /// Who runs the refresher, and what it left behind when it stopped.
@@ -385,7 +394,7 @@ impl Shared {
                 return Err(error);
             }
             if !seen.fetching {
-                self.wake.notify_one();
+                self.signals.load().wake.notify_one();
                 self.probe_waiters();
             }
             // The sender lives in `self`, which we hold: this never errors.
@@ -432,7 +441,7 @@ impl Shared {
         let streak = reauth.streak;
         drop(reauth);
         tracing::info!(token = %rejected, forced_in_a_row = streak, "token refused by the API; fetching a new one");
-        self.wake.notify_one();
+        self.signals.load().wake.notify_one();
         Invalidation::Started
     }
 
@@ -469,22 +478,33 @@ impl Shared {
             && !self.closed.load(Ordering::Acquire)
     }
 
-    /// Starts a refresher on `runtime`, replacing any other. Called with the supervisor held.
+    /// Starts a refresher on `runtime`, replacing any other. Takes the supervisor lock and
+    /// spawns without it: a runtime that is shutting down drops the task (and its guard,
+    /// which takes the lock) at once.
     fn spawn_refresher(
         self: &Arc<Self>,
-        supervisor: &mut Supervisor,
+        mut supervisor: MutexGuard<'_, Supervisor>,
         runtime: &tokio::runtime::Handle,
     ) {
         supervisor.generation += 1;
-        self.generation
-            .store(supervisor.generation, Ordering::Release);
+        let generation = supervisor.generation;
+        self.generation.store(generation, Ordering::Release);
         if let Some(old) = supervisor.task.take() {
             old.abort();
         }
-        let rng = supervisor.rng.fork();
-        let task = runtime.spawn(refresher::run(self.clone(), supervisor.generation, rng));
-        supervisor.task = Some(task.abort_handle());
         supervisor.stopped = None;
+        let rng = supervisor.rng.fork();
+        let signals = Arc::new(Signals::default());
+        self.signals.store(signals.clone());
+        drop(supervisor);
+        let guard = refresher::Guard::new(self.clone(), generation);
+        let task = runtime
+            .spawn(refresher::run(guard, signals, rng))
+            .abort_handle();
+        let mut supervisor = self.supervisor();
+        if supervisor.generation == generation && supervisor.stopped.is_none() {
+            supervisor.task = Some(task);
+        }
     }
 
     /// The refresher is not running: run it on this caller's runtime, with the token it left
@@ -500,16 +520,17 @@ impl Shared {
         let Some(why) = supervisor.stopped else {
             return Ok(()); // another caller took over first
         };
+        // The new refresher watches this token from its start.
         if let Some(token) = supervisor.parked.take() {
             if Instant::now() < token.usable_until() {
-                self.cell.store(Some(token.clone()));
-                self.watch_token(&token);
+                self.cell.store(Some(token));
             }
         }
-        self.spawn_refresher(&mut supervisor, &runtime);
-        drop(supervisor);
-        tracing::warn!(reason = ?why, "the token refresher was not running; this caller's runtime took it over");
+        // Published before the spawn: if the new task dies at once, its guard's verdict
+        // comes after this and stands.
         self.publish(|s| *s = FetchState::default());
+        self.spawn_refresher(supervisor, &runtime);
+        tracing::warn!(reason = ?why, "the token refresher was not running; this caller's runtime took it over");
         Ok(())
     }
 
@@ -569,7 +590,7 @@ impl Shared {
     }
 
     fn ping(&self) {
-        self.ping.notify_one();
+        self.signals.load().ping.notify_one();
     }
 
     fn probe_needed(&self, probe: Probe) -> bool {

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use tower::ServiceExt;
 use tracing::Instrument;
 
-use super::{FetchOutcome, FetchState, Shared};
+use super::{FetchOutcome, FetchState, Shared, Signals};
 use crate::endpoint;
 use crate::error::Error;
 use crate::token::{AccessToken, Issued};
@@ -121,7 +121,7 @@ async fn sleep_until(at: Option<Instant>) {
 
 /// Ends the refresher's generation when its task ends: if the task was dropped while it was
 /// still the current refresher (its runtime shut down), the source learns of it at once.
-struct Guard {
+pub(super) struct Guard {
     shared: Arc<Shared>,
     generation: u64,
 }
@@ -132,14 +132,21 @@ impl Drop for Guard {
     }
 }
 
-/// The background task of one refresher generation.
-pub(super) async fn run(shared: Arc<Shared>, generation: u64, rng: fastrand::Rng) {
-    let guard = Guard {
-        shared: shared.clone(),
-        generation,
-    };
+impl Guard {
+    pub(super) fn new(shared: Arc<Shared>, generation: u64) -> Self {
+        Self { shared, generation }
+    }
+}
+
+/// The background task of one refresher generation. The guard is an argument, not made
+/// inside: a task dropped before it was ever polled (its runtime shut down first) still
+/// drops it.
+pub(super) async fn run(guard: Guard, signals: Arc<Signals>, rng: fastrand::Rng) {
+    let shared = guard.shared.clone();
+    let generation = guard.generation;
     let mut refresher = Refresher {
         shared,
+        signals,
         rng,
         failures: 0,
         retry_at: None,
@@ -162,6 +169,7 @@ pub(super) async fn run(shared: Arc<Shared>, generation: u64, rng: fastrand::Rng
 
 struct Refresher {
     shared: Arc<Shared>,
+    signals: Arc<Signals>,
     rng: fastrand::Rng,
     /// Failed attempts since the last success.
     failures: u32,
@@ -174,12 +182,13 @@ impl Refresher {
     /// Waits for the next thing to do (a refresh, a retirement, demand, a probe) and does it.
     async fn step(&mut self) {
         let shared = self.shared.clone();
+        let signals = self.signals.clone();
         shared.beat();
         if self.panics >= MAX_PANICS_IN_A_ROW {
             // Timers keep panicking: answer demand only.
             tokio::select! {
-                () = shared.wake.notified() => {}
-                () = shared.ping.notified() => return,
+                () = signals.wake.notified() => {}
+                () = signals.ping.notified() => return,
             }
             return self.fetch().await;
         }
@@ -193,13 +202,13 @@ impl Refresher {
         let due = self.retry_at.or(current.as_ref().map(|t| t.refresh_at()));
         let expiry = current.as_ref().map(|t| t.usable_until());
         tokio::select! {
-            () = shared.wake.notified() => {
+            () = signals.wake.notified() => {
                 // Demand: only an empty cell outside backoff warrants a fetch now.
                 if self.retry_at.is_some() || shared.cell.load().is_some() {
                     return;
                 }
             }
-            () = shared.ping.notified() => return,
+            () = signals.ping.notified() => return,
             () = sleep_until(due) => {}
             () = sleep_until(expiry) => return,
         }
@@ -208,6 +217,7 @@ impl Refresher {
 
     async fn fetch(&mut self) {
         let shared = self.shared.clone();
+        let signals = self.signals.clone();
         shared.publish(|s| s.fetching = true);
         let attempt = self.failures + 1;
         let span = tracing::info_span!("entur_auth_fetch", attempt, url = %shared.request.url());
@@ -221,7 +231,7 @@ impl Refresher {
         let result = loop {
             tokio::select! {
                 result = &mut fetch => break result,
-                () = shared.ping.notified() => shared.beat(),
+                () = signals.ping.notified() => shared.beat(),
                 () = sleep_until(expiry.as_ref().map(|t| t.usable_until())) => {
                     if let Some(token) = expiry.take() {
                         shared.retire(&token);
