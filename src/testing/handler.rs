@@ -96,6 +96,7 @@ where
                     };
                     headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
                 }
+                insert_date(shared, headers);
                 if let Some(retry_after) = retry_after {
                     match HeaderValue::from_str(&retry_after) {
                         Ok(value) => {
@@ -145,7 +146,8 @@ where
             Fault::Trickle { interval } => trickle = Some(interval),
         }
     }
-    let response = token_response(shared, &recorded, body);
+    let mut response = token_response(shared, &recorded, body);
+    insert_date(shared, response.headers_mut());
     tracing::debug!(status = %response.status(), "test server: token request answered");
     Ok(match trickle {
         None => response,
@@ -158,6 +160,15 @@ where
             Response::from_parts(parts, TestBody::trickle(data, interval))
         }
     })
+}
+
+/// The `Date` header, by the server's clock (see
+/// [`TestServerBuilder::issuer_clock_offset_secs`]). Over TCP, hyper keeps it
+/// rather than adding its own.
+fn insert_date(shared: &Shared, headers: &mut HeaderMap) {
+    let date = httpdate::fmt_http_date(UNIX_EPOCH + shared.issuer_now());
+    let value = HeaderValue::from_str(&date).expect("an HTTP date is a valid header value");
+    headers.insert(http::header::DATE, value);
 }
 
 /// Client-credentials grant, after faults.
@@ -302,9 +313,8 @@ pub(super) fn token_response(
 pub(super) fn issue_token(shared: &Shared, scope: Option<&str>) -> (String, u64) {
     let lifetime = shared.state().lifetime;
     let jti = shared.next_jti.fetch_add(1, Ordering::SeqCst);
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
+    // The server's clock: skewed when the test asks for it.
+    let now = shared.issuer_now();
     let exp = ceil_secs(now.saturating_add(lifetime));
     let expires_in = ceil_secs(lifetime).max(1);
 

@@ -20,6 +20,10 @@
 //! [`tokio::time::Instant`], so tests running with a paused clock
 //! (`tokio::time::pause`, `tokio::time::advance`) control it.
 //!
+//! The server's wall clock can be set apart from this machine's with
+//! [`TestServerBuilder::issuer_clock_offset_secs`], to test clients against
+//! an authorization server whose clock is skewed.
+//!
 //! The server stops (the listener is closed and open connections are dropped)
 //! when the last [`TestServer`] clone is dropped. In-process services keep
 //! working after that, as they need no socket.
@@ -209,17 +213,20 @@ pub struct TestServerBuilder {
     client_id: String,
     client_secret: String,
     audience: String,
+    clock_offset_secs: i64,
 }
 
 impl Default for TestServerBuilder {
     /// The defaults: a token lifetime of 60 s, client id `test-client`,
-    /// client secret `test-secret` and audience `https://api.test.entur.io`.
+    /// client secret `test-secret`, audience `https://api.test.entur.io` and
+    /// the server's clock in agreement with this machine's.
     fn default() -> TestServerBuilder {
         TestServerBuilder {
             lifetime: DEFAULT_LIFETIME,
             client_id: DEFAULT_CLIENT_ID.to_owned(),
             client_secret: DEFAULT_CLIENT_SECRET.to_owned(),
             audience: DEFAULT_AUDIENCE.to_owned(),
+            clock_offset_secs: 0,
         }
     }
 }
@@ -231,6 +238,7 @@ impl fmt::Debug for TestServerBuilder {
             .field("client_id", &self.client_id)
             .field("client_secret", &"<redacted>")
             .field("audience", &self.audience)
+            .field("issuer_clock_offset_secs", &self.clock_offset_secs)
             .finish()
     }
 }
@@ -264,6 +272,35 @@ impl TestServerBuilder {
         self
     }
 
+    /// How far the token server's wall clock is from this machine's, in
+    /// seconds: positive when the server's clock is ahead, negative when it
+    /// is behind (default 0).
+    ///
+    /// It applies to what the server says about wall-clock time: the `iat`
+    /// and `exp` claims of the tokens it issues, and the `Date` header of
+    /// the token endpoint's answers (not those of [`Fault::Respond`], which
+    /// carry exactly the headers given). What is relative or monotonic is
+    /// unchanged: `expires_in` and the API's own expiry check. Times are
+    /// kept between 1970 and 9999.
+    ///
+    /// ```
+    /// use entur_auth::testing::TestServer;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// // An authorization server whose clock is two hours behind.
+    /// let server = TestServer::builder()
+    ///     .issuer_clock_offset_secs(-2 * 3600)
+    ///     .start()
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn issuer_clock_offset_secs(mut self, offset_secs: i64) -> Self {
+        self.clock_offset_secs = offset_secs;
+        self
+    }
+
     /// Binds `127.0.0.1` on an ephemeral port and spawns the server on the
     /// current Tokio runtime.
     ///
@@ -282,6 +319,7 @@ impl TestServerBuilder {
             client_id: self.client_id,
             client_secret: self.client_secret,
             audience: self.audience,
+            clock_offset_secs: self.clock_offset_secs,
             token_requests: AtomicUsize::new(0),
             tokens_issued: AtomicUsize::new(0),
             api_requests: AtomicUsize::new(0),
@@ -565,6 +603,8 @@ struct Shared {
     client_id: String,
     client_secret: String,
     audience: String,
+    /// The server's wall clock minus this machine's, in seconds.
+    clock_offset_secs: i64,
     token_requests: AtomicUsize,
     tokens_issued: AtomicUsize,
     api_requests: AtomicUsize,
@@ -596,6 +636,24 @@ impl Shared {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The server's wall clock, since the Unix epoch: this machine's, moved by
+    /// the configured offset, kept between 1970 and the end of 9999 (what an
+    /// HTTP date can say).
+    fn issuer_now(&self) -> Duration {
+        /// 9999-12-31T23:59:59Z.
+        const LAST_HTTP_DATE: u64 = 253_402_300_799;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let offset = Duration::from_secs(self.clock_offset_secs.unsigned_abs());
+        let shifted = if self.clock_offset_secs >= 0 {
+            now.saturating_add(offset)
+        } else {
+            now.saturating_sub(offset)
+        };
+        shifted.min(Duration::from_secs(LAST_HTTP_DATE))
     }
 }
 

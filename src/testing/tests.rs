@@ -628,3 +628,102 @@ async fn debug_hides_secrets() {
     assert!(!debug.contains(&token));
     assert!(debug.contains("tokens_issued: 1"));
 }
+
+/// `(iat, exp)` of a token, and the `Date` of its response, in seconds since the epoch.
+fn issuer_times(headers: &HeaderMap, json: &Value) -> (u64, u64, u64) {
+    let claims = claims(json["access_token"].as_str().unwrap());
+    let date = headers[http::header::DATE].to_str().unwrap();
+    let date = httpdate::parse_http_date(date)
+        .unwrap()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    (
+        claims["iat"].as_u64().unwrap(),
+        claims["exp"].as_u64().unwrap(),
+        date,
+    )
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[tokio::test(start_paused = true)]
+async fn issuer_clock_offset_moves_iat_exp_and_date_only() {
+    for offset in [-7200i64, 0, 7200] {
+        let server = TestServer::builder()
+            .token_lifetime(Duration::from_secs(3600))
+            .issuer_clock_offset_secs(offset)
+            .start()
+            .await
+            .unwrap();
+        let before = unix_now().saturating_add_signed(offset);
+        let (status, headers, json) =
+            in_process(&mut server.token_transport(), json_request(&server)).await;
+        let after = unix_now().saturating_add_signed(offset);
+        assert_eq!(status, StatusCode::OK, "{json}");
+        let (iat, exp, date) = issuer_times(&headers, &json);
+        assert!(
+            (before..=after).contains(&iat),
+            "offset {offset}: iat {iat}"
+        );
+        assert!(
+            (before..=after).contains(&date),
+            "offset {offset}: date {date}"
+        );
+        assert!(exp == iat + 3600 || exp == iat + 3601, "{exp} {iat}");
+        // Relative and monotonic: unchanged.
+        assert_eq!(json["expires_in"], 3600);
+        let token = json["access_token"].as_str().unwrap().to_owned();
+        let mut api = server.api_service();
+        tokio::time::advance(Duration::from_secs(3599)).await;
+        let (status, _, _) = in_process(&mut api, api_request(&server, "", Some(&token))).await;
+        assert_eq!(status, StatusCode::OK);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let (status, _, _) = in_process(&mut api, api_request(&server, "", Some(&token))).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        // OAuth errors and injected statuses carry the server's Date too.
+        server.push_fault(Fault::status(StatusCode::SERVICE_UNAVAILABLE));
+        let (_, headers, _) =
+            in_process(&mut server.token_transport(), json_request(&server)).await;
+        let date = headers[http::header::DATE].to_str().unwrap();
+        let date = httpdate::parse_http_date(date).unwrap();
+        let skew = date.duration_since(UNIX_EPOCH).unwrap().as_secs() as i64 - unix_now() as i64;
+        assert!((skew - offset).abs() <= 1, "offset {offset}: {skew}");
+    }
+}
+
+#[tokio::test]
+async fn issuer_clock_offset_reaches_tcp_clients_and_is_kept_in_range() {
+    let server = TestServer::builder()
+        .issuer_clock_offset_secs(-3600)
+        .start()
+        .await
+        .unwrap();
+    let response = tcp_client().request(json_request(&server)).await.unwrap();
+    let (status, headers, json) = into_json(response).await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+    assert_eq!(headers.get_all(http::header::DATE).iter().count(), 1);
+    let (iat, _, date) = issuer_times(&headers, &json);
+    let expect = unix_now() - 3600;
+    assert!(iat.abs_diff(expect) <= 1 && date.abs_diff(expect) <= 1);
+
+    // Far beyond what an HTTP date can say: clamped, never a panic.
+    for offset in [i64::MIN, i64::MAX] {
+        let server = TestServer::builder()
+            .issuer_clock_offset_secs(offset)
+            .start()
+            .await
+            .unwrap();
+        let (status, headers, json) =
+            in_process(&mut server.token_transport(), json_request(&server)).await;
+        assert_eq!(status, StatusCode::OK, "{json}");
+        let (iat, _, date) = issuer_times(&headers, &json);
+        let expect = if offset < 0 { 0 } else { 253_402_300_799 };
+        assert_eq!((iat, date), (expect, expect));
+    }
+}
