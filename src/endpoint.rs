@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use bytes::Bytes;
-use http::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, LOCATION, RETRY_AFTER};
+use http::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, DATE, LOCATION, RETRY_AFTER};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use http_body::Body;
 use http_body_util::{BodyExt, Full, Limited};
@@ -165,6 +165,8 @@ pub(crate) struct Granted {
     pub(crate) access_token: String,
     pub(crate) expires_in: Option<Duration>,
     pub(crate) scope: Option<String>,
+    /// The response's `Date` header: the token server's clock when it answered.
+    pub(crate) server_date: Option<SystemTime>,
 }
 
 #[derive(Deserialize)]
@@ -189,7 +191,8 @@ struct ErrorBody {
 pub(crate) fn read_response(response: &RawResponse, secret: &str) -> Result<Granted, Error> {
     let status = response.status;
     if status.is_success() {
-        return read_success(status, &response.body);
+        let server_date = http_date(&response.headers);
+        return read_success(status, &response.body, server_date);
     }
     let retry_after = retry_after(&response.headers, SystemTime::now());
     if status.is_redirection() {
@@ -226,7 +229,11 @@ pub(crate) fn read_response(response: &RawResponse, secret: &str) -> Result<Gran
     }
 }
 
-fn read_success(status: StatusCode, body: &[u8]) -> Result<Granted, Error> {
+fn read_success(
+    status: StatusCode,
+    body: &[u8],
+    server_date: Option<SystemTime>,
+) -> Result<Granted, Error> {
     let parsed: SuccessBody = serde_json::from_slice(body)
         .map_err(|_| Error::invalid(status, "the body is not a JSON token response"))?;
     let access_token = parsed
@@ -243,17 +250,37 @@ fn read_success(status: StatusCode, body: &[u8]) -> Result<Granted, Error> {
             ));
         }
     }
-    let expires_in = match parsed.expires_in {
-        None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::Number(n)) => match n.as_f64() {
-            Some(secs) if secs >= 1.0 => Some(Duration::from_secs_f64(secs.min(1e12))),
-            _ => {
-                return Err(Error::invalid(
-                    status,
-                    format!("expires_in {n} is not a positive number of seconds"),
-                ))
+    Ok(Granted {
+        access_token,
+        expires_in: expires_in(status, parsed.expires_in)?,
+        scope: parsed.scope,
+        server_date,
+    })
+}
+
+/// `expires_in`: a JSON number of seconds, or a string holding one (`"3600"`, as some servers
+/// send it), of at least one second. Absent or `null`: `None`.
+fn expires_in(
+    status: StatusCode,
+    value: Option<serde_json::Value>,
+) -> Result<Option<Duration>, Error> {
+    let seconds = match value {
+        None | Some(serde_json::Value::Null) => return Ok(None),
+        Some(serde_json::Value::Number(n)) => n,
+        Some(serde_json::Value::String(text)) => {
+            match serde_json::from_str::<serde_json::Number>(text.trim()) {
+                Ok(n) => n,
+                Err(_) => {
+                    return Err(Error::invalid(
+                        status,
+                        format!(
+                            "expires_in {:?} is not a number of seconds",
+                            sanitize(&text, 32)
+                        ),
+                    ))
+                }
             }
-        },
+        }
         Some(_) => {
             return Err(Error::invalid(
                 status,
@@ -261,11 +288,19 @@ fn read_success(status: StatusCode, body: &[u8]) -> Result<Granted, Error> {
             ))
         }
     };
-    Ok(Granted {
-        access_token,
-        expires_in,
-        scope: parsed.scope,
-    })
+    match seconds.as_f64() {
+        Some(secs) if secs >= 1.0 => Ok(Some(Duration::from_secs_f64(secs.min(1e12)))),
+        _ => Err(Error::invalid(
+            status,
+            format!("expires_in {seconds} is not a positive number of seconds"),
+        )),
+    }
+}
+
+/// The `Date` header (RFC 9110 section 6.6.1), when there is a valid one.
+fn http_date(headers: &HeaderMap) -> Option<SystemTime> {
+    let value = headers.get(DATE)?.to_str().ok()?;
+    httpdate::parse_http_date(value.trim()).ok()
 }
 
 /// `Retry-After` in seconds or as an HTTP date (RFC 9110 section 10.2.3).
@@ -403,12 +438,86 @@ mod tests {
             (r#"{"access_token":"a","token_type":"MAC"}"#, "token_type"),
             (r#"{"access_token":"a","expires_in":0}"#, "expires_in"),
             (r#"{"access_token":"a","expires_in":-5}"#, "expires_in"),
-            (r#"{"access_token":"a","expires_in":"3600"}"#, "expires_in"),
+            (
+                r#"{"access_token":"a","expires_in":"abc"}"#,
+                "expires_in \"abc\"",
+            ),
+            (r#"{"access_token":"a","expires_in":""}"#, "expires_in"),
+            (
+                r#"{"access_token":"a","expires_in":"0"}"#,
+                "expires_in 0 is not a positive",
+            ),
+            (
+                r#"{"access_token":"a","expires_in":"-5"}"#,
+                "expires_in -5 is not a positive",
+            ),
+            (
+                r#"{"access_token":"a","expires_in":"0.5"}"#,
+                "not a positive",
+            ),
+            (r#"{"access_token":"a","expires_in":"inf"}"#, "not a number"),
+            (
+                r#"{"access_token":"a","expires_in":"3600s"}"#,
+                "not a number",
+            ),
+            (
+                r#"{"access_token":"a","expires_in":"[3600]"}"#,
+                "not a number",
+            ),
+            (r#"{"access_token":"a","expires_in":true}"#, "not a number"),
+            (
+                r#"{"access_token":"a","expires_in":{"s":1}}"#,
+                "not a number",
+            ),
         ] {
             let err = read_response(&raw(200, body), "s").err().unwrap();
             assert!(matches!(err, Error::InvalidResponse { .. }), "{body}");
             assert!(err.to_string().contains(what), "{body}: {err}");
         }
+    }
+
+    #[test]
+    fn expires_in_as_a_numeric_string_is_accepted() {
+        for (value, secs) in [
+            (r#""3600""#, 3600.0),
+            (r#"" 3600 ""#, 3600.0),
+            (r#""3600.5""#, 3600.5),
+            (r#""1""#, 1.0),
+            (r#""1e3""#, 1000.0),
+            ("3600", 3600.0),
+            ("null", -1.0),
+        ] {
+            let body = format!(r#"{{"access_token":"a","expires_in":{value}}}"#);
+            let ok = read_response(&raw(200, &body), "s").unwrap();
+            let expect = (secs > 0.0).then(|| Duration::from_secs_f64(secs));
+            assert_eq!(ok.expires_in, expect, "{value}");
+        }
+    }
+
+    #[test]
+    fn the_date_header_reaches_granted() {
+        let body = r#"{"access_token":"abc","expires_in":60}"#;
+        let date = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut r = raw(200, body);
+        r.headers.insert(
+            DATE,
+            HeaderValue::from_str(&httpdate::fmt_http_date(date)).unwrap(),
+        );
+        assert_eq!(read_response(&r, "s").unwrap().server_date, Some(date));
+        // The obsolete formats RFC 9110 still asks recipients to accept.
+        r.headers.insert(
+            DATE,
+            HeaderValue::from_static("Tuesday, 14-Nov-23 22:13:20 GMT"),
+        );
+        assert_eq!(read_response(&r, "s").unwrap().server_date, Some(date));
+        for bad in ["yesterday", "", "1700000000"] {
+            r.headers.insert(DATE, HeaderValue::from_static(bad));
+            assert_eq!(read_response(&r, "s").unwrap().server_date, None, "{bad}");
+        }
+        assert_eq!(
+            read_response(&raw(200, body), "s").unwrap().server_date,
+            None
+        );
     }
 
     #[test]

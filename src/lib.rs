@@ -93,15 +93,19 @@ pub mod __fuzz {
     use crate::token::{AccessToken, Claims, Issued, Lifecycle};
 
     /// Reads a token endpoint answer the way the token source does, up to the finished
-    /// `AccessToken`. Returns the token's lifetime, or the error.
+    /// `AccessToken`, with the request sent now. Returns the token's lifetime, or the error.
+    ///
+    /// `header` is sent as both `Retry-After` and `Date`, the two header values the reader
+    /// parses: error answers read the first, successes the second (the token server's clock).
     pub fn token_response(
         status: u16,
-        retry_after: &[u8],
+        header: &[u8],
         body: &[u8],
     ) -> Result<Duration, crate::Error> {
         let mut headers = HeaderMap::new();
-        if let Ok(value) = HeaderValue::from_bytes(retry_after) {
-            headers.insert(http::header::RETRY_AFTER, value);
+        if let Ok(value) = HeaderValue::from_bytes(header) {
+            headers.insert(http::header::RETRY_AFTER, value.clone());
+            headers.insert(http::header::DATE, value);
         }
         let raw = RawResponse {
             status: StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
@@ -116,19 +120,33 @@ pub mod __fuzz {
             scope: granted.scope,
             sent_at,
             sent_wall: SystemTime::now(),
+            server_date: granted.server_date,
         };
         let token = AccessToken::from_issued(issued, &Lifecycle::default(), 0.5)?;
         assert!(token.header_value().is_sensitive());
-        assert!(
-            token.refresh_at() <= token.expires_at()
-                || token.expires_at() - sent_at < Duration::from_secs(2)
-        );
+        assert!(token.refresh_at() <= token.usable_until());
         assert!(token.usable_until() <= token.expires_at());
         Ok(token.expires_at() - sent_at)
     }
 
-    /// Reads the claims this crate uses from a JWT-shaped token: `(exp, scope)`.
-    pub fn jwt_claims(token: &str) -> Option<(Option<u64>, Option<String>)> {
-        Claims::read(token).map(|c| (c.exp, c.scope))
+    /// The claims this crate reads from a JWT, as `jwt_claims` returns them.
+    #[derive(Clone, Debug, Default, PartialEq, Eq)]
+    pub struct JwtClaims {
+        /// `exp`, seconds since the epoch, fractions dropped.
+        pub exp: Option<u64>,
+        /// `iat`, seconds since the epoch, fractions dropped.
+        pub iat: Option<u64>,
+        /// `scope`: the string, or an array of strings joined with spaces.
+        pub scope: Option<String>,
+    }
+
+    /// Reads the claims this crate uses from a JWT-shaped token; `None` when it is not one
+    /// with a JSON object as payload.
+    pub fn jwt_claims(token: &str) -> Option<JwtClaims> {
+        Claims::read(token).map(|c| JwtClaims {
+            exp: c.exp,
+            iat: c.iat,
+            scope: c.scope,
+        })
     }
 }

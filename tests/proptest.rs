@@ -7,13 +7,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use entur_auth::__fuzz::{jwt_claims, token_response};
+use entur_auth::__fuzz::{jwt_claims, token_response, JwtClaims};
 use entur_auth::Error;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
 /// The crate caps lifetimes at a year.
 const MAX_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+/// The lifetime when nothing says otherwise (`TokenSourceBuilder::default_lifetime`).
+const DEFAULT_LIFETIME: Duration = Duration::from_secs(300);
 
 /// RFC 6750 `b64token` characters: what an access token may be made of.
 const B64TOKEN: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/=";
@@ -59,6 +61,23 @@ fn body(access_token: &str, expires_in: Option<Value>) -> Vec<u8> {
 
 fn is_invalid_response(result: &Result<Duration, Error>) -> bool {
     matches!(result, Err(Error::InvalidResponse { .. }))
+}
+
+/// Whether `token` reads as a JWT with both `exp` and `iat`, which would bound the lifetime.
+fn has_exp_and_iat(token: &str) -> bool {
+    matches!(
+        jwt_claims(token),
+        Some(JwtClaims {
+            exp: Some(_),
+            iat: Some(_),
+            ..
+        })
+    )
+}
+
+/// Whether `text` reads as a JSON number once trimmed (what a string `expires_in` may hold).
+fn is_numeric(text: &str) -> bool {
+    serde_json::from_str::<serde_json::Number>(text.trim()).is_ok()
 }
 
 /// Statuses that carry a token: every 2xx.
@@ -112,8 +131,10 @@ fn bad_expires_in() -> impl Strategy<Value = Value> {
         (-1e300f64..0.0).prop_map(|f| json!(f)),
         // Sub-second lifetimes are refused too ("not a positive number of seconds").
         (1e-9f64..1.0).prop_map(|f| json!(f)),
-        ".*".prop_map(|s| json!(s)),
-        (1u64..100_000).prop_map(|n| json!(n.to_string())),
+        ".*".prop_filter("not a number", |s| !is_numeric(s))
+            .prop_map(|s| json!(s)),
+        // Strings holding a number that is not a positive number of seconds.
+        prop::sample::select(vec!["0", "-5", "0.5", " -1 ", "0e3", "-0"]).prop_map(|s| json!(s)),
         any::<bool>().prop_map(|b| json!(b)),
         Just(json!([3600])),
         Just(json!({ "seconds": 3600 })),
@@ -138,7 +159,7 @@ proptest! {
     #[test]
     fn token_response_never_panics_on_arbitrary_json(
         status in any::<u16>(),
-        retry_after in prop_oneof![Just(String::new()), "[0-9]{1,25}", ".{0,40}"],
+        header in prop_oneof![Just(String::new()), "[0-9]{1,25}", ".{0,40}", http_date()],
         access_token in prop_oneof![b64token().prop_map(Value::from), json_value()],
         expires_in in prop_oneof![expires_in_secs().prop_map(Value::from), bad_expires_in(), json_value()],
         token_type in prop_oneof![Just(json!("Bearer")), Just(json!("bearer")), json_value()],
@@ -152,7 +173,7 @@ proptest! {
         if let Some((name, value)) = extra {
             body[name] = value;
         }
-        let result = token_response(status, retry_after.as_bytes(), body.to_string().as_bytes());
+        let result = token_response(status, header.as_bytes(), body.to_string().as_bytes());
         if result.is_ok() {
             prop_assert!((200..300).contains(&status) || !(100..1000).contains(&status));
         }
@@ -171,15 +192,15 @@ proptest! {
         let _ = jwt_claims(&shaped);
     }
 
-    /// A b64token and a whole number of seconds, no `exp` claim: the lifetime is exactly
-    /// `min(expires_in, 365 days)`.
+    /// A b64token and a whole number of seconds, no `exp` and `iat` claims: the lifetime is
+    /// exactly `min(expires_in, 365 days)`.
     #[test]
     fn lifetime_is_expires_in_capped_at_a_year(
         status in success_status(),
         token in b64token(),
         secs in expires_in_secs(),
     ) {
-        prop_assume!(jwt_claims(&token).and_then(|(exp, _)| exp).is_none());
+        prop_assume!(!has_exp_and_iat(&token));
         let lifetime = token_response(status, b"", &body(&token, Some(json!(secs))));
         prop_assert_eq!(
             lifetime.map_err(|e| e.to_string()),
@@ -194,7 +215,7 @@ proptest! {
         token in b64token(),
         secs in prop_oneof![1.0f64..10.0, 1.0f64..1e6, 1.0f64..1e12],
     ) {
-        prop_assume!(jwt_claims(&token).and_then(|(exp, _)| exp).is_none());
+        prop_assume!(!has_exp_and_iat(&token));
         let body = body(&token, Some(json!(secs)));
         // serde_json's default float parsing may land one ulp off the printed value: expect
         // the number as it reads back, not as it was generated.
@@ -205,6 +226,26 @@ proptest! {
             lifetime.map_err(|e| e.to_string()),
             Ok(Duration::from_secs_f64(secs).min(MAX_LIFETIME))
         );
+    }
+
+    /// `expires_in` as a string holding a number, padded with spaces or not (as some servers
+    /// send it): exactly the lifetime of the same number sent as a number.
+    #[test]
+    fn numeric_string_expires_in_reads_as_the_number(
+        status in success_status(),
+        token in b64token(),
+        secs in prop_oneof![
+            expires_in_secs().prop_map(|n| n.to_string()),
+            (1.0f64..1e7).prop_map(|f| f.to_string()),
+        ],
+        pad in prop::sample::select(vec!["", " ", "  ", "\t"]),
+    ) {
+        prop_assume!(!has_exp_and_iat(&token));
+        let number: Value = serde_json::from_str(&secs).expect("a JSON number");
+        let as_number = token_response(status, b"", &body(&token, Some(number)));
+        let as_string = token_response(status, b"", &body(&token, Some(json!(format!("{pad}{secs}{pad}")))));
+        prop_assert!(as_number.is_ok(), "{:?}", as_number);
+        prop_assert_eq!(as_string.map_err(|e| e.to_string()), as_number.map_err(|e| e.to_string()));
     }
 
     /// A token with any character outside the b64token set (CR, LF, space, controls,
@@ -222,8 +263,8 @@ proptest! {
         prop_assert!(is_invalid_response(&result), "{:?} gave {:?}", token, result);
     }
 
-    /// Zero, negative, sub-second, string and other non-number `expires_in`: always
-    /// `Error::InvalidResponse`, even with a perfectly good token.
+    /// Zero, negative, sub-second, non-numeric string and other non-number `expires_in`:
+    /// always `Error::InvalidResponse`, even with a perfectly good token.
     #[test]
     fn unusable_expires_in_is_an_invalid_response(
         status in success_status(),
@@ -234,8 +275,8 @@ proptest! {
         prop_assert!(is_invalid_response(&result), "expires_in {} gave {:?}", expires_in, result);
     }
 
-    /// A JWT whose `exp` is in the future: the lifetime is never longer than `exp - now`
-    /// (1 s slack) nor than `expires_in`; when `exp` is the earlier, it decides.
+    /// A JWT issued now, `exp` in the future: the lifetime is never longer than `exp - iat`
+    /// (1 s slack) nor than `expires_in`; when `exp - iat` is the shorter, it decides.
     #[test]
     fn jwt_exp_bounds_the_lifetime(
         status in success_status(),
@@ -269,37 +310,63 @@ proptest! {
         prop_assert!(lifetime + Duration::from_secs(2) >= expect, "{lifetime:?} much shorter than {expect:?}");
     }
 
-    /// A JWT whose `exp` is already past: an invalid response, never a token.
+    /// However far this machine's clock is from the issuer's (ten years either way): the
+    /// lifetime is exactly `min(expires_in, exp - iat)`, or `exp - iat` alone, and never
+    /// depends on this machine's clock.
     #[test]
-    fn jwt_exp_in_the_past_is_an_invalid_response(
+    fn clock_skew_never_changes_the_lifetime(
+        status in success_status(),
+        skew in prop_oneof![-3600i64..3600, -10 * 365 * 86_400i64..10 * 365 * 86_400],
+        life in prop_oneof![1u64..120, 1u64..200_000, 1u64..2 * 365 * 86_400],
+        expires_in in prop::option::of(prop_oneof![1u64..120, 1u64..200_000, expires_in_secs()]),
+        scope in prop::option::of(prop_oneof![
+            "[a-z:]{1,10}( [a-z:]{1,10}){0,3}".prop_map(Value::from),
+            prop::collection::vec("[a-z:]{1,10}", 0..4).prop_map(Value::from),
+        ]),
+    ) {
+        let iat = now_unix().saturating_add_signed(skew);
+        let mut claims = json!({ "iat": iat, "exp": iat + life, "sub": "client@clients" });
+        if let Some(scope) = scope {
+            claims["scope"] = scope;
+        }
+        let token = jwt(&claims);
+        let lifetime = token_response(status, b"", &body(&token, expires_in.map(Value::from)));
+        let expect = Duration::from_secs(expires_in.map_or(life, |e| e.min(life))).min(MAX_LIFETIME);
+        prop_assert_eq!(lifetime.map_err(|e| e.to_string()), Ok(expect));
+    }
+
+    /// A JWT whose `exp` is already past by this machine's clock, no `iat`: never a failed
+    /// fetch (the server or this machine's clock is wrong). `expires_in` decides, else the
+    /// default lifetime.
+    #[test]
+    fn jwt_exp_in_the_past_never_fails_a_fetch(
         ago in 1u64..1_000_000_000,
         expires_in in prop::option::of(expires_in_secs()),
     ) {
         let token = jwt(&json!({ "exp": now_unix().saturating_sub(ago) }));
         let result = token_response(200, b"", &body(&token, expires_in.map(Value::from)));
-        prop_assert!(is_invalid_response(&result), "{:?}", result);
+        let expect = expires_in.map_or(DEFAULT_LIFETIME, |e| Duration::from_secs(e).min(MAX_LIFETIME));
+        prop_assert_eq!(result.map_err(|e| e.to_string()), Ok(expect));
     }
 
-    /// Well-formed JWTs: `exp` (any u64, or a non-negative float, rounded down; negative or
-    /// non-numeric reads as absent) and `scope` (any string) come back as they were written,
-    /// whatever else the payload and header hold, padded or not.
+    /// Well-formed JWTs: `exp` and `iat` (any u64, or a non-negative float, rounded down;
+    /// negative or non-numeric reads as absent) and `scope` (any string, or an array of
+    /// strings, joined with spaces; anything else reads as absent) come back as they were
+    /// written, each whatever the type of the others, whatever else the payload and header
+    /// hold, padded or not.
     #[test]
-    fn jwt_claims_round_trip_exp_and_scope(
-        exp in prop_oneof![
-            any::<u64>().prop_map(|n| (json!(n), Some(n))),
-            // Expect the float as serde_json reads it back (maybe one ulp off), rounded down.
-            (0.0f64..1e15).prop_map(|f| {
-                let read: Value = serde_json::from_str(&json!({ "exp": f }).to_string())
-                    .expect("JSON");
-                (json!(f), read["exp"].as_f64().map(|f| f as u64))
-            }),
-            (i64::MIN..0).prop_map(|n| (json!(n), None)),
-            ".{0,10}".prop_map(|s| (json!(s), None)),
-            Just((Value::Null, None)),
-            Just((Value::Bool(true), None)),
+    fn jwt_claims_round_trip_exp_iat_and_scope(
+        exp in numeric_date(),
+        iat in numeric_date(),
+        scope in prop_oneof![
+            ".{0,64}".prop_map(|s| (json!(s), Some(s))),
+            prop::collection::vec("[a-z:.]{0,10}", 0..5)
+                .prop_map(|scopes| (json!(scopes), Some(scopes.join(" ")))),
+            json_value().prop_filter("not a scope", |v| !v.is_string() && !v.is_array())
+                .prop_map(|v| (v, None)),
+            Just((json!(["read", 1]), None)),
         ],
-        has_exp in any::<bool>(),
-        scope in prop::option::of(".{0,64}"),
+        present in any::<(bool, bool, bool)>(),
         extra in prop::collection::btree_map("[a-z_]{1,8}", json_value(), 0..4),
         header in prop::collection::vec(any::<u8>(), 0..40),
         signature in "[A-Za-z0-9_-]{0,40}",
@@ -307,16 +374,22 @@ proptest! {
     ) {
         let mut claims = serde_json::Map::new();
         for (name, value) in extra {
-            if name != "exp" && name != "scope" {
+            if !["exp", "iat", "scope"].contains(&name.as_str()) {
                 claims.insert(name, value);
             }
         }
-        let (exp_json, exp_expected) = exp;
-        if has_exp {
-            claims.insert("exp".into(), exp_json);
+        let mut expect = JwtClaims::default();
+        if present.0 {
+            claims.insert("exp".into(), exp.0);
+            expect.exp = exp.1;
         }
-        if let Some(scope) = &scope {
-            claims.insert("scope".into(), json!(scope));
+        if present.1 {
+            claims.insert("iat".into(), iat.0);
+            expect.iat = iat.1;
+        }
+        if present.2 {
+            claims.insert("scope".into(), scope.0);
+            expect.scope = scope.1;
         }
         let mut payload = b64url(Value::Object(claims).to_string().as_bytes());
         if padded {
@@ -325,9 +398,31 @@ proptest! {
             }
         }
         let token = format!("{}.{payload}.{signature}", b64url(&header));
-        let expect_exp = if has_exp { exp_expected } else { None };
-        prop_assert_eq!(jwt_claims(&token), Some((expect_exp, scope)));
+        prop_assert_eq!(jwt_claims(&token), Some(expect));
     }
+}
+
+/// A NumericDate claim as written, and as the reader must return it.
+fn numeric_date() -> impl Strategy<Value = (Value, Option<u64>)> {
+    prop_oneof![
+        any::<u64>().prop_map(|n| (json!(n), Some(n))),
+        // Expect the float as serde_json reads it back (maybe one ulp off), rounded down.
+        (0.0f64..1e15).prop_map(|f| {
+            let read: Value = serde_json::from_str(&json!({ "t": f }).to_string()).expect("JSON");
+            (json!(f), read["t"].as_f64().map(|f| f as u64))
+        }),
+        (i64::MIN..0).prop_map(|n| (json!(n), None)),
+        ".{0,10}".prop_map(|s| (json!(s), None)),
+        Just((Value::Null, None)),
+        Just((Value::Bool(true), None)),
+        Just((json!([1_700_000_000]), None)),
+        Just((json!({ "t": 1 }), None)),
+    ]
+}
+
+/// An HTTP date (RFC 9110 IMF-fixdate), from 1970 to 9999, or almost one.
+fn http_date() -> impl Strategy<Value = String> {
+    "(Mon|Tue|Wed|Thu|Fri|Sat|Sun), [0-3][0-9] (Jan|Feb|Mar|Nov|Dec) (19[7-9][0-9]|20[0-9]{2}|9999) [0-2][0-9]:[0-5][0-9]:[0-6][0-9] GMT"
 }
 
 /// Any JSON value, a few levels deep.
@@ -354,10 +449,8 @@ fn json_value() -> impl Strategy<Value = Value> {
 /// A JWT whose `exp` is beyond what `SystemTime` can hold (2^63 s and up, or a float that
 /// reads as that much): a token whose lifetime `expires_in` decides, never a panic.
 ///
-/// Ignored until `src/token.rs` stops computing `UNIX_EPOCH + Duration::from_secs(exp)`
-/// unchecked: today it panics with "overflow when adding duration to instant", which in the
-/// refresher task kills the task. Found by `fuzz/` (target `token_response`, with
-/// `fuzz/entur_auth.dict`). `exp` = 2^63 - 1 still works; 2^63 is the first that panics.
+/// Found by `fuzz/` (target `token_response`, with `fuzz/entur_auth.dict`): `src/token.rs`
+/// computed `UNIX_EPOCH + Duration::from_secs(exp)` unchecked, which panicked from 2^63 on.
 #[test]
 fn huge_exp_claims_do_not_panic() {
     let largest_ok = json!(i64::MAX as u64);

@@ -84,9 +84,9 @@ impl TokenSourceBuilder {
     }
 
     /// Fraction of the lifetime after which the background refresh starts. Default `0.75`;
-    /// must be in `0.1..=0.95`. Whatever the fraction, a refresh is always due at least one
-    /// safety margin (`min(30 s, 10 % of the lifetime)`) before the token is retired, so
-    /// that requests never wait on a refresh that started too late.
+    /// must be in `0.1..=0.95`. The refresh always starts at least one safety margin
+    /// (`min(30 s, 10 %)` of the lifetime) before the token is retired, so with short tokens
+    /// a high fraction is brought forward.
     pub fn refresh_at(mut self, fraction: f64) -> Self {
         self.lifecycle.refresh_at = fraction;
         self
@@ -102,8 +102,9 @@ impl TokenSourceBuilder {
         self
     }
 
-    /// Lifetime assumed when the server sends neither `expires_in` nor a JWT `exp`.
-    /// Default 5 minutes.
+    /// Lifetime assumed when the server sends neither `expires_in` nor a usable JWT `exp`
+    /// (one that is already past by this machine's clock, with nothing else to go by, is
+    /// logged and counts as none). Default 5 minutes.
     pub fn default_lifetime(mut self, lifetime: Duration) -> Self {
         self.lifecycle.default_lifetime = lifetime;
         self

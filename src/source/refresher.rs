@@ -82,6 +82,7 @@ impl Shared {
             scope: granted.scope,
             sent_at,
             sent_wall,
+            server_date: granted.server_date,
         };
         AccessToken::from_issued(issued, &self.settings.lifecycle, jitter_sample)
     }
