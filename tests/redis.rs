@@ -308,3 +308,37 @@ async fn altered_or_foreign_entries_are_never_sent_as_a_bearer() {
     assert!(matches!(error, Error::Rejected { .. }), "{error}");
     assert!(foreign.current().is_none());
 }
+
+/// A replica that saw its token refused fetches a new one instead of re-adopting the refused
+/// one from Redis (which still holds it); the other replicas adopt the replacement when the
+/// API refuses the old token to them, without a fetch of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(has_redis_server),
+    ignore = "redis-server not found: install it (apt-get install redis-server) to run this test"
+)]
+async fn a_refused_token_is_never_re_adopted_from_redis() {
+    let redis = Redis::start();
+    let server = server(Duration::from_secs(3600)).await;
+    let replicas: Vec<_> = (0..4).map(|i| replica(&server, &redis, i)).collect();
+    for replica in &replicas {
+        replica.prefetch().await.unwrap();
+    }
+    assert_eq!(server.token_requests(), 1);
+    server.revoke_all();
+    for (i, replica) in replicas.iter().enumerate() {
+        let mut api = EnturAuthLayer::new(replica.clone())
+            .with_replay()
+            .layer(server.api_service());
+        let status = send(&mut api, api_request(&server, &format!("/r{i}")))
+            .await
+            .unwrap();
+        assert_eq!(status, StatusCode::OK, "replica {i} recovered");
+    }
+    assert_eq!(server.token_requests(), 2, "one replacement for the fleet");
+    assert_eq!(
+        server.api_rejections(),
+        4,
+        "each replica sent the refused token once, never again"
+    );
+}

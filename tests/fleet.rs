@@ -1,0 +1,149 @@
+//! A fleet that shares its token through a store never re-adopts a token the API refused:
+//! the replica that saw the refusal fetches and publishes a new token, and the others, when
+//! the API refuses the old token to them, adopt the new one without a fetch of their own.
+//! (The same against a real redis-server is in `tests/redis.rs`.)
+#![cfg(feature = "shared-store")]
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use entur_auth::store::TokenStore;
+use entur_auth::testing::TestServer;
+use entur_auth::{BoxError, EnturAuthLayer, TokenSource};
+use futures_util::future::BoxFuture;
+use http::StatusCode;
+use tower::Layer;
+
+/// A store in memory, shared by the replicas of one test.
+#[derive(Clone, Default)]
+struct Memory(Arc<Mutex<HashMap<String, Vec<u8>>>>);
+
+impl TokenStore for Memory {
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, BoxError>> {
+        Box::pin(async move { Ok(self.0.lock().unwrap().get(key).cloned()) })
+    }
+
+    fn set<'a>(
+        &'a self,
+        key: &'a str,
+        value: Vec<u8>,
+        _ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), BoxError>> {
+        Box::pin(async move {
+            self.0.lock().unwrap().insert(key.to_owned(), value);
+            Ok(())
+        })
+    }
+
+    fn try_lock<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a str,
+        _ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, BoxError>> {
+        Box::pin(async move {
+            let mut map = self.0.lock().unwrap();
+            if map.contains_key(key) {
+                return Ok(false);
+            }
+            map.insert(key.to_owned(), holder.as_bytes().to_vec());
+            Ok(true)
+        })
+    }
+
+    fn unlock<'a>(&'a self, key: &'a str, holder: &'a str) -> BoxFuture<'a, Result<(), BoxError>> {
+        Box::pin(async move {
+            let mut map = self.0.lock().unwrap();
+            if map.get(key).map(Vec::as_slice) == Some(holder.as_bytes()) {
+                map.remove(key);
+            }
+            Ok(())
+        })
+    }
+}
+
+fn replica(server: &TestServer, store: &Memory, seed: u64) -> TokenSource {
+    server
+        .source_builder()
+        .shared_store(store.clone())
+        .jitter_seed(seed)
+        .build()
+        .unwrap()
+}
+
+/// Item 3: with a shared store, re-authentication used to re-adopt the refused token from
+/// the store: 401 forever, one token request.
+#[tokio::test(start_paused = true)]
+async fn a_refused_token_is_never_adopted_again_and_the_fleet_shares_its_replacement() {
+    let server = server(Duration::from_secs(3600)).await;
+    let store = Memory::default();
+    let replicas: Vec<_> = (0..3).map(|i| replica(&server, &store, i)).collect();
+    for replica in &replicas {
+        replica.prefetch().await.unwrap();
+    }
+    assert_eq!(
+        server.token_requests(),
+        1,
+        "the fleet shares the first token"
+    );
+    let old = replicas[0].current().unwrap();
+    assert!(replicas
+        .iter()
+        .all(|r| r.current().unwrap().header_value() == old.header_value()));
+
+    server.revoke_all();
+    let mut apis: Vec<_> = replicas
+        .iter()
+        .map(|r| {
+            EnturAuthLayer::new(r.clone())
+                .with_replay()
+                .layer(server.api_service())
+        })
+        .collect();
+    // The first replica sees the refusal: it fetches and publishes a new token.
+    let response = call(&mut apis[0], api_request(&server, "/a"))
+        .await
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "replayed with a new token"
+    );
+    assert_eq!(server.token_requests(), 2, "one new token");
+    let new = replicas[0].current().unwrap();
+    assert_ne!(new.header_value(), old.header_value());
+
+    // The others see the refusal with the old token and adopt the new one: no fetch.
+    for api in &mut apis[1..] {
+        let status = send(api, api_request(&server, "/b")).await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+    }
+    assert_eq!(
+        server.token_requests(),
+        2,
+        "the fleet adopted the replacement"
+    );
+    assert!(replicas
+        .iter()
+        .all(|r| r.current().unwrap().header_value() == new.header_value()));
+    assert_eq!(
+        server.api_rejections(),
+        3,
+        "each replica sent the refused token once, and never again"
+    );
+
+    // Much later, a replica whose token is due still never takes the refused one back.
+    tokio::time::sleep(Duration::from_secs(3000)).await;
+    for api in &mut apis {
+        assert_eq!(
+            send(api, api_request(&server, "/c")).await.unwrap(),
+            StatusCode::OK
+        );
+    }
+    assert_eq!(server.api_rejections(), 3);
+}
