@@ -21,7 +21,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// and [`Error::Timeout`] are transient; [`Error::InvalidResponse`] means the token
 /// endpoint answered something that is not a usable token; [`Error::Config`] means the
 /// configuration is incomplete or unsafe. The last four come from the API's answers, through
-/// [`ErrorForStatus`](crate::classify::ErrorForStatus).
+/// [`ErrorForStatus`](crate::error_for_status::ErrorForStatus).
 ///
 /// Neither `Display` nor `Debug` ever contains the client secret or a token. The error is
 /// cheap to clone: every caller waiting on one failed fetch receives the same error.

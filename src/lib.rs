@@ -19,10 +19,19 @@
 //! .build()?;
 //!
 //! let api = ServiceBuilder::new()
-//!     .layer(EnturAuthLayer::new(source).client_name(ClientName::new("acme-ticketing")?))
+//!     .layer(
+//!         EnturAuthLayer::new(source)
+//!             .client_name(ClientName::new("acme-ticketing")?)
+//!             .with_replay(), // a refused token is replaced and the request sent once more
+//!     )
 //!     .service(client);
 //! # let _ = api; Ok(()) }
 //! ```
+//!
+//! The auth layer drops a token the API refuses (401, an Entur 408, gRPC `UNAUTHENTICATED`)
+//! wherever it sits in the stack; [`replay`] adds the one replay, [`error_for_status`] typed
+//! errors, [`classify`] the table behind both. The background refresher is supervised: see
+//! [`source`].
 //!
 //! # Features
 //!
@@ -34,6 +43,10 @@
 //! - `shared-store`: `store`, one token shared by a fleet through a [`store::TokenStore`],
 //!   encrypted at rest.
 //! - `redis`: `store::RedisStore`, the token store on Redis.
+//!
+//! Besides the refresher task on your runtime, the crate starts one thread per process,
+//! `entur-auth-watchdog`, asleep until its next deadline: it notices a refresher whose
+//! runtime stopped running it (see [`TokenSourceBuilder::stall_timeout`]).
 //!
 //! # Errors
 //!

@@ -25,7 +25,7 @@
 //! [`ErrorForStatus`](crate::error_for_status::ErrorForStatus) placed inside the retry layer)
 //! says a new token is coming, it waits for it and lets `tower::retry` send the request once
 //! more. A second refusal is final, and is marked as such in its
-//! [`Refusal`](crate::layer::Refusal). While forced refreshes back off (the API refuses every
+//! [`Refusal`]. While forced refreshes back off (the API refuses every
 //! new token), the same token would go again, so nothing is replayed.
 //!
 //! # Why the auth layer goes inside retry

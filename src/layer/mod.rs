@@ -41,7 +41,7 @@
 //! # Plain HTTP
 //!
 //! A request to `http://` on a host that is not loopback fails with
-//! [`Error::CleartextRefused`](crate::Error::CleartextRefused) before anything is sent: the
+//! [`Error::CleartextRefused`] before anything is sent: the
 //! bearer token would cross the network in cleartext. Relative URIs (as tonic sends them)
 //! and `https://` pass; [`EnturAuthLayer::allow_plain_http`] lifts the check.
 
@@ -100,7 +100,7 @@ impl EnturAuthLayer {
 
     /// Allows sending the bearer token over plain `http://` to hosts that are not loopback.
     /// Default `false`: such requests fail with
-    /// [`Error::CleartextRefused`](crate::Error::CleartextRefused) and nothing is sent.
+    /// [`Error::CleartextRefused`] and nothing is sent.
     /// Allow it only when the network path is protected otherwise (a sidecar proxy, a service
     /// mesh with mTLS).
     pub fn allow_plain_http(mut self, allow: bool) -> Self {
