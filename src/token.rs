@@ -2,6 +2,7 @@
 //! its refresh and expiry.
 
 use std::fmt;
+use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -16,7 +17,7 @@ use crate::error::Error;
 /// Identifies one issued token within a process, so that a rejection can invalidate exactly
 /// the token that was sent and not a newer one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TokenId(u64);
+pub struct TokenId(NonZeroU64);
 
 impl fmt::Display for TokenId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -27,7 +28,9 @@ impl fmt::Display for TokenId {
 impl TokenId {
     fn next() -> Self {
         static NEXT: AtomicU64 = AtomicU64::new(1);
-        Self(NEXT.fetch_add(1, Ordering::Relaxed))
+        // Starts at 1 and would take centuries to wrap; `max(1)` keeps it non-zero anyway.
+        let n = NEXT.fetch_add(1, Ordering::Relaxed).max(1);
+        Self(NonZeroU64::new(n).unwrap_or(NonZeroU64::MIN))
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use http::header::AUTHORIZATION;
-use http::{Request, Response};
+use http::{Request, Response, Version};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
@@ -60,9 +60,6 @@ pin_project! {
         Waiting {
             waiting: Box<Waiting<S, B>>,
         },
-        Failed {
-            error: Option<BoxError>,
-        },
     }
 }
 
@@ -97,13 +94,6 @@ where
         }
     }
 
-    pub(super) fn failed(error: BoxError, sent: Sent) -> Self {
-        Self {
-            state: State::Failed { error: Some(error) },
-            sent,
-        }
-    }
-
     /// The token the request was sent with; `None` while it still waits for one.
     pub fn token_id(&self) -> Option<TokenId> {
         self.sent.token
@@ -125,11 +115,14 @@ where
                 StateProj::Called { future } => {
                     let mut response = ready!(future.poll(cx)).map_err(Into::into)?;
                     let sent = *this.sent;
-                    // A success costs a status comparison and a look for `grpc-status`.
+                    // A success costs a status comparison, and over HTTP/2 a look for
+                    // `grpc-status` (gRPC runs over HTTP/2 only; trailers are watched by the
+                    // body whatever the version).
                     let status = response.status().as_u16();
                     if sent.probation
                         || matches!(status, 300..=308 | 401 | 408)
-                        || response.headers().contains_key(GRPC_STATUS)
+                        || (response.version() == Version::HTTP_2
+                            && response.headers().contains_key(GRPC_STATUS))
                     {
                         inspect(&mut response, sent);
                     }
@@ -142,12 +135,6 @@ where
                 StateProj::Waiting { waiting } => {
                     let future = ready!(poll_waiting(waiting, this.sent, cx))?;
                     this.state.set(State::Called { future });
-                }
-                StateProj::Failed { error } => {
-                    let error = error
-                        .take()
-                        .unwrap_or_else(|| "ResponseFuture polled after completion".into());
-                    return Poll::Ready(Err(error));
                 }
             }
         }

@@ -31,7 +31,8 @@
 //! # Refusals
 //!
 //! The response future reads every answer: a 401, an Entur 408, or a gRPC `UNAUTHENTICATED`
-//! (in the headers, or in the trailers at the end of the body) drops the token the request
+//! (in the headers of an HTTP/2 answer, as gRPC runs only over HTTP/2, or in the trailers at
+//! the end of the body) drops the token the request
 //! carried at once, whatever else is in the stack and whether or not the request can be
 //! replayed. The answer is passed on with a [`Refusal`] in its extensions, saying what was
 //! done; [`ReplayLayer`](crate::replay::ReplayLayer) then replays the request once with the
@@ -54,7 +55,6 @@ use std::task::{Context, Poll};
 
 use arc_swap::{ArcSwapOption, Cache};
 use http::header::{HeaderName, AUTHORIZATION};
-use http::uri::Scheme;
 use http::{HeaderValue, Request, Response};
 use tower_layer::Layer;
 use tower_service::Service;
@@ -235,9 +235,10 @@ where
 
     #[inline]
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        if request.uri().scheme() == Some(&Scheme::HTTP) && !self.allow_plain_http {
+        // `scheme_str` compares four bytes inline; a `Scheme` comparison is a call.
+        if request.uri().scheme_str() == Some("http") && !self.allow_plain_http {
             if let Some(refused) = refuse_cleartext(request.uri()) {
-                return ResponseFuture::failed(refused, self.sent(None));
+                return self.fail(request, refused);
             }
         }
         if let Some(name) = &self.client_name {
@@ -268,6 +269,20 @@ impl<S> EnturAuth<S> {
         }
     }
 
+    /// The request is refused before anything is sent: a future that fails with `error`.
+    /// Out of line, and through the waiting path, so that the fast path's future needs no
+    /// state of its own for it.
+    #[cold]
+    #[inline(never)]
+    fn fail<B>(&mut self, request: Request<B>, error: Error) -> ResponseFuture<S, B>
+    where
+        S: Service<Request<B>> + Clone,
+    {
+        let inner = self.inner.clone();
+        let failed = std::future::ready(Err(error));
+        ResponseFuture::waiting(Box::pin(failed), request, inner, self.sent(None))
+    }
+
     /// No usable token: the request waits for the shared fetch. The inner service that was
     /// polled ready goes into the future; this service keeps a fresh clone. Out of line, so
     /// that `call` stays small enough to inline.
@@ -293,17 +308,14 @@ impl<S> EnturAuth<S> {
 /// loopback hosts (tests, local sidecars).
 #[cold]
 #[inline(never)]
-fn refuse_cleartext(uri: &http::Uri) -> Option<BoxError> {
+fn refuse_cleartext(uri: &http::Uri) -> Option<Error> {
     let host = uri.host().unwrap_or_default();
     if crate::config::is_loopback(host) {
         return None;
     }
-    Some(
-        Error::CleartextRefused {
-            host: crate::error::sanitize(host, 100),
-        }
-        .into(),
-    )
+    Some(Error::CleartextRefused {
+        host: crate::error::sanitize(host, 100),
+    })
 }
 
 /// Which token a request carried, set by [`EnturAuth`] in the extensions of redirects, so

@@ -6,6 +6,7 @@
 //! every thread shares; a key costs nothing, and the lookup happens only on those cold paths.
 
 use std::collections::HashMap;
+use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock, Weak};
 
@@ -13,12 +14,13 @@ use super::Shared;
 
 /// Identifies a [`TokenSource`](super::TokenSource) within the process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct SourceKey(u64);
+pub(crate) struct SourceKey(NonZeroU64);
 
 impl SourceKey {
     pub(super) fn next() -> Self {
         static NEXT: AtomicU64 = AtomicU64::new(1);
-        Self(NEXT.fetch_add(1, Ordering::Relaxed))
+        let n = NEXT.fetch_add(1, Ordering::Relaxed).max(1);
+        Self(NonZeroU64::new(n).unwrap_or(NonZeroU64::MIN))
     }
 }
 
