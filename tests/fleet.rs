@@ -6,67 +6,16 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use entur_auth::store::TokenStore;
+use entur_auth::store::MemoryStore;
 use entur_auth::testing::TestServer;
-use entur_auth::{BoxError, EnturAuthLayer, TokenSource};
-use futures_util::future::BoxFuture;
+use entur_auth::{EnturAuthLayer, TokenSource};
 use http::StatusCode;
 use tower::Layer;
 
-/// A store in memory, shared by the replicas of one test.
-#[derive(Clone, Default)]
-struct Memory(Arc<Mutex<HashMap<String, Vec<u8>>>>);
-
-impl TokenStore for Memory {
-    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, BoxError>> {
-        Box::pin(async move { Ok(self.0.lock().unwrap().get(key).cloned()) })
-    }
-
-    fn set<'a>(
-        &'a self,
-        key: &'a str,
-        value: Vec<u8>,
-        _ttl: Duration,
-    ) -> BoxFuture<'a, Result<(), BoxError>> {
-        Box::pin(async move {
-            self.0.lock().unwrap().insert(key.to_owned(), value);
-            Ok(())
-        })
-    }
-
-    fn try_lock<'a>(
-        &'a self,
-        key: &'a str,
-        holder: &'a str,
-        _ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, BoxError>> {
-        Box::pin(async move {
-            let mut map = self.0.lock().unwrap();
-            if map.contains_key(key) {
-                return Ok(false);
-            }
-            map.insert(key.to_owned(), holder.as_bytes().to_vec());
-            Ok(true)
-        })
-    }
-
-    fn unlock<'a>(&'a self, key: &'a str, holder: &'a str) -> BoxFuture<'a, Result<(), BoxError>> {
-        Box::pin(async move {
-            let mut map = self.0.lock().unwrap();
-            if map.get(key).map(Vec::as_slice) == Some(holder.as_bytes()) {
-                map.remove(key);
-            }
-            Ok(())
-        })
-    }
-}
-
-fn replica(server: &TestServer, store: &Memory, seed: u64) -> TokenSource {
+fn replica(server: &TestServer, store: &MemoryStore, seed: u64) -> TokenSource {
     server
         .source_builder()
         .shared_store(store.clone())
@@ -80,7 +29,7 @@ fn replica(server: &TestServer, store: &Memory, seed: u64) -> TokenSource {
 #[tokio::test(start_paused = true)]
 async fn a_refused_token_is_never_adopted_again_and_the_fleet_shares_its_replacement() {
     let server = server(Duration::from_secs(3600)).await;
-    let store = Memory::default();
+    let store = MemoryStore::new();
     let replicas: Vec<_> = (0..3).map(|i| replica(&server, &store, i)).collect();
     for replica in &replicas {
         replica.prefetch().await.unwrap();

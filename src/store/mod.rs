@@ -30,9 +30,12 @@
 //! # let _ = source; Ok(()) }
 //! ```
 
+mod memory;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 mod redis;
+
+pub use self::memory::MemoryStore;
 
 #[cfg(feature = "redis")]
 pub use self::redis::RedisStore;
@@ -400,57 +403,8 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
-    use std::sync::Mutex;
 
-    /// An in-memory store for the unit tests (the Redis store is tested against a real
-    /// redis-server in tests/redis.rs).
-    #[derive(Default)]
-    struct Memory(Mutex<HashMap<String, Vec<u8>>>);
-
-    impl TokenStore for Memory {
-        fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, BoxError>> {
-            Box::pin(async move { Ok(self.0.lock().unwrap().get(key).cloned()) })
-        }
-        fn set<'a>(
-            &'a self,
-            key: &'a str,
-            value: Vec<u8>,
-            _ttl: Duration,
-        ) -> BoxFuture<'a, Result<(), BoxError>> {
-            Box::pin(async move {
-                self.0.lock().unwrap().insert(key.to_owned(), value);
-                Ok(())
-            })
-        }
-        fn try_lock<'a>(
-            &'a self,
-            key: &'a str,
-            holder: &'a str,
-            _ttl: Duration,
-        ) -> BoxFuture<'a, Result<bool, BoxError>> {
-            Box::pin(async move {
-                let mut map = self.0.lock().unwrap();
-                if map.contains_key(key) {
-                    return Ok(false);
-                }
-                map.insert(key.to_owned(), holder.as_bytes().to_vec());
-                Ok(true)
-            })
-        }
-        fn unlock<'a>(
-            &'a self,
-            key: &'a str,
-            _holder: &'a str,
-        ) -> BoxFuture<'a, Result<(), BoxError>> {
-            Box::pin(async move {
-                self.0.lock().unwrap().remove(key);
-                Ok(())
-            })
-        }
-    }
-
-    fn fleet(store: Arc<Memory>, secret: &str) -> Fleet {
+    fn fleet(store: Arc<MemoryStore>, secret: &str) -> Fleet {
         Fleet::new(
             store,
             &TokenEndpoint::entur(crate::Environment::Dev),
@@ -471,7 +425,7 @@ mod tests {
 
     #[test]
     fn keys_come_from_public_parts_never_the_secret() {
-        let store = Arc::new(Memory::default());
+        let store = Arc::new(MemoryStore::new());
         let a = fleet(store.clone(), "secret-one");
         let b = fleet(store, "secret-two");
         assert_eq!(
@@ -485,7 +439,7 @@ mod tests {
 
     #[test]
     fn sealed_entries_open_only_with_the_right_secret_and_unaltered() {
-        let store = Arc::new(Memory::default());
+        let store = Arc::new(MemoryStore::new());
         let a = fleet(store.clone(), "secret-one");
         let entry = a.seal(&stored()).unwrap();
         assert_eq!(a.open(&entry).unwrap().t, "abc.def.ghi");
