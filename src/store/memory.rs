@@ -16,8 +16,11 @@ use crate::error::BoxError;
 /// Redis, on tokio's clock (so a paused test clock moves them too). Clones share the store.
 #[derive(Clone, Debug, Default)]
 pub struct MemoryStore {
-    entries: Arc<Mutex<HashMap<String, (Vec<u8>, Instant)>>>,
+    entries: Arc<Mutex<Entries>>,
 }
+
+/// Each key's value and when it expires.
+type Entries = HashMap<String, (Vec<u8>, Instant)>;
 
 impl MemoryStore {
     /// An empty store.
@@ -26,7 +29,7 @@ impl MemoryStore {
     }
 
     /// The entries not yet expired, with expired ones removed.
-    fn entries(&self) -> MutexGuard<'_, HashMap<String, (Vec<u8>, Instant)>> {
+    fn entries(&self) -> MutexGuard<'_, Entries> {
         let mut entries = self
             .entries
             .lock()
