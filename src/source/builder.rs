@@ -9,11 +9,10 @@ use arc_swap::ArcSwapOption;
 use tokio::sync::watch;
 use tower::Service;
 
+use super::reauth::Reauth;
 use super::registry::{self, SourceKey};
-use super::{
-    check_timers, FetchHook, FetchOutcome, FetchState, Handle, Reauth, Settings, Shared,
-    Supervisor, TokenSource,
-};
+use super::supervisor::{check_timers, Supervisor};
+use super::{FetchHook, FetchOutcome, FetchState, Handle, Settings, Shared, TokenSource};
 use crate::config::{Credentials, TokenEndpoint};
 use crate::endpoint::{self, TokenRequest, TokenRequestBody, Transport};
 use crate::error::{BoxError, Error};

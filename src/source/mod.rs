@@ -34,36 +34,32 @@
 //!   [`Health::Stopped`]). A panic inside the task is contained: it counts as a failed fetch.
 
 mod builder;
+mod reauth;
 mod refresher;
 pub(crate) mod registry;
+mod supervisor;
 mod watchdog;
 
-use std::collections::VecDeque;
 use std::fmt;
-use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use tokio::sync::{watch, Notify};
-use tokio::task::AbortHandle;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 pub use builder::TokenSourceBuilder;
+pub use reauth::Invalidation;
+
+use self::reauth::Reauth;
+use self::supervisor::{Signals, Stopped, Supervisor};
 
 use self::registry::SourceKey;
-use self::watchdog::Probe;
 use crate::config::{Credentials, TokenEndpoint};
 use crate::endpoint::{TokenRequest, Transport};
 use crate::error::Error;
 use crate::token::{AccessToken, Lifecycle, TokenId};
-
-/// The ceiling of the backoff between forced refreshes when the API keeps refusing tokens.
-const MAX_REAUTH_INTERVAL: Duration = Duration::from_secs(600);
-/// How many refused tokens a source remembers, so that it never adopts one again from a
-/// shared store.
-const REMEMBERED_REFUSALS: usize = 16;
 
 /// A shared, self-refreshing source of access tokens. Cheap to clone; every clone, and every
 /// layer and service made from it, shares one token and one background task.
@@ -132,56 +128,6 @@ impl Drop for Shared {
     }
 }
 
-/// How a refresher is reached.
-#[derive(Default)]
-pub(crate) struct Signals {
-    /// Demand: a caller needs a token now.
-    wake: Notify,
-    /// The watchdog asks the refresher to show it is running.
-    ping: Notify,
-}
-
-/// Who runs the refresher, and what it left behind when it stopped.
-struct Supervisor {
-    task: Option<AbortHandle>,
-    generation: u64,
-    /// Why the refresher is not running, when it is not.
-    stopped: Option<Stopped>,
-    /// The token the stopped refresher could no longer retire on time; the next refresher
-    /// takes it back if it is still usable.
-    parked: Option<Arc<AccessToken>>,
-    rng: fastrand::Rng,
-}
-
-/// Why a refresher stopped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Stopped {
-    /// Its runtime was shut down.
-    RuntimeGone,
-    /// Its runtime did not run it within `stall_timeout` of a probe.
-    Unresponsive,
-}
-
-/// Forced refreshes: when, how many in a row, and which tokens were refused.
-#[derive(Default)]
-struct Reauth {
-    last_forced: Option<Instant>,
-    /// Forced refreshes since a token was last accepted.
-    streak: u32,
-    refused: VecDeque<u64>,
-}
-
-impl Reauth {
-    /// The shortest time between the last forced refresh and the next: `min_interval`,
-    /// doubling with every refresh forced since a token was last accepted, up to 10 minutes.
-    fn interval(&self, min_interval: Duration) -> Duration {
-        let doublings = self.streak.saturating_sub(1).min(16);
-        min_interval
-            .saturating_mul(1 << doublings)
-            .min(MAX_REAUTH_INTERVAL.max(min_interval))
-    }
-}
-
 /// A hook called after every token request; see [`TokenSourceBuilder::on_fetch`].
 pub(crate) type FetchHook = Arc<dyn Fn(&FetchOutcome<'_>) + Send + Sync>;
 
@@ -224,35 +170,6 @@ struct FetchState {
     last_error: Option<Error>,
     retry_at: Option<Instant>,
     stopped: Option<Stopped>,
-}
-
-/// What [`TokenSource::invalidate`] did with a refused token.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Invalidation {
-    /// The token was dropped; a new one is being fetched.
-    Started,
-    /// The token was no longer the current one: it was already replaced (or is being
-    /// replaced), so the next request carries another token. Nothing was fetched for it.
-    AlreadyReplaced,
-    /// The token is still the current one: the API has refused the tokens of several forced
-    /// refreshes in a row, and the next forced refresh is allowed in `retry_in`. Forced
-    /// refreshes back off (from
-    /// [`min_reauth_interval`](TokenSourceBuilder::min_reauth_interval), doubling, up to 10
-    /// minutes) so that an API that refuses every token cannot exhaust the token quota.
-    RateLimited {
-        /// When the next forced refresh is allowed.
-        retry_in: Duration,
-    },
-    /// The token source no longer exists.
-    SourceGone,
-}
-
-impl Invalidation {
-    /// Whether the next request will carry a different token (so a replay is worth it).
-    pub fn replaced(self) -> bool {
-        matches!(self, Self::Started | Self::AlreadyReplaced)
-    }
 }
 
 impl TokenSource {
@@ -361,18 +278,6 @@ impl TokenSource {
 }
 
 impl Shared {
-    fn reauth(&self) -> MutexGuard<'_, Reauth> {
-        self.reauth
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn supervisor(&self) -> MutexGuard<'_, Supervisor> {
-        self.supervisor
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     fn publish(&self, change: impl FnOnce(&mut FetchState)) {
         self.state.send_modify(change);
     }
@@ -401,242 +306,6 @@ impl Shared {
             let _ = state.changed().await;
         }
     }
-
-    /// Asks the watchdog to make sure a refresher answers these waiting callers.
-    fn probe_waiters(&self) {
-        if !self.probing_waiters.swap(true, Ordering::AcqRel) {
-            watchdog::schedule(self.key, Probe::Waiters, std::time::Instant::now());
-        }
-    }
-
-    pub(crate) fn invalidate(&self, rejected: TokenId) -> Invalidation {
-        let current = self.cell.load();
-        let Some(token) = current.as_ref().filter(|t| t.id() == rejected) else {
-            return Invalidation::AlreadyReplaced;
-        };
-        let now = Instant::now();
-        let mut reauth = self.reauth();
-        if let Some(last) = reauth.last_forced {
-            let next = last
-                .checked_add(reauth.interval(self.settings.min_reauth_interval))
-                .unwrap_or(last);
-            if now < next {
-                let retry_in = next - now;
-                tracing::debug!(token = %rejected, retry_in_ms = retry_in.as_millis() as u64, "token refused again soon after a forced refresh; keeping it (forced refreshes back off)");
-                return Invalidation::RateLimited { retry_in };
-            }
-        }
-        let previous = self.cell.compare_and_swap(&*current, None);
-        if !previous.as_ref().is_some_and(|p| Arc::ptr_eq(p, token)) {
-            return Invalidation::AlreadyReplaced;
-        }
-        reauth.last_forced = Some(now);
-        reauth.streak = reauth.streak.saturating_add(1);
-        if reauth.refused.len() == REMEMBERED_REFUSALS {
-            reauth.refused.pop_front();
-        }
-        reauth
-            .refused
-            .push_back(fingerprint(token.header_value().as_bytes()));
-        let streak = reauth.streak;
-        drop(reauth);
-        tracing::info!(token = %rejected, forced_in_a_row = streak, "token refused by the API; fetching a new one");
-        self.signals.load().wake.notify_one();
-        Invalidation::Started
-    }
-
-    /// Whether a token was refused by the API (so it must never be adopted again).
-    #[cfg_attr(not(feature = "shared-store"), allow(dead_code))]
-    pub(crate) fn was_refused(&self, token: &AccessToken) -> bool {
-        let print = fingerprint(token.header_value().as_bytes());
-        self.reauth().refused.contains(&print)
-    }
-
-    /// A request with `token` was answered without a refusal: the forced-refresh backoff
-    /// starts over.
-    pub(crate) fn accepted(&self, token: TokenId) {
-        let current = self.cell.load();
-        if let Some(current) = current.as_ref().filter(|t| t.id() == token) {
-            current.end_probation();
-            let mut reauth = self.reauth();
-            if reauth.streak > 0 {
-                tracing::debug!(token = %token, "the API accepted the token of a forced refresh; forced refreshes no longer back off");
-                reauth.streak = 0;
-            }
-        }
-    }
-
-    fn close(&self) {
-        self.closed.store(true, Ordering::Release);
-        if let Some(task) = self.supervisor().task.take() {
-            task.abort();
-        }
-    }
-
-    fn is_current(&self, generation: u64) -> bool {
-        self.generation.load(Ordering::Acquire) == generation
-            && !self.closed.load(Ordering::Acquire)
-    }
-
-    /// Starts a refresher on `runtime`, replacing any other. Takes the supervisor lock and
-    /// spawns without it: a runtime that is shutting down drops the task (and its guard,
-    /// which takes the lock) at once.
-    fn spawn_refresher(
-        self: &Arc<Self>,
-        mut supervisor: MutexGuard<'_, Supervisor>,
-        runtime: &tokio::runtime::Handle,
-    ) {
-        supervisor.generation += 1;
-        let generation = supervisor.generation;
-        self.generation.store(generation, Ordering::Release);
-        if let Some(old) = supervisor.task.take() {
-            old.abort();
-        }
-        supervisor.stopped = None;
-        let rng = supervisor.rng.fork();
-        let signals = Arc::new(Signals::default());
-        self.signals.store(signals.clone());
-        drop(supervisor);
-        let guard = refresher::Guard::new(self.clone(), generation);
-        let task = runtime
-            .spawn(refresher::run(guard, signals, rng))
-            .abort_handle();
-        let mut supervisor = self.supervisor();
-        if supervisor.generation == generation && supervisor.stopped.is_none() {
-            supervisor.task = Some(task);
-        }
-    }
-
-    /// The refresher is not running: run it on this caller's runtime, with the token it left
-    /// behind if that is still usable.
-    fn take_over(self: &Arc<Self>) -> Result<(), Error> {
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
-            Error::refresher_stopped(
-                "its tokio runtime was shut down or stopped running it, and this call is not made on a tokio runtime that could take it over: call from within a tokio runtime",
-            )
-        })?;
-        check_timers()?;
-        let mut supervisor = self.supervisor();
-        let Some(why) = supervisor.stopped else {
-            return Ok(()); // another caller took over first
-        };
-        // The new refresher watches this token from its start.
-        if let Some(token) = supervisor.parked.take() {
-            if Instant::now() < token.usable_until() {
-                self.cell.store(Some(token));
-            }
-        }
-        // Published before the spawn: if the new task dies at once, its guard's verdict
-        // comes after this and stands.
-        self.publish(|s| *s = FetchState::default());
-        self.spawn_refresher(supervisor, &runtime);
-        tracing::warn!(reason = ?why, "the token refresher was not running; this caller's runtime took it over");
-        Ok(())
-    }
-
-    /// Called by a refresher's guard when its task ends. If it was the current refresher
-    /// and the source is still in use, its runtime is gone: park the token it can no longer
-    /// retire, and let the next caller take over.
-    fn refresher_ended(&self, generation: u64) {
-        let mut supervisor = self.supervisor();
-        if supervisor.generation != generation || self.closed.load(Ordering::Acquire) {
-            return;
-        }
-        supervisor.task = None;
-        self.stop(&mut supervisor, Stopped::RuntimeGone);
-    }
-
-    /// The watchdog's verdict: the refresher of `generation` did not answer a probe.
-    fn stalled(&self, generation: u64, probe: Probe) {
-        let mut supervisor = self.supervisor();
-        if supervisor.generation != generation
-            || supervisor.stopped.is_some()
-            || self.closed.load(Ordering::Acquire)
-        {
-            return;
-        }
-        tracing::warn!(
-            ?probe,
-            stall_timeout_ms = self.settings.stall_timeout.as_millis() as u64,
-            "the token refresher did not run when asked: its tokio runtime is not being driven; the current token is no longer sent and the next caller takes the refreshing over"
-        );
-        if let Some(task) = supervisor.task.take() {
-            task.abort();
-        }
-        self.stop(&mut supervisor, Stopped::Unresponsive);
-    }
-
-    fn stop(&self, supervisor: &mut Supervisor, why: Stopped) {
-        supervisor.stopped = Some(why);
-        if let Some(token) = self.cell.swap(None) {
-            supervisor.parked = Some(token);
-        }
-        self.publish(|s| {
-            s.stopped = Some(why);
-            s.fetching = false;
-        });
-    }
-
-    /// The refresher's answer to the watchdog: it is running.
-    fn beat(&self) {
-        self.pulse.fetch_add(1, Ordering::AcqRel);
-    }
-
-    fn pulse(&self) -> (u64, u64) {
-        (
-            self.pulse.load(Ordering::Acquire),
-            self.generation.load(Ordering::Acquire),
-        )
-    }
-
-    fn ping(&self) {
-        self.signals.load().ping.notify_one();
-    }
-
-    fn probe_needed(&self, probe: Probe) -> bool {
-        if self.closed.load(Ordering::Acquire) || self.state.borrow().stopped.is_some() {
-            return false;
-        }
-        match probe {
-            Probe::Token(id) => self.cell.load().as_ref().is_some_and(|t| t.id() == id),
-            Probe::Waiters => self.cell.load().is_none() && self.state.receiver_count() > 0,
-        }
-    }
-
-    fn probe_done(&self, probe: Probe) {
-        if probe == Probe::Waiters {
-            self.probing_waiters.store(false, Ordering::Release);
-            // A caller may have started waiting just before the flag was cleared.
-            if self.probe_needed(probe) {
-                self.probe_waiters();
-            }
-        }
-    }
-
-    /// Has the watchdog probe the refresher shortly before `token`'s usable time ends.
-    fn watch_token(&self, token: &AccessToken) {
-        let at = watchdog::ping_before(token.usable_until(), self.settings.stall_timeout);
-        watchdog::schedule(self.key, Probe::Token(token.id()), at);
-    }
-}
-
-/// Whether this runtime has timers: the refresher cannot work without them. Creating a
-/// `Sleep` on a runtime without the time driver panics (tokio's message says to call
-/// `enable_time`); that panic is caught here and becomes a configuration error.
-fn check_timers() -> Result<(), Error> {
-    let probe = std::panic::catch_unwind(|| drop(tokio::time::sleep(Duration::ZERO)));
-    probe.map_err(|_| {
-        Error::config(
-            "the tokio runtime has no timers, which the token refresher needs: build it with `enable_time()` or `enable_all()`",
-        )
-    })
-}
-
-/// A keyed hash of a bearer token: enough to recognise a token again, useless to anyone
-/// who reads it.
-fn fingerprint(bytes: &[u8]) -> u64 {
-    static KEY: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
-    KEY.get_or_init(Default::default).hash_one(bytes)
 }
 
 impl fmt::Debug for TokenSource {

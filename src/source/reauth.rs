@@ -1,0 +1,139 @@
+//! Forced refreshes: dropping a token the API refused, backing off while the API keeps
+//! refusing new ones, and remembering refused tokens so that none is adopted again.
+
+use std::collections::VecDeque;
+use std::hash::BuildHasher;
+use std::sync::{Arc, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::Shared;
+use crate::token::{AccessToken, TokenId};
+
+/// The ceiling of the backoff between forced refreshes when the API keeps refusing tokens.
+const MAX_REAUTH_INTERVAL: Duration = Duration::from_secs(600);
+/// How many refused tokens a source remembers, so that it never adopts one again from a
+/// shared store.
+const REMEMBERED_REFUSALS: usize = 16;
+
+/// Forced refreshes: when, how many in a row, and which tokens were refused.
+#[derive(Default)]
+pub(super) struct Reauth {
+    last_forced: Option<Instant>,
+    /// Forced refreshes since a token was last accepted.
+    pub(super) streak: u32,
+    refused: VecDeque<u64>,
+}
+
+impl Reauth {
+    /// The shortest time between the last forced refresh and the next: `min_interval`,
+    /// doubling with every refresh forced since a token was last accepted, up to 10 minutes.
+    pub(super) fn interval(&self, min_interval: Duration) -> Duration {
+        let doublings = self.streak.saturating_sub(1).min(16);
+        min_interval
+            .saturating_mul(1 << doublings)
+            .min(MAX_REAUTH_INTERVAL.max(min_interval))
+    }
+}
+
+/// What [`TokenSource::invalidate`](super::TokenSource::invalidate) did with a refused token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Invalidation {
+    /// The token was dropped; a new one is being fetched.
+    Started,
+    /// The token was no longer the current one: it was already replaced (or is being
+    /// replaced), so the next request carries another token. Nothing was fetched for it.
+    AlreadyReplaced,
+    /// The token is still the current one: the API has refused the tokens of several forced
+    /// refreshes in a row, and the next forced refresh is allowed in `retry_in`. Forced
+    /// refreshes back off (from
+    /// [`min_reauth_interval`](super::TokenSourceBuilder::min_reauth_interval), doubling, up to 10
+    /// minutes) so that an API that refuses every token cannot exhaust the token quota.
+    RateLimited {
+        /// When the next forced refresh is allowed.
+        retry_in: Duration,
+    },
+    /// The token source no longer exists.
+    SourceGone,
+}
+
+impl Invalidation {
+    /// Whether the next request will carry a different token (so a replay is worth it).
+    pub fn replaced(self) -> bool {
+        matches!(self, Self::Started | Self::AlreadyReplaced)
+    }
+}
+
+impl Shared {
+    pub(super) fn reauth(&self) -> MutexGuard<'_, Reauth> {
+        self.reauth
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn invalidate(&self, rejected: TokenId) -> Invalidation {
+        let current = self.cell.load();
+        let Some(token) = current.as_ref().filter(|t| t.id() == rejected) else {
+            return Invalidation::AlreadyReplaced;
+        };
+        let now = Instant::now();
+        let mut reauth = self.reauth();
+        if let Some(last) = reauth.last_forced {
+            let next = last
+                .checked_add(reauth.interval(self.settings.min_reauth_interval))
+                .unwrap_or(last);
+            if now < next {
+                let retry_in = next - now;
+                tracing::debug!(token = %rejected, retry_in_ms = retry_in.as_millis() as u64, "token refused again soon after a forced refresh; keeping it (forced refreshes back off)");
+                return Invalidation::RateLimited { retry_in };
+            }
+        }
+        let previous = self.cell.compare_and_swap(&*current, None);
+        if !previous.as_ref().is_some_and(|p| Arc::ptr_eq(p, token)) {
+            return Invalidation::AlreadyReplaced;
+        }
+        reauth.last_forced = Some(now);
+        reauth.streak = reauth.streak.saturating_add(1);
+        if reauth.refused.len() == REMEMBERED_REFUSALS {
+            reauth.refused.pop_front();
+        }
+        reauth
+            .refused
+            .push_back(fingerprint(token.header_value().as_bytes()));
+        let streak = reauth.streak;
+        drop(reauth);
+        tracing::info!(token = %rejected, forced_in_a_row = streak, "token refused by the API; fetching a new one");
+        self.signals.load().wake.notify_one();
+        Invalidation::Started
+    }
+
+    /// Whether a token was refused by the API (so it must never be adopted again).
+    #[cfg_attr(not(feature = "shared-store"), allow(dead_code))]
+    pub(crate) fn was_refused(&self, token: &AccessToken) -> bool {
+        let print = fingerprint(token.header_value().as_bytes());
+        self.reauth().refused.contains(&print)
+    }
+
+    /// A request with `token` was answered without a refusal: the forced-refresh backoff
+    /// starts over.
+    pub(crate) fn accepted(&self, token: TokenId) {
+        let current = self.cell.load();
+        if let Some(current) = current.as_ref().filter(|t| t.id() == token) {
+            current.end_probation();
+            let mut reauth = self.reauth();
+            if reauth.streak > 0 {
+                tracing::debug!(token = %token, "the API accepted the token of a forced refresh; forced refreshes no longer back off");
+                reauth.streak = 0;
+            }
+        }
+    }
+}
+
+/// A keyed hash of a bearer token: enough to recognise a token again, useless to anyone
+/// who reads it.
+pub(super) fn fingerprint(bytes: &[u8]) -> u64 {
+    static KEY: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
+    KEY.get_or_init(Default::default).hash_one(bytes)
+}
