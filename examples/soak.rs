@@ -17,12 +17,38 @@
 //!
 //! The stack is the one the README recommends, without `ErrorForStatusLayer` so that a 401
 //! that survives re-authentication is counted here as `unauthorized`:
-//! `timeout(10 s) → EnturAuthLayer::with_replay() → hyper-util client`.
+//! `timeout(10 s) → EnturAuthLayer::with_replay() → hyper-util client`. With `--replicas N`
+//! there are N token sources, each with its own stack and connection pool, as N processes
+//! would have; with `--redis-url` they share one token through
+//! [`RedisStore`](entur_auth::store::RedisStore) (`--features redis`). With `--stream-body`
+//! the requests carry a streamed body, which cannot be replayed: a refused one still drops
+//! the token, but comes back 401. With `--revoke-every-s` the embedded server revokes every
+//! token it issued, periodically, so that re-authentication runs under load.
 //!
-//! Printed on stdout, one JSON object: `requests`, `ok` (2xx), `failed` (errors and other
-//! statuses), `unauthorized` (401 after the one replay), `token_fetches`, `p50_us`, `p99_us`
-//! and a few more. Exit code 0 only if `failed` and `unauthorized` are both 0; 1 otherwise;
-//! 2 for bad flags.
+//! At the deadline no new request starts; the ones in flight get up to the request timeout
+//! (10 s) more to finish and are counted like the others (and in `in_flight_at_deadline`);
+//! one still unfinished after that counts as failed, with its elapsed time as latency.
+//!
+//! Latencies are closed-loop: each worker sends its next request only after the answer to
+//! the previous one, so when the server is overloaded the workers slow down with it and the
+//! latencies understate what clients sending at a fixed rate would see; `requests_per_s` is
+//! the rate the workers achieved, not an offered rate. They are kept in a log-linear
+//! histogram (buckets under 0.8 % wide, 1 µs to 134 s) per worker: bounded memory however
+//! long the run. `max_us` is exact; the percentiles are their bucket's upper bound.
+//!
+//! Printed on stdout, one JSON object: `requests` = `ok` (2xx) + `failed` (errors, timeouts
+//! and statuses other than 2xx and 401) + `unauthorized` (401 after the one replay, or while
+//! forced refreshes back off) + `unauthorized_not_replayable` (401 to a streamed request);
+//! `in_flight_at_deadline`; `token_fetches` (token requests the embedded server received;
+//! against another server, the sum of `fetch_attempts`); `fetch_attempts` (per token source,
+//! from `TokenSource::status`); `p50_us`, `p90_us`, `p99_us`, `p999_us`, `max_us`;
+//! `latency_model` (`"closed-loop"`); `requests_per_s`, `duration_s` (start to the last
+//! answer), `drain_ms` (deadline to the last answer); and the settings.
+//!
+//! Exit status: 0 when at least one request succeeded and none failed or stayed
+//! unauthorized (streamed requests refused while `--revoke-every-s` revokes tokens are
+//! expected, and do not count against it); 1 otherwise, or when the run could not start (the
+//! embedded server, Redis or the first token fetch); 2 for bad flags or flag values.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -33,10 +59,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use entur_auth::testing::TestServer;
 use entur_auth::{
-    BodyEncoding, BoxError, ClientAuth, Credentials, EnturAuthLayer, TokenEndpoint, TokenSource,
+    BodyEncoding, BoxError, ClientAuth, Credentials, EnturAuthLayer, Invalidation, Refusal,
+    ReplayOutcome, TokenEndpoint, TokenSource,
 };
-use http::{StatusCode, Uri};
-use http_body_util::{BodyExt, Full};
+use http::{Request, Response, StatusCode, Uri};
+use http_body::Frame;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use rustls::pki_types::pem::PemObject;
@@ -44,11 +74,37 @@ use rustls::pki_types::CertificateDer;
 use tokio::time::Instant;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
+/// The limit on each request (both attempts and the wait for a new token), and the grace
+/// given to requests still in flight at the deadline.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Frames in a `--stream-body` request body, and the bytes of each.
+const STREAM_FRAMES: usize = 4;
+const STREAM_FRAME: &[u8] = &[b's'; 64];
+
 const USAGE: &str = "\
 usage: soak [flags]
 
+Sends authenticated requests from concurrent workers for a while, then prints one JSON line
+of results on stdout.
+
   --workers N               concurrent workers (default 64)
-  --duration-s SECONDS      how long to run (default 60)
+  --duration-s SECONDS      how long to start new requests (default 60); requests still in
+                            flight then get up to the 10 s request timeout to finish, and
+                            are counted (also in in_flight_at_deadline)
+  --replicas N              token sources in this process, each with its own stack and
+                            connection pool, as N processes would have; the workers are
+                            spread across them (default 1, at most --workers)
+  --redis-url URL           the replicas share one token through this Redis (RedisStore)
+                            instead of each fetching its own; needs the redis feature:
+                            cargo run --release --features redis --example soak -- ...
+  --stream-body             POST a streamed body (4 chunks of 64 bytes) instead of a GET:
+                            a refused request cannot be replayed (it still drops the token),
+                            its 401 counts as unauthorized_not_replayable
+  --revoke-every-s SECONDS  embedded server only: revoke every token it issued, every
+                            SECONDS, so that re-authentication runs under load; with
+                            --stream-body the resulting unauthorized_not_replayable are
+                            expected, and not failures
 
 Without --token-url: the embedded OAuth2 server and API on 127.0.0.1, 2-second tokens.
 Against your own servers (--token-url, --client-id, --client-secret-env and --api-url
@@ -57,13 +113,26 @@ together; the other flags also apply to the embedded server):
   --client-id ID            the client id
   --client-secret-env NAME  the NAME of the environment variable holding the secret
   --audience AUD            audience sent on every token request
-  --api-url URL             the API URL every worker GETs
+  --api-url URL             the API URL every worker sends to; without --token-url the
+                            embedded server's tokens go to it (an API stub, a black hole)
   --body json|form          token request body encoding (default: form; json for the
                             embedded server)
   --auth body|basic         client authentication (default: body)
   --allow-http-loopback     allow plain http:// URLs to loopback hosts
   --extra-root-cert PATH    trust this PEM root certificate too (token endpoint and API)
-  -h, --help                this text";
+  -h, --help                this text
+
+Latencies are closed-loop: each worker sends its next request only after the answer to the
+previous one, so under overload they understate what clients sending at a fixed rate would
+see, and requests_per_s is what the workers achieved, not an offered rate.
+
+Exit status:
+  0  at least one request succeeded, and none failed or stayed unauthorized
+  1  a request failed (an error, a timeout, a status other than 2xx and 401), was still
+     refused (401) after the replay, or was a streamed request refused without
+     --revoke-every-s; or no request succeeded; or the run could not start (the embedded
+     server, Redis or the first token fetch)
+  2  bad flags or flag values";
 
 /// Flags as given on the command line.
 #[derive(Debug, Default)]
@@ -79,6 +148,10 @@ struct Args {
     extra_root_cert: Option<String>,
     workers: usize,
     duration: Duration,
+    replicas: usize,
+    redis_url: Option<String>,
+    stream_body: bool,
+    revoke_every: Option<Duration>,
 }
 
 /// A bad command line: exit code 2.
@@ -95,11 +168,34 @@ fn usage(message: impl Into<String>) -> Usage {
     Usage(message.into())
 }
 
+/// A number of seconds above 0 and at most a week.
+fn seconds(flag: &str, text: &str) -> Result<Duration, Usage> {
+    match text.parse::<f64>() {
+        Ok(s) if s > 0.0 && s <= 7.0 * 86_400.0 => Ok(Duration::from_secs_f64(s)),
+        _ => Err(usage(format!(
+            "{flag} {text:?}: give a number of seconds above 0 (at most a week)"
+        ))),
+    }
+}
+
+/// A whole number in `range`.
+fn count(flag: &str, text: &str, range: std::ops::RangeInclusive<usize>) -> Result<usize, Usage> {
+    match text.parse::<usize>() {
+        Ok(n) if range.contains(&n) => Ok(n),
+        _ => Err(usage(format!(
+            "{flag} {text:?}: give a whole number from {} to {}",
+            range.start(),
+            range.end()
+        ))),
+    }
+}
+
 impl Args {
     fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Self>, Usage> {
         let mut parsed = Args {
             workers: 64,
             duration: Duration::from_secs(60),
+            replicas: 1,
             ..Args::default()
         };
         let mut args = args.into_iter();
@@ -115,6 +211,13 @@ impl Args {
                         .next()
                         .ok_or_else(|| usage(format!("{name} needs a value ({what})"))),
                 }
+            };
+            let no_value = |flag: &mut bool| match inline {
+                None => {
+                    *flag = true;
+                    Ok(())
+                }
+                Some(_) => Err(usage(format!("{name} takes no value"))),
             };
             match name.as_str() {
                 "-h" | "--help" => return Ok(None),
@@ -139,32 +242,25 @@ impl Args {
                         other => return Err(usage(format!("--auth {other:?}: use body or basic"))),
                     })
                 }
-                "--allow-http-loopback" => match inline {
-                    None => parsed.allow_http_loopback = true,
-                    Some(_) => return Err(usage("--allow-http-loopback takes no value")),
-                },
+                "--allow-http-loopback" => no_value(&mut parsed.allow_http_loopback)?,
                 "--extra-root-cert" => parsed.extra_root_cert = Some(value("a PEM file")?),
-                "--workers" => {
-                    let text = value("a number")?;
-                    parsed.workers = match text.parse::<usize>() {
-                        Ok(n) if (1..=100_000).contains(&n) => n,
-                        _ => {
-                            return Err(usage(format!(
-                                "--workers {text:?}: give a whole number from 1 to 100000"
-                            )))
-                        }
-                    };
+                "--workers" => parsed.workers = count(&name, &value("a number")?, 1..=100_000)?,
+                "--duration-s" => parsed.duration = seconds(&name, &value("seconds")?)?,
+                "--replicas" => parsed.replicas = count(&name, &value("a number")?, 1..=1_000)?,
+                "--redis-url" => {
+                    // The URL may hold a password: it is never echoed.
+                    let url = value("a redis:// URL")?;
+                    if !cfg!(feature = "redis") {
+                        return Err(usage(
+                            "--redis-url needs the redis feature: \
+                             cargo run --release --features redis --example soak -- ...",
+                        ));
+                    }
+                    parsed.redis_url = Some(url);
                 }
-                "--duration-s" => {
-                    let text = value("seconds")?;
-                    parsed.duration = match text.parse::<f64>() {
-                        Ok(s) if s > 0.0 && s <= 7.0 * 86_400.0 => Duration::from_secs_f64(s),
-                        _ => {
-                            return Err(usage(format!(
-                                "--duration-s {text:?}: give a number of seconds above 0 (at most a week)"
-                            )))
-                        }
-                    };
+                "--stream-body" => no_value(&mut parsed.stream_body)?,
+                "--revoke-every-s" => {
+                    parsed.revoke_every = Some(seconds(&name, &value("seconds")?)?)
                 }
                 other => return Err(usage(format!("unknown flag {other:?}"))),
             }
@@ -178,33 +274,146 @@ impl Args {
             if let Some((flag, _)) = external.iter().find(|(_, given)| !given) {
                 return Err(usage(format!("--token-url also needs {flag}")));
             }
-        } else if parsed.api_url.is_some() {
-            return Err(usage(
-                "--api-url needs --token-url (and --client-id, --client-secret-env): \
-                 the embedded API accepts only the embedded server's tokens",
-            ));
+            if parsed.revoke_every.is_some() {
+                return Err(usage(
+                    "--revoke-every-s revokes the embedded server's tokens: \
+                     drop it, or drop --token-url",
+                ));
+            }
+        }
+        if parsed.replicas > parsed.workers {
+            return Err(usage(format!(
+                "--replicas {} is more than --workers {}: every replica needs a worker",
+                parsed.replicas, parsed.workers
+            )));
         }
         Ok(Some(parsed))
     }
 }
 
+/// Latencies in microseconds, in bounded memory: a log-linear histogram.
+///
+/// Values below 128 µs have a bucket each; above, every power of two is split into 128
+/// buckets, so a bucket is less than 0.8 % of its values wide. Values from 2^27 µs (134 s)
+/// on share the last bucket. The maximum is kept exactly.
+struct Histogram {
+    counts: Box<[u64; Histogram::BUCKETS]>,
+    total: u64,
+    max: u64,
+}
+
+impl Histogram {
+    /// log2 of the buckets per power of two.
+    const SUB_BITS: u32 = 7;
+    const SUB: usize = 1 << Self::SUB_BITS;
+    /// Values below 2^TOP_BITS µs have a bucket of their own width.
+    const TOP_BITS: u32 = 27;
+    const BUCKETS: usize = Self::SUB * (1 + (Self::TOP_BITS - Self::SUB_BITS) as usize);
+
+    fn new() -> Self {
+        Self {
+            counts: Box::new([0; Self::BUCKETS]),
+            total: 0,
+            max: 0,
+        }
+    }
+
+    fn record(&mut self, elapsed: Duration) {
+        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.counts[Self::index(us)] += 1;
+        self.total += 1;
+        self.max = self.max.max(us);
+    }
+
+    fn index(us: u64) -> usize {
+        if us < Self::SUB as u64 {
+            return us as usize;
+        }
+        let log2 = u64::BITS - 1 - us.leading_zeros();
+        if log2 >= Self::TOP_BITS {
+            return Self::BUCKETS - 1;
+        }
+        let shift = log2 - Self::SUB_BITS;
+        // (us >> shift) is in [SUB, 2 * SUB): the 7 bits after the leading one.
+        Self::SUB * (1 + shift as usize) + ((us >> shift) as usize - Self::SUB)
+    }
+
+    /// The largest value that falls into bucket `index`.
+    fn upper(index: usize) -> u64 {
+        if index < Self::SUB {
+            return index as u64;
+        }
+        let shift = (index / Self::SUB - 1) as u32;
+        let low = ((Self::SUB + index % Self::SUB) as u64) << shift;
+        low + (1 << shift) - 1
+    }
+
+    fn merge(&mut self, other: &Histogram) {
+        for (count, other) in self.counts.iter_mut().zip(other.counts.iter()) {
+            *count += other;
+        }
+        self.total += other.total;
+        self.max = self.max.max(other.max);
+    }
+
+    /// The nearest-rank `q` quantile (the upper bound of its bucket, at most the maximum);
+    /// `None` with no values.
+    fn quantile(&self, q: f64) -> Option<u64> {
+        if self.total == 0 {
+            return None;
+        }
+        let rank = ((q * self.total as f64).ceil() as u64).clamp(1, self.total);
+        let mut seen = 0;
+        for (index, &count) in self.counts.iter().enumerate() {
+            seen += count;
+            if seen >= rank {
+                // The last bucket has no upper bound but the maximum.
+                if index == Self::BUCKETS - 1 {
+                    return Some(self.max);
+                }
+                return Some(Self::upper(index).min(self.max));
+            }
+        }
+        Some(self.max)
+    }
+}
+
 /// What the workers saw.
-#[derive(Default)]
 struct Tally {
     ok: u64,
     failed: u64,
     unauthorized: u64,
-    latencies_us: Vec<u64>,
+    unauthorized_not_replayable: u64,
+    in_flight_at_deadline: u64,
+    latencies: Histogram,
     /// The first few distinct failure messages, for stderr.
     failures: Vec<String>,
 }
 
 impl Tally {
+    fn new() -> Self {
+        Self {
+            ok: 0,
+            failed: 0,
+            unauthorized: 0,
+            unauthorized_not_replayable: 0,
+            in_flight_at_deadline: 0,
+            latencies: Histogram::new(),
+            failures: Vec::new(),
+        }
+    }
+
+    fn requests(&self) -> u64 {
+        self.ok + self.failed + self.unauthorized + self.unauthorized_not_replayable
+    }
+
     fn merge(&mut self, other: Tally) {
         self.ok += other.ok;
         self.failed += other.failed;
         self.unauthorized += other.unauthorized;
-        self.latencies_us.extend(other.latencies_us);
+        self.unauthorized_not_replayable += other.unauthorized_not_replayable;
+        self.in_flight_at_deadline += other.in_flight_at_deadline;
+        self.latencies.merge(&other.latencies);
         for failure in other.failures {
             self.note(failure);
         }
@@ -257,8 +466,120 @@ impl From<Usage> for Failure {
     }
 }
 
-/// Runs the soak; `Ok(true)` if no request failed or was refused.
+fn run_failure(message: String) -> Failure {
+    Failure::Run(message.into())
+}
+
+/// The API connector: HTTPS, or plain HTTP for loopback.
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// Everything the workers need, made before the clock starts.
+struct Setup {
+    server: Option<TestServer>,
+    sources: Vec<TokenSource>,
+    connector: Connector,
+    api_uri: Uri,
+}
+
+/// What a run came to, before the report.
+struct Outcome {
+    tally: Tally,
+    /// From the start to the last answer.
+    elapsed: Duration,
+    /// From the deadline to the last answer.
+    drain: Duration,
+    revocations: u64,
+}
+
+/// Runs the soak; `Ok(true)` if it passed (see the exit status in the usage).
 async fn run(args: Args) -> Result<bool, Failure> {
+    let setup = setup(&args).await?;
+    let outcome = if args.stream_body {
+        drive(&args, &setup, stream_request).await?
+    } else {
+        drive(&args, &setup, get_request).await?
+    };
+    let Outcome {
+        tally,
+        elapsed,
+        drain,
+        revocations,
+    } = outcome;
+
+    let fetch_attempts: Vec<u64> = setup
+        .sources
+        .iter()
+        .map(|source| source.status().fetch_attempts)
+        .collect();
+    let token_fetches = match &setup.server {
+        Some(server) => server.token_requests() as u64,
+        None => fetch_attempts.iter().sum(),
+    };
+    let requests = tally.requests();
+    let latency = |q| tally.latencies.quantile(q);
+    let report = serde_json::json!({
+        "requests": requests,
+        "ok": tally.ok,
+        "failed": tally.failed,
+        "unauthorized": tally.unauthorized,
+        "unauthorized_not_replayable": tally.unauthorized_not_replayable,
+        "in_flight_at_deadline": tally.in_flight_at_deadline,
+        "token_fetches": token_fetches,
+        "fetch_attempts": fetch_attempts,
+        "p50_us": latency(0.50),
+        "p90_us": latency(0.90),
+        "p99_us": latency(0.99),
+        "p999_us": latency(0.999),
+        "max_us": (tally.latencies.total > 0).then_some(tally.latencies.max),
+        "latency_model": "closed-loop",
+        "workers": args.workers,
+        "replicas": args.replicas,
+        "store": if args.redis_url.is_some() { "redis" } else { "none" },
+        "body": if args.stream_body { "stream" } else { "full" },
+        "revocations": revocations,
+        "duration_s": (elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
+        "drain_ms": (drain.as_secs_f64() * 1000.0).round(),
+        "requests_per_s": (requests as f64 / elapsed.as_secs_f64()).round(),
+        "server": if setup.server.is_some() { "embedded" } else { "external" },
+    });
+    println!("{report}");
+    for failure in &tally.failures {
+        eprintln!("soak: seen: {failure}");
+    }
+
+    // Streamed requests refused while tokens are being revoked cannot be replayed: expected.
+    let refused_streams_expected = revocations > 0;
+    let mut problems = Vec::new();
+    if tally.ok == 0 {
+        problems.push("no request succeeded".to_owned());
+    }
+    if tally.failed > 0 {
+        problems.push(format!("{} request(s) failed", tally.failed));
+    }
+    if tally.unauthorized > 0 {
+        problems.push(format!(
+            "{} request(s) ended 401 Unauthorized (refused again after the replay, or not \
+             replayed while forced refreshes back off)",
+            tally.unauthorized
+        ));
+    }
+    if tally.unauthorized_not_replayable > 0 && !refused_streams_expected {
+        problems.push(format!(
+            "{} streamed request(s) were refused (401) and could not be replayed",
+            tally.unauthorized_not_replayable
+        ));
+    }
+    if problems.is_empty() {
+        Ok(true)
+    } else {
+        eprintln!("soak: failed: {}", problems.join("; "));
+        Ok(false)
+    }
+}
+
+/// The embedded server (unless `--token-url`), the token sources (first token fetched) and
+/// the API connector.
+async fn setup(args: &Args) -> Result<Setup, Failure> {
     let extra_root = match &args.extra_root_cert {
         Some(path) => Some(
             std::fs::read(path)
@@ -288,9 +609,10 @@ async fn run(args: Args) -> Result<bool, Failure> {
             if let Some(audience) = &args.audience {
                 builder = builder.audience(audience);
             }
-            let server = builder.start().await.map_err(|e| {
-                Failure::Run(format!("cannot start the embedded server: {e}").into())
-            })?;
+            let server = builder
+                .start()
+                .await
+                .map_err(|e| run_failure(format!("cannot start the embedded server: {e}")))?;
             let mut endpoint = server.endpoint();
             if let Some(body) = args.body {
                 endpoint = endpoint.encoding(body);
@@ -298,7 +620,8 @@ async fn run(args: Args) -> Result<bool, Failure> {
             if let Some(auth) = args.auth {
                 endpoint = endpoint.client_auth(auth);
             }
-            let (credentials, api_url) = (server.credentials(), server.api_url());
+            let credentials = server.credentials();
+            let api_url = args.api_url.clone().unwrap_or_else(|| server.api_url());
             (Some(server), endpoint, credentials, api_url)
         }
         Some(url) => {
@@ -323,135 +646,267 @@ async fn run(args: Args) -> Result<bool, Failure> {
             )
         }
     };
+    let allow_http_loopback = server.is_some() || args.allow_http_loopback;
     let api_uri: Uri = api_url
         .parse()
         .map_err(|e| usage(format!("--api-url {api_url:?}: not a URL ({e})")))?;
-    check_api_url(&api_uri, server.is_some() || args.allow_http_loopback)?;
+    check_api_url(&api_uri, allow_http_loopback)?;
 
-    let mut builder = TokenSource::builder(endpoint, credentials)
-        .allow_http_loopback(server.is_some() || args.allow_http_loopback);
-    if let Some(pem) = &extra_root {
-        builder = builder.extra_root_certificate_pem(pem);
+    #[cfg(feature = "redis")]
+    if let Some(url) = &args.redis_url {
+        check_redis(url).await?;
     }
-    let source = builder.build().map_err(|e| usage(e.to_string()))?;
-
-    let client = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(args.workers)
-        .build(https_connector(extra_root.as_deref())?);
-    let api = ServiceBuilder::new()
-        .timeout(Duration::from_secs(10))
-        .layer(EnturAuthLayer::new(source.clone()).with_replay())
-        .service(client);
+    let mut sources = Vec::with_capacity(args.replicas);
+    for _ in 0..args.replicas {
+        let mut builder = TokenSource::builder(endpoint.clone(), credentials.clone())
+            .allow_http_loopback(allow_http_loopback);
+        if let Some(pem) = &extra_root {
+            builder = builder.extra_root_certificate_pem(pem);
+        }
+        #[cfg(feature = "redis")]
+        if let Some(url) = &args.redis_url {
+            // A store (and connection) per replica, as separate processes would have.
+            builder = builder.shared_store(redis_store(url)?);
+        }
+        sources.push(builder.build().map_err(|e| usage(e.to_string()))?);
+    }
 
     // The first token before the clock starts, so that a wrong configuration fails at once.
-    source
-        .prefetch()
-        .await
-        .map_err(|e| Failure::Run(format!("the first token fetch failed: {e}").into()))?;
+    // One replica after the other: with a shared store, the later ones adopt the first's.
+    for source in &sources {
+        source
+            .prefetch()
+            .await
+            .map_err(|e| run_failure(format!("the first token fetch failed: {e}")))?;
+    }
+    Ok(Setup {
+        server,
+        sources,
+        connector: https_connector(extra_root.as_deref())?,
+        api_uri,
+    })
+}
+
+/// A Redis store for `--redis-url` (the URL may hold a password: it is never echoed).
+#[cfg(feature = "redis")]
+fn redis_store(url: &str) -> Result<entur_auth::store::RedisStore, Failure> {
+    entur_auth::store::RedisStore::new(url).map_err(|e| usage(format!("--redis-url: {e}")).into())
+}
+
+/// Fails at once when the Redis of `--redis-url` does not answer: otherwise every replica
+/// would quietly fetch for itself (the store is never a single point of failure), and the
+/// run would measure something else than it says.
+#[cfg(feature = "redis")]
+async fn check_redis(url: &str) -> Result<(), Failure> {
+    use entur_auth::store::TokenStore;
+    let store = redis_store(url)?;
+    match tokio::time::timeout(Duration::from_secs(2), store.get("entur-auth:soak:ping")).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(run_failure(format!(
+            "--redis-url: Redis did not answer ({e}): start it, or fix the URL"
+        ))),
+        Err(_) => Err(run_failure(
+            "--redis-url: Redis did not answer within 2 s: start it, or fix the URL".to_owned(),
+        )),
+    }
+}
+
+/// Runs the workers (and the revoker) over one stack per token source, with requests made
+/// by `request`.
+async fn drive<B>(
+    args: &Args,
+    setup: &Setup,
+    request: fn(&Uri) -> Request<B>,
+) -> Result<Outcome, Failure>
+where
+    B: http_body::Body + entur_auth::replay::ReplayBody + Send + Sync + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let replicas = setup.sources.len();
+    let stacks: Vec<_> = setup
+        .sources
+        .iter()
+        .enumerate()
+        .map(|(replica, source)| {
+            // The workers this replica serves: one idle connection each.
+            let workers = (args.workers + replicas - 1 - replica) / replicas;
+            let client = Client::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(workers)
+                .build::<_, B>(setup.connector.clone());
+            ServiceBuilder::new()
+                .timeout(REQUEST_TIMEOUT)
+                .layer(EnturAuthLayer::new(source.clone()).with_replay())
+                .service(client)
+        })
+        .collect();
 
     let started = Instant::now();
     let deadline = started + args.duration;
-    let api_uri = Arc::new(api_uri);
+    let revoker = match (&setup.server, args.revoke_every) {
+        (Some(server), Some(every)) => Some(tokio::spawn(revoke(
+            server.clone(),
+            started + every,
+            every,
+            deadline,
+        ))),
+        _ => None,
+    };
+    let uri = Arc::new(setup.api_uri.clone());
     let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..args.workers {
-        workers.spawn(worker(api.clone(), api_uri.clone(), deadline));
+    for worker_index in 0..args.workers {
+        let api = stacks[worker_index % replicas].clone();
+        workers.spawn(worker(api, uri.clone(), request, deadline));
     }
-    let mut tally = Tally::default();
+    let mut tally = Tally::new();
     while let Some(done) = workers.join_next().await {
         match done {
             Ok(worker) => tally.merge(worker),
-            Err(e) => return Err(Failure::Run(format!("a worker panicked: {e}").into())),
+            Err(e) => return Err(run_failure(format!("a worker panicked: {e}"))),
         }
     }
-    let elapsed = started.elapsed();
-
-    let token_fetches = match &server {
-        Some(server) => server.token_requests() as u64,
-        None => source.status().fetch_attempts,
+    let finished = Instant::now();
+    let revocations = match revoker {
+        Some(revoker) => revoker
+            .await
+            .map_err(|e| run_failure(format!("the revoker panicked: {e}")))?,
+        None => 0,
     };
-    tally.latencies_us.sort_unstable();
-    let requests = tally.ok + tally.failed + tally.unauthorized;
-    let report = serde_json::json!({
-        "requests": requests,
-        "ok": tally.ok,
-        "failed": tally.failed,
-        "unauthorized": tally.unauthorized,
-        "token_fetches": token_fetches,
-        "p50_us": percentile(&tally.latencies_us, 0.50),
-        "p99_us": percentile(&tally.latencies_us, 0.99),
-        "max_us": tally.latencies_us.last().copied().unwrap_or(0),
-        "workers": args.workers,
-        "duration_s": (elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
-        "requests_per_s": (requests as f64 / elapsed.as_secs_f64()).round(),
-        "server": if server.is_some() { "embedded" } else { "external" },
-    });
-    println!("{report}");
-    for failure in &tally.failures {
-        eprintln!("soak: failure seen: {failure}");
-    }
-    Ok(tally.failed == 0 && tally.unauthorized == 0)
+    Ok(Outcome {
+        tally,
+        elapsed: finished - started,
+        drain: finished.saturating_duration_since(deadline),
+        revocations,
+    })
 }
 
-/// One worker: requests back to back until the deadline. A request still in flight at the
-/// deadline is abandoned and not counted.
-async fn worker<S, B>(mut api: S, uri: Arc<Uri>, deadline: Instant) -> Tally
+/// Revokes every token the server issued, at `first` and every `every` after, until the
+/// deadline. Returns how many times.
+async fn revoke(server: TestServer, first: Instant, every: Duration, deadline: Instant) -> u64 {
+    let mut revocations = 0;
+    let mut at = first;
+    while at < deadline {
+        tokio::time::sleep_until(at).await;
+        server.revoke_all();
+        revocations += 1;
+        at += every;
+    }
+    revocations
+}
+
+/// The default request: a GET, with an empty body that can be replayed.
+fn get_request(uri: &Uri) -> Request<Full<Bytes>> {
+    Request::get(uri.clone())
+        .body(Full::default())
+        .expect("a GET with a valid URI is a valid request")
+}
+
+/// The `--stream-body` request: a POST whose body is a stream (sent chunked), which cannot
+/// be replayed: `BoxBody` implements `ReplayBody` by returning `None`.
+fn stream_request(uri: &Uri) -> Request<BoxBody<Bytes, BoxError>> {
+    let frames = (0..STREAM_FRAMES).map(|_| Ok(Frame::data(Bytes::from_static(STREAM_FRAME))));
+    let body = StreamBody::new(futures_util::stream::iter(frames)).boxed();
+    Request::post(uri.clone())
+        .header(http::header::CONTENT_TYPE, "application/octet-stream")
+        .body(body)
+        .expect("a POST with a valid URI is a valid request")
+}
+
+/// One worker: requests back to back until the deadline. The one in flight at the deadline
+/// gets up to [`REQUEST_TIMEOUT`] more; if it has not finished by then, it counts as failed.
+async fn worker<S, B, ResB>(
+    mut api: S,
+    uri: Arc<Uri>,
+    request: fn(&Uri) -> Request<B>,
+    deadline: Instant,
+) -> Tally
 where
-    S: Service<http::Request<Full<Bytes>>, Response = http::Response<B>, Error = BoxError>,
-    B: http_body::Body,
-    B::Error: fmt::Display,
+    S: Service<Request<B>, Response = Response<ResB>, Error = BoxError>,
+    ResB: http_body::Body,
+    ResB::Error: fmt::Display,
 {
-    let mut tally = Tally {
-        latencies_us: Vec::with_capacity(16 * 1024),
-        ..Tally::default()
-    };
-    while Instant::now() < deadline {
-        let request = http::Request::get(uri.as_ref().clone())
-            .body(Full::default())
-            .expect("a GET with a valid URI is a valid request");
+    let grace_ends = deadline + REQUEST_TIMEOUT;
+    let mut tally = Tally::new();
+    loop {
         let started = Instant::now();
+        if started >= deadline {
+            break;
+        }
+        let request = request(&uri);
         let attempt = async {
             let response = api.ready().await?.call(request).await?;
             let status = response.status();
+            let refusal = response.extensions().get::<Refusal>().copied();
             // Read the body so that the connection goes back to the pool.
             response
                 .into_body()
                 .collect()
                 .await
                 .map_err(|e| format!("reading the response body failed: {e}"))?;
-            Ok::<_, BoxError>(status)
+            Ok::<_, BoxError>((status, refusal))
         };
-        let outcome = match tokio::time::timeout_at(deadline, attempt).await {
-            Err(_) => break,
-            Ok(outcome) => outcome,
-        };
-        tally
-            .latencies_us
-            .push(started.elapsed().as_micros().try_into().unwrap_or(u64::MAX));
+        let outcome = tokio::time::timeout_at(grace_ends, attempt).await;
+        let finished = Instant::now();
+        tally.latencies.record(finished - started);
+        if finished > deadline {
+            tally.in_flight_at_deadline += 1;
+        }
         match outcome {
-            Ok(status) if status.is_success() => tally.ok += 1,
-            Ok(StatusCode::UNAUTHORIZED) => {
-                tally.unauthorized += 1;
-                tally.note("the API answered 401 Unauthorized after re-authentication".into());
-            }
-            Ok(status) => {
+            Ok(Ok((status, _))) if status.is_success() => tally.ok += 1,
+            Ok(Ok((StatusCode::UNAUTHORIZED, refusal))) => match refusal {
+                Some(refusal) if refusal.replay == ReplayOutcome::NotReplayable => {
+                    tally.unauthorized_not_replayable += 1;
+                    tally
+                        .note("the API answered 401 to a streamed request (not replayable)".into());
+                }
+                _ => {
+                    tally.unauthorized += 1;
+                    tally.note(unauthorized(refusal.as_ref()));
+                }
+            },
+            Ok(Ok((status, _))) => {
                 tally.failed += 1;
                 tally.note(format!("the API answered {status}"));
             }
-            Err(error) => {
+            Ok(Err(error)) => {
                 tally.failed += 1;
                 tally.note(error_chain(&*error));
+            }
+            Err(_) => {
+                tally.failed += 1;
+                tally.note(format!(
+                    "a request was still unfinished {} s after the deadline; counted as failed",
+                    REQUEST_TIMEOUT.as_secs()
+                ));
             }
         }
     }
     tally
 }
 
+/// Why a 401 came out of the stack, for stderr.
+fn unauthorized(refusal: Option<&Refusal>) -> String {
+    let Some(refusal) = refusal else {
+        return "the API answered 401, which the auth layer did not take as a refusal".into();
+    };
+    match (refusal.replay, refusal.invalidation) {
+        (ReplayOutcome::Replayed, _) => {
+            "the API answered 401 again to the replay with a new token".into()
+        }
+        (_, Invalidation::RateLimited { .. }) => {
+            "the API answered 401 while forced refreshes back off (min_reauth_interval): \
+             not replayed, as the same token would go again"
+                .into()
+        }
+        (replay, invalidation) => {
+            format!("the API answered 401 ({replay:?}, token source: {invalidation:?})")
+        }
+    }
+}
+
 /// The HTTPS (or, for loopback, plain HTTP) connector for the API: webpki roots and the
 /// optional extra root.
-fn https_connector(
-    extra_root_pem: Option<&[u8]>,
-) -> Result<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, Failure>
-{
+fn https_connector(extra_root_pem: Option<&[u8]>) -> Result<Connector, Failure> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(pem) = extra_root_pem {
@@ -471,7 +926,7 @@ fn https_connector(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
-    .map_err(|e| Failure::Run(format!("TLS setup failed: {e}").into()))?
+    .map_err(|e| run_failure(format!("TLS setup failed: {e}")))?
     .with_root_certificates(roots)
     .with_no_client_auth();
     Ok(hyper_rustls::HttpsConnectorBuilder::new()
@@ -506,15 +961,6 @@ fn check_api_url(uri: &Uri, allow_http_loopback: bool) -> Result<(), Usage> {
     }
 }
 
-/// Nearest-rank percentile of sorted values.
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = (p * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
 /// An error and its causes, on one line.
 fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
@@ -525,4 +971,108 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Option<Args>, Usage> {
+        Args::parse(args.iter().map(|a| a.to_string()))
+    }
+
+    #[test]
+    fn histogram_buckets_are_contiguous_and_narrow() {
+        let mut previous_upper = None;
+        for index in 0..Histogram::BUCKETS {
+            let upper = Histogram::upper(index);
+            if let Some(previous) = previous_upper {
+                assert!(upper > previous, "bucket {index} ends after the one before");
+                let low = previous + 1;
+                assert_eq!(
+                    Histogram::index(low),
+                    index,
+                    "{low} µs opens bucket {index}"
+                );
+                assert!(
+                    (upper - low) as f64 <= low as f64 / 128.0,
+                    "bucket {index} ({low}..={upper}) is at most 1/128 of its values wide"
+                );
+            }
+            assert_eq!(
+                Histogram::index(upper),
+                index,
+                "{upper} µs closes bucket {index}"
+            );
+            previous_upper = Some(upper);
+        }
+        assert_eq!(Histogram::upper(Histogram::BUCKETS - 1), (1 << 27) - 1);
+        assert_eq!(Histogram::index(1 << 27), Histogram::BUCKETS - 1);
+        assert_eq!(Histogram::index(u64::MAX), Histogram::BUCKETS - 1);
+    }
+
+    #[test]
+    fn histogram_quantiles_within_one_percent_and_max_exact() {
+        let mut histogram = Histogram::new();
+        assert_eq!(histogram.quantile(0.5), None);
+        let mut other = Histogram::new();
+        for us in 1..=100_000u64 {
+            let target = if us % 2 == 0 {
+                &mut histogram
+            } else {
+                &mut other
+            };
+            target.record(Duration::from_micros(us));
+        }
+        histogram.merge(&other);
+        assert_eq!(histogram.total, 100_000);
+        for (q, exact) in [(0.5, 50_000.0), (0.9, 90_000.0), (0.99, 99_000.0)] {
+            let got = histogram.quantile(q).unwrap() as f64;
+            assert!(
+                got >= exact && got <= exact * 1.01,
+                "q{q}: {got} µs for {exact} µs"
+            );
+        }
+        assert_eq!(histogram.quantile(1.0), Some(100_000));
+        histogram.record(Duration::from_secs(3600));
+        assert_eq!(histogram.max, 3_600_000_000, "the maximum is exact");
+        assert_eq!(histogram.quantile(1.0), Some(3_600_000_000));
+    }
+
+    #[test]
+    fn flags() {
+        let args = parse(&["--workers", "8", "--replicas=4", "--stream-body"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (args.workers, args.replicas, args.stream_body),
+            (8, 4, true)
+        );
+        assert!(parse(&["--help"]).unwrap().is_none());
+        let error = |args: &[&str]| parse(args).expect_err("refused").to_string();
+        assert!(error(&["--workers", "2", "--replicas", "3"]).contains("every replica"));
+        assert!(error(&["--stream-body=yes"]).contains("takes no value"));
+        assert!(error(&["--duration-s", "0"]).contains("above 0"));
+        assert!(error(&[
+            "--token-url",
+            "https://auth.example/oauth/token",
+            "--client-id",
+            "c",
+            "--client-secret-env",
+            "S",
+            "--api-url",
+            "https://api.example/",
+            "--revoke-every-s",
+            "5"
+        ])
+        .contains("embedded server"));
+        let redis = parse(&["--redis-url", "redis://:hunter2@127.0.0.1:6379/"]);
+        if cfg!(feature = "redis") {
+            assert!(redis.unwrap().unwrap().redis_url.is_some());
+        } else {
+            let message = redis.expect_err("refused").to_string();
+            assert!(message.contains("--features redis"));
+            assert!(!message.contains("hunter2"), "the URL is never echoed");
+        }
+    }
 }
