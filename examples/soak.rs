@@ -547,6 +547,18 @@ async fn run(args: Args) -> Result<bool, Failure> {
         eprintln!("soak: seen: {failure}");
     }
 
+    let problems = problems(&tally, revocations);
+    if problems.is_empty() {
+        Ok(true)
+    } else {
+        eprintln!("soak: failed: {}", problems.join("; "));
+        Ok(false)
+    }
+}
+
+/// What makes a run fail: nothing succeeded, something failed, or a refusal survived the
+/// replay. Empty when the run passed.
+fn problems(tally: &Tally, revocations: u64) -> Vec<String> {
     // Streamed requests refused while tokens are being revoked cannot be replayed: expected.
     let refused_streams_expected = revocations > 0;
     let mut problems = Vec::new();
@@ -569,12 +581,7 @@ async fn run(args: Args) -> Result<bool, Failure> {
             tally.unauthorized_not_replayable
         ));
     }
-    if problems.is_empty() {
-        Ok(true)
-    } else {
-        eprintln!("soak: failed: {}", problems.join("; "));
-        Ok(false)
-    }
+    problems
 }
 
 /// The embedded server (unless `--token-url`), the token sources (first token fetched) and
@@ -1037,6 +1044,18 @@ mod tests {
         histogram.record(Duration::from_secs(3600));
         assert_eq!(histogram.max, 3_600_000_000, "the maximum is exact");
         assert_eq!(histogram.quantile(1.0), Some(3_600_000_000));
+    }
+
+    #[test]
+    fn a_run_where_nothing_succeeded_fails() {
+        // The observed bug: 0 requests, 0 ok, 0 failed, and exit 0.
+        let nothing = Tally::new();
+        assert_eq!(problems(&nothing, 0), ["no request succeeded"]);
+        let mut fine = Tally::new();
+        fine.ok = 10;
+        assert!(problems(&fine, 0).is_empty());
+        fine.failed = 1;
+        assert_eq!(problems(&fine, 0), ["1 request(s) failed"]);
     }
 
     #[test]

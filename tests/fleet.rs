@@ -96,3 +96,67 @@ async fn a_refused_token_is_never_adopted_again_and_the_fleet_shares_its_replace
     }
     assert_eq!(server.api_rejections(), 3);
 }
+
+/// A store that never answers.
+struct Silent;
+
+impl entur_auth::store::TokenStore for Silent {
+    fn get<'a>(
+        &'a self,
+        _key: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, Result<Option<Vec<u8>>, entur_auth::BoxError>> {
+        Box::pin(std::future::pending())
+    }
+    fn set<'a>(
+        &'a self,
+        _key: &'a str,
+        _value: Vec<u8>,
+        _ttl: Duration,
+    ) -> futures_util::future::BoxFuture<'a, Result<(), entur_auth::BoxError>> {
+        Box::pin(std::future::pending())
+    }
+    fn try_lock<'a>(
+        &'a self,
+        _key: &'a str,
+        _holder: &'a str,
+        _ttl: Duration,
+    ) -> futures_util::future::BoxFuture<'a, Result<bool, entur_auth::BoxError>> {
+        Box::pin(std::future::pending())
+    }
+    fn unlock<'a>(
+        &'a self,
+        _key: &'a str,
+        _holder: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, Result<(), entur_auth::BoxError>> {
+        Box::pin(std::future::pending())
+    }
+}
+
+/// Item 8: `store_timeout` called before `shared_store` used to be ignored silently.
+#[tokio::test(start_paused = true)]
+async fn store_timeout_applies_in_either_builder_order() {
+    let server = server(Duration::from_secs(3600)).await;
+    let limit = Duration::from_millis(40);
+    let sources = [
+        server
+            .source_builder()
+            .store_timeout(limit)
+            .shared_store(Silent)
+            .build()
+            .unwrap(),
+        server
+            .source_builder()
+            .shared_store(Silent)
+            .store_timeout(limit)
+            .build()
+            .unwrap(),
+    ];
+    for (order, source) in sources.iter().enumerate() {
+        let start = tokio::time::Instant::now();
+        source.prefetch().await.unwrap();
+        // A silent store costs one timeout on the look, and one on the publish after the
+        // fetch: 2 × 40 ms, where the default (500 ms) would cost a second.
+        let took = start.elapsed();
+        assert_eq!(took, 2 * limit, "order {order}: {took:?}");
+    }
+}
