@@ -9,8 +9,9 @@
 
 mod common;
 
+use std::cell::RefCell;
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Once;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -31,12 +32,18 @@ async fn skewed_server(offset_secs: i64) -> TestServer {
         .expect("embedded server starts on 127.0.0.1")
 }
 
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
+thread_local! {
+    /// What this thread logged: each test runs on its own thread, and so does the refresher
+    /// of its source (a current-thread runtime).
+    static LOGGED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
 
-impl Write for Logs {
+/// Writes into this thread's [`LOGGED`].
+struct ThreadLog;
+
+impl Write for ThreadLog {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
+        LOGGED.with(|logged| logged.borrow_mut().extend_from_slice(buf));
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -44,21 +51,25 @@ impl Write for Logs {
     }
 }
 
-impl Logs {
-    /// Captures every event of this thread (the paused runtime runs the refresher on it).
-    fn capture(&self) -> tracing::subscriber::DefaultGuard {
-        let writer = self.clone();
+/// Starts capturing this thread's events. One global subscriber for the whole binary, not a
+/// scoped one per test: with scoped subscribers on parallel test threads, tracing's
+/// per-callsite interest cache let a warning through in one test and not in another.
+fn capture_logs() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
         let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
+            .with_writer(|| ThreadLog)
             .with_ansi(false)
             .with_max_level(tracing::Level::DEBUG)
             .finish();
-        tracing::subscriber::set_default(subscriber)
-    }
+        tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
+    });
+    LOGGED.with(|logged| logged.borrow_mut().clear());
+}
 
-    fn text(&self) -> String {
-        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
-    }
+/// What this thread logged since [`capture_logs`].
+fn logged() -> String {
+    LOGGED.with(|logged| String::from_utf8(logged.borrow().clone()).unwrap())
 }
 
 /// Fetches a token, then sends one API request a second for a minute of paused time: every
@@ -84,13 +95,12 @@ async fn one_token_request_over_a_minute(server: &TestServer, source: &TokenSour
 
 #[tokio::test(start_paused = true)]
 async fn server_clock_two_hours_behind_one_fetch_and_one_warning() {
-    let logs = Logs::default();
-    let _guard = logs.capture();
+    capture_logs();
     let server = skewed_server(-2 * HOUR).await;
     let source = source(&server);
     one_token_request_over_a_minute(&server, &source).await;
 
-    let text = logs.text();
+    let text = logged();
     let warnings: Vec<&str> = text.lines().filter(|l| l.contains("WARN")).collect();
     assert_eq!(warnings.len(), 1, "{text}");
     let warning = warnings[0];
@@ -124,12 +134,11 @@ async fn server_clock_59_minutes_behind_one_fetch() {
 
 #[tokio::test(start_paused = true)]
 async fn server_clock_in_agreement_one_fetch_and_no_warning() {
-    let logs = Logs::default();
-    let _guard = logs.capture();
+    capture_logs();
     let server = skewed_server(0).await;
     let source = source(&server);
     one_token_request_over_a_minute(&server, &source).await;
-    let text = logs.text();
+    let text = logged();
     assert!(!text.contains("WARN"), "{text}");
 }
 
