@@ -26,6 +26,10 @@ impl fmt::Display for TokenId {
 }
 
 impl TokenId {
+    pub(crate) fn get(self) -> u64 {
+        self.0.get()
+    }
+
     fn next() -> Self {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         // Starts at 1 and would take centuries to wrap; `max(1)` keeps it non-zero anyway.

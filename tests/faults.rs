@@ -350,3 +350,43 @@ async fn redirect_from_the_token_endpoint_is_not_followed() {
     assert!(matches!(o.error, Error::Config { .. }));
     assert!(o.error.to_string().contains("https://evil.example/token"));
 }
+
+/// Found by the simulation (seed 1164): a token endpoint slower than the token lifetime
+/// delivered tokens already past their usable time; they were stored, retired at once, and
+/// the waiting callers started the next fetch at once, without backoff, waiting forever.
+/// Now such a token is a failed fetch: callers fail fast and retries follow the slow
+/// schedule.
+#[tokio::test(start_paused = true)]
+async fn a_token_unusable_on_arrival_is_a_failed_fetch_not_a_fetch_loop() {
+    let server = server(Duration::from_secs(6)).await;
+    server.set_sticky_fault(Some(Fault::Delay(Duration::from_millis(6005))));
+    let source = server
+        .source_builder()
+        .fetch_timeout(Duration::from_secs(7))
+        .build()
+        .unwrap();
+    let error = tokio::time::timeout(Duration::from_secs(8), source.token())
+        .await
+        .expect("the caller gets an answer within the fetch timeout")
+        .unwrap_err();
+    assert!(matches!(error, Error::InvalidResponse { .. }), "{error:?}");
+    assert!(
+        error.to_string().contains("already past its usable time"),
+        "{error}"
+    );
+    // Fail fast: the next caller gets the same error at once, without a fetch.
+    assert!(source.token().await.is_err());
+    assert_eq!(server.token_requests(), 1);
+    // Retries follow the slow schedule (30 s, doubling): a handful in five minutes, not
+    // one every six seconds.
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    let requests = server.token_requests();
+    assert!(
+        (2..=5).contains(&requests),
+        "{requests} token requests in 5 minutes"
+    );
+    // The endpoint speeds up: the next retry brings a usable token.
+    server.set_sticky_fault(None);
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert!(source.token().await.is_ok());
+}

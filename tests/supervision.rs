@@ -272,6 +272,11 @@ async fn settings_that_would_overflow_are_refused_with_a_clear_error() {
             "stall_timeout",
             builder().stall_timeout(Duration::ZERO).build(),
         ),
+        // Zero would turn the forced-refresh backoff off (zero doubled is zero).
+        (
+            "min_reauth_interval",
+            builder().min_reauth_interval(Duration::ZERO).build(),
+        ),
     ] {
         let error = result.unwrap_err();
         assert!(matches!(error, Error::Config { .. }), "{name}: {error:?}");

@@ -292,6 +292,7 @@ impl TokenSourceBuilder {
             signals: Default::default(),
             pulse: AtomicU64::new(0),
             probing_waiters: AtomicBool::new(false),
+            watched: AtomicU64::new(0),
             supervisor: Mutex::new(Supervisor {
                 task: None,
                 generation: 0,
@@ -362,10 +363,11 @@ impl TokenSourceBuilder {
                 Duration::from_millis(1),
                 DAY,
             ),
+            // Zero would turn the forced-refresh backoff off (zero doubled is zero).
             (
                 "min_reauth_interval",
                 self.min_reauth_interval,
-                Duration::ZERO,
+                Duration::from_millis(1),
                 DAY,
             ),
             (

@@ -106,6 +106,8 @@ pub(crate) struct Shared {
     pulse: AtomicU64,
     /// A watchdog probe for waiting callers is scheduled.
     probing_waiters: AtomicBool,
+    /// The id of the last token whose watch point the refresher reached (0: none).
+    watched: AtomicU64,
     supervisor: Mutex<Supervisor>,
     /// The generation of the refresher that owns the cell; older ones end.
     generation: AtomicU64,

@@ -202,6 +202,7 @@ impl Refresher {
         }
         let due = self.retry_at.or(current.as_ref().map(|t| t.refresh_at()));
         let expiry = current.as_ref().map(|t| t.usable_until());
+        let watch = self.watch_point(current.as_deref());
         tokio::select! {
             () = signals.wake.notified() => {
                 // Demand: only an empty cell outside backoff warrants a fetch now.
@@ -210,10 +211,23 @@ impl Refresher {
                 }
             }
             () = signals.ping.notified() => return,
+            () = sleep_until(watch) => return self.mark_watch_point(current.as_deref()),
             () = sleep_until(due) => {}
             () = sleep_until(expiry) => return,
         }
         self.fetch().await;
+    }
+
+    /// When to mark `token`'s watch point for the watchdog, unless it is marked already.
+    fn watch_point(&self, token: Option<&AccessToken>) -> Option<Instant> {
+        let token = token?;
+        (!self.shared.reached_watch_point(token.id())).then(|| self.shared.watch_point(token))
+    }
+
+    fn mark_watch_point(&self, token: Option<&AccessToken>) {
+        if let Some(token) = token {
+            self.shared.mark_watch_point(token);
+        }
     }
 
     async fn fetch(&mut self) {
@@ -230,9 +244,11 @@ impl Refresher {
         // fetch runs.
         let mut expiry = shared.cell.load_full();
         let result = loop {
+            let watch = self.watch_point(expiry.as_deref());
             tokio::select! {
                 result = &mut fetch => break result,
                 () = signals.ping.notified() => shared.beat(),
+                () = sleep_until(watch) => self.mark_watch_point(expiry.as_deref()),
                 () = sleep_until(expiry.as_ref().map(|t| t.usable_until())) => {
                     if let Some(token) = expiry.take() {
                         shared.retire(&token);
@@ -254,6 +270,21 @@ impl Refresher {
         took: Duration,
         span: &tracing::Span,
     ) {
+        // A token whose lifetime was shorter than the request for it took cannot be used:
+        // storing it would only retire it again at once, and waiting callers would start
+        // the next fetch without any backoff. It is a failed fetch.
+        if Instant::now() >= token.usable_until() {
+            let lifetime = token.expires_at() - token.issued_at();
+            let error = Error::invalid(
+                http::StatusCode::OK,
+                format!(
+                    "the token arrived already past its usable time: its lifetime ({:.1} s) is barely longer than the token request took ({:.1} s); retrying on the slow schedule (check the token endpoint's latency, or a lifetime this short)",
+                    lifetime.as_secs_f64(),
+                    took.as_secs_f64()
+                ),
+            );
+            return self.failed(error, attempt, took, span);
+        }
         let shared = &self.shared;
         let token = Arc::new(token);
         let lifetime = token.expires_at() - token.issued_at();

@@ -54,7 +54,8 @@ impl Shared {
     /// Asks the watchdog to make sure a refresher answers these waiting callers.
     pub(super) fn probe_waiters(&self) {
         if !self.probing_waiters.swap(true, Ordering::AcqRel) {
-            watchdog::schedule(self.key, Probe::Waiters, std::time::Instant::now());
+            let at = std::time::Instant::now() + self.settings.stall_timeout / 2;
+            watchdog::schedule(self.key, Probe::Waiters, at, self.pulse().0);
         }
     }
 
@@ -195,6 +196,24 @@ impl Shared {
         }
     }
 
+    /// When the refresher marks `token`'s watch point: `stall_timeout` before its usable time
+    /// ends, on the refresher's own clock.
+    pub(super) fn watch_point(&self, token: &AccessToken) -> Instant {
+        let usable = token.usable_until();
+        usable
+            .checked_sub(self.settings.stall_timeout)
+            .unwrap_or(usable)
+    }
+
+    /// The refresher marks that it reached `token`'s watch point.
+    pub(super) fn mark_watch_point(&self, token: &AccessToken) {
+        self.watched.store(token.id().get(), Ordering::Release);
+    }
+
+    pub(super) fn reached_watch_point(&self, token: crate::token::TokenId) -> bool {
+        self.watched.load(Ordering::Acquire) == token.get()
+    }
+
     pub(super) fn probe_done(&self, probe: Probe) {
         if probe == Probe::Waiters {
             self.probing_waiters.store(false, Ordering::Release);
@@ -205,10 +224,12 @@ impl Shared {
         }
     }
 
-    /// Has the watchdog probe the refresher shortly before `token`'s usable time ends.
+    /// Has the watchdog look at the refresher shortly before `token`'s usable time ends: half
+    /// a `stall_timeout` before, so that an unanswered ping is decided by then. The refresher
+    /// marks the token's watch point (a `stall_timeout` before) on its own clock.
     pub(super) fn watch_token(&self, token: &AccessToken) {
-        let at = watchdog::ping_before(token.usable_until(), self.settings.stall_timeout);
-        watchdog::schedule(self.key, Probe::Token(token.id()), at);
+        let at = watchdog::real_time_before(token.usable_until(), self.settings.stall_timeout / 2);
+        watchdog::schedule(self.key, Probe::Token(token.id()), at, self.pulse().0);
     }
 }
 

@@ -7,14 +7,20 @@
 //! the cached token would be sent after its usable time, and callers waiting for a fetch would
 //! wait forever.
 //!
-//! So one thread per process (started on first use, sleeping until its next deadline) probes
+//! So one thread per process (started on first use, sleeping until its next deadline) looks at
 //! refreshers at the moments that matter: shortly before the current token's usable time ends,
-//! and every `stall_timeout` while callers wait with no token. A probe wakes the refresher
-//! and expects an answer within `stall_timeout`; a refresher that does not answer is declared
-//! stopped: its token is parked (no longer sent), and the next caller takes the refreshing over
-//! on its own runtime (see `Shared::take_over`). The thread only reads real time; whether a
-//! token is due is always decided by the refresher on its own (possibly paused) clock, so a
-//! probe of a running refresher changes nothing.
+//! and while callers wait with no token. A look is passive first: a running refresher leaves
+//! evidence on its own clock (it marks the token's watch point, `stall_timeout` before the
+//! usable time ends, with a timer of its own; it beats whenever it runs, which it does at once
+//! when a caller wakes it). Only without that evidence does the thread wake the refresher (a
+//! ping) and expect an answer within half of `stall_timeout`; a refresher that does not answer
+//! is declared stopped: its token is parked (no longer sent), and the next caller takes the
+//! refreshing over on its own runtime (see `Shared::take_over`).
+//!
+//! The thread reads only real time, and decides nothing a running refresher decides on its
+//! own (possibly paused) clock. Looking first keeps it from waking a running refresher at
+//! all in the common case: a wake-up from another thread is the one thing that can disturb a
+//! test runtime on tokio's paused clock (it can make the runtime skip ahead past a timer).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -35,7 +41,10 @@ pub(super) enum Probe {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
-    /// Wake the refresher and remember its pulse.
+    /// Look for evidence that the refresher runs, without waking it: for a token, that it
+    /// reached the token's watch point; for waiting callers, that it ran since `pulse`.
+    Look { pulse: u64 },
+    /// No evidence: wake the refresher and remember its pulse.
     Ping,
     /// Did the pulse move since the ping?
     Check { pulse: u64, generation: u64 },
@@ -93,9 +102,9 @@ fn watchdog() -> Option<&'static Watchdog> {
     })
 }
 
-/// Probes the refresher of `key` about `probe` at `at`.
-pub(super) fn schedule(key: SourceKey, probe: Probe, at: Instant) {
-    push(key, probe, Phase::Ping, at);
+/// Looks at the refresher of `key` about `probe` at `at`; `pulse` is its pulse now.
+pub(super) fn schedule(key: SourceKey, probe: Probe, at: Instant, pulse: u64) {
+    push(key, probe, Phase::Look { pulse }, at);
 }
 
 fn push(key: SourceKey, probe: Probe, phase: Phase, at: Instant) {
@@ -170,27 +179,53 @@ fn handle(job: Job) {
         shared.probe_done(job.probe);
         return;
     }
+    let half = grace / 2;
     match job.phase {
+        Phase::Look { pulse } => {
+            let (now, _) = shared.pulse();
+            let alive = match job.probe {
+                Probe::Token(id) => shared.reached_watch_point(id),
+                Probe::Waiters => now != pulse,
+            };
+            match (alive, job.probe) {
+                // Callers still wait: look again later.
+                (true, Probe::Waiters) => {
+                    push(
+                        job.key,
+                        job.probe,
+                        Phase::Look { pulse: now },
+                        Instant::now() + half,
+                    );
+                }
+                (true, Probe::Token(_)) => {}
+                (false, _) => push(job.key, job.probe, Phase::Ping, Instant::now()),
+            }
+        }
         Phase::Ping => {
             let (pulse, generation) = shared.pulse();
             shared.ping();
             let check = Phase::Check { pulse, generation };
-            push(job.key, job.probe, check, Instant::now() + grace);
+            push(job.key, job.probe, check, Instant::now() + half);
         }
         Phase::Check { pulse, generation } => {
             if shared.pulse() == (pulse, generation) {
                 shared.stalled(generation, job.probe);
             } else if job.probe == Probe::Waiters {
                 // Answered; callers still wait: look again later.
-                push(job.key, job.probe, Phase::Ping, Instant::now() + grace);
+                let pulse = shared.pulse().0;
+                push(
+                    job.key,
+                    job.probe,
+                    Phase::Look { pulse },
+                    Instant::now() + half,
+                );
             }
         }
     }
 }
 
-/// The real-time instant `grace` before the tokio instant `at`: when to ping so that an
-/// unanswered probe is decided by `at`.
-pub(super) fn ping_before(at: tokio::time::Instant, grace: Duration) -> Instant {
+/// The real-time instant `grace` before the tokio instant `at`.
+pub(super) fn real_time_before(at: tokio::time::Instant, grace: Duration) -> Instant {
     let left = at.saturating_duration_since(tokio::time::Instant::now());
     let now = Instant::now();
     now.checked_add(left.saturating_sub(grace)).unwrap_or(now)
