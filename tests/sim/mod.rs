@@ -5,8 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -179,7 +178,6 @@ pub struct SourceCounts {
 
 /// Everything that happened in a seed, written by the instruments and read by the checks.
 pub struct Books {
-    gate: WatchdogGate,
     pub origin: Instant,
     pub lifetime: Duration,
     /// The longest an obtain (store and fetch) can take: how long a fault can slow callers.
@@ -229,9 +227,8 @@ impl Books {
 pub struct Ledger(Arc<Mutex<Books>>);
 
 impl Ledger {
-    pub fn new(gate: WatchdogGate, lifetime: Duration, obtain_max: Duration, trace: bool) -> Self {
+    pub fn new(lifetime: Duration, obtain_max: Duration, trace: bool) -> Self {
         Ledger(Arc::new(Mutex::new(Books {
-            gate,
             origin: Instant::now(),
             lifetime,
             obtain_max,
@@ -266,8 +263,6 @@ impl Ledger {
         let Ok(token) = outcome.result else { return };
         let bearer = Bytes::copy_from_slice(token.header_value().as_bytes());
         let mut books = self.books();
-        // The source has just asked the watchdog to probe this token.
-        books.gate.expect_probe();
         books.ids.insert(token.id(), (tag, bearer.clone()));
         books.obtained.insert(
             (tag, bearer),
@@ -346,13 +341,8 @@ impl Ledger {
         caller: (u64, usize),
         route: Route,
         failing_at_start: bool,
-        has_token: bool,
     ) -> RequestGuard {
         let mut books = self.books();
-        if !has_token {
-            // A caller that waits for a token may ask the watchdog to probe the refresher.
-            books.gate.expect_probe();
-        }
         books.requests.push(ApiRequest {
             tag,
             caller,
@@ -427,8 +417,6 @@ impl Ledger {
     /// The API answered 401: only a rotated-out (revoked) token may be refused.
     fn refused_by_api(&self, tag: Tag, rotations_at_issue: Option<usize>) {
         let mut books = self.books();
-        // The refusal may empty the source's cell, and the replay then wait for a token.
-        books.gate.expect_probe();
         if rotations_at_issue == Some(books.rotations) {
             books.violation(format!(
                 "the API refused a token of source #{tag} that was neither revoked nor expired"
@@ -552,91 +540,6 @@ impl Drop for RequestGuard {
             self.ledger.books().requests[self.index].cancelled = true;
         }
     }
-}
-
-// ---------------------------------------------------------------------------
-// The watchdog gate
-// ---------------------------------------------------------------------------
-
-/// Keeps the paused runtime from auto-advancing while the crate's watchdog thread may be
-/// about to wake one of its refreshers.
-///
-/// The watchdog probes refreshers from its own thread, in real time: right after a source
-/// obtains a token (the probe is due `stall_timeout` before the token's usable time ends,
-/// which on a paused clock is at once), and when callers start waiting with no token (a
-/// request when the cell is empty, or the replay after a refusal). Tokio's paused clock is
-/// not safe against wake-ups from another thread: if one lands while the idle runtime
-/// auto-advances, the clock can jump past pending timers, which then fire late (at the next
-/// timer, or at a slot boundary of tokio's timer wheel): a seed would not replay the same,
-/// and a refresher's retirement timer could fire after the token's usable time. Plain tokio
-/// 1.54 shows it: a task in a paused current-thread runtime, in a `select!` on a
-/// `sleep_until` and a `Notify` that a std thread notifies, sees the sleep fire seconds late
-/// in a few rounds in a thousand, and never without the cross-thread wake.
-///
-/// So after each of those events the gate waits, in the runtime's `on_thread_park` hook
-/// (before the clock can move), until the watchdog thread is not running: on Linux, from the
-/// thread's state in `/proc`; elsewhere, for a short real-time pause.
-#[derive(Clone, Default)]
-pub struct WatchdogGate(Arc<AtomicBool>);
-
-impl WatchdogGate {
-    /// A probe may be on its way.
-    pub fn expect_probe(&self) {
-        self.0.store(true, Ordering::Release);
-    }
-
-    /// The runtime's `on_thread_park` hook.
-    pub fn before_park(&self) {
-        if !self.0.swap(false, Ordering::AcqRel) {
-            return;
-        }
-        match watchdog_state() {
-            Some(_) => wait_for_watchdog(),
-            None => std::thread::sleep(Duration::from_micros(300)),
-        }
-    }
-}
-
-/// Waits (up to 50 ms) while the watchdog thread runs: once it sleeps on its condition
-/// variable again, every probe that was due has been delivered.
-fn wait_for_watchdog() {
-    let give_up = std::time::Instant::now() + Duration::from_millis(50);
-    while watchdog_state() == Some('R') && std::time::Instant::now() < give_up {
-        std::thread::yield_now();
-    }
-}
-
-/// The scheduler state of the crate's watchdog thread (`R` running or runnable, `S`
-/// sleeping, …), on Linux once the thread exists.
-#[cfg(target_os = "linux")]
-fn watchdog_state() -> Option<char> {
-    use std::os::unix::fs::FileExt;
-    static STAT: OnceLock<std::fs::File> = OnceLock::new();
-    let stat = match STAT.get() {
-        Some(stat) => stat,
-        None => {
-            let found = std::fs::read_dir("/proc/self/task")
-                .ok()?
-                .flatten()
-                .find_map(|task| {
-                    let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
-                    // The name, "entur-auth-watchdog", cut to the kernel's 15 bytes.
-                    comm.starts_with("entur-auth-watc")
-                        .then(|| std::fs::File::open(task.path().join("stat")).ok())?
-                })?;
-            STAT.get_or_init(|| found)
-        }
-    };
-    let mut buf = [0u8; 512];
-    let len = stat.read_at(&mut buf, 0).ok()?;
-    // `pid (comm) state …`: the state follows the last `)`.
-    let text = std::str::from_utf8(&buf[..len]).ok()?;
-    text.rsplit_once(')')?.1.trim_start().chars().next()
-}
-
-#[cfg(not(target_os = "linux"))]
-fn watchdog_state() -> Option<char> {
-    None
 }
 
 // ---------------------------------------------------------------------------
