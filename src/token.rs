@@ -604,20 +604,25 @@ mod tests {
         jwt(&format!(r#"{{"iat":{iat},"exp":{exp}}}"#))
     }
 
-    /// Builds a token as the refresher does, the request sent at `T` by this machine's clock.
-    fn issue_with(
-        token: &str,
-        expires_in: Option<u64>,
-        server_date: Option<u64>,
-    ) -> Result<AccessToken, Error> {
-        let issued = Issued {
+    /// The answer to a token request sent at `T` by this machine's clock.
+    fn issued(token: &str, expires_in: Option<u64>, server_date: Option<u64>) -> Issued<'_> {
+        Issued {
             access_token: token,
             expires_in: expires_in.map(Duration::from_secs),
             scope: None,
             sent_at: Instant::now(),
             sent_wall: wall(T),
             server_date: server_date.map(wall),
-        };
+        }
+    }
+
+    /// Builds a token as the refresher does, the request sent at `T` by this machine's clock.
+    fn issue_with(
+        token: &str,
+        expires_in: Option<u64>,
+        server_date: Option<u64>,
+    ) -> Result<AccessToken, Error> {
+        let issued = issued(token, expires_in, server_date);
         AccessToken::from_issued(issued, &Lifecycle::default(), 0.0)
     }
 
@@ -635,14 +640,7 @@ mod tests {
         expires_in: Option<u64>,
         server_date: Option<u64>,
     ) -> (u64, LifetimeBasis) {
-        let issued = Issued {
-            access_token: token,
-            expires_in: expires_in.map(Duration::from_secs),
-            scope: None,
-            sent_at: Instant::now(),
-            sent_wall: wall(T),
-            server_date: server_date.map(wall),
-        };
+        let issued = issued(token, expires_in, server_date);
         let claims = Claims::read(token).unwrap_or_default();
         let (lifetime, basis) = token_lifetime(&issued, &claims, Duration::from_secs(300));
         (lifetime.as_secs(), basis)
