@@ -1,5 +1,10 @@
 //! The default token endpoint client: hyper-util over rustls, with the webpki roots and any
-//! extra roots the user adds. It follows no redirects (hyper-util's client never does).
+//! extra roots the user adds, through an HTTP `CONNECT` proxy when the environment or the
+//! builder names one (see [`proxy`]). It follows no redirects (hyper-util's client never does).
+
+mod proxy;
+
+pub(crate) use proxy::{EnvLookup, ProxySettings};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +15,7 @@ use hyper_util::rt::TokioExecutor;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use rustls::{ClientConfig, RootCertStore};
+use tower::ServiceExt;
 
 use crate::endpoint::{erase, TokenRequestBody, Transport};
 use crate::error::Error;
@@ -27,13 +33,17 @@ pub(crate) fn certificates_from_pem(pem: &[u8]) -> Result<Vec<CertificateDer<'st
     Ok(certs)
 }
 
-/// Builds the HTTPS client. `allow_http` also lets it speak plain HTTP (only ever used for
-/// loopback token URLs, which the builder checks).
+/// Builds the HTTPS client for `url`. `allow_http` also lets it speak plain HTTP (only ever
+/// used for loopback token URLs, which the builder checks). The proxy, if any, is chosen here,
+/// once.
 pub(crate) fn https_transport(
+    url: &http::Uri,
     extra_roots: &[CertificateDer<'static>],
     allow_http: bool,
+    proxy: &ProxySettings,
     cap: usize,
 ) -> Result<Transport, Error> {
+    let route = proxy.route(url)?;
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     for cert in extra_roots {
@@ -50,6 +60,18 @@ pub(crate) fn https_transport(
         .with_root_certificates(roots)
         .with_no_client_auth();
     let builder = HttpsConnectorBuilder::new().with_tls_config(tls);
+    let mut client = Client::builder(TokioExecutor::new());
+    client.pool_idle_timeout(Duration::from_secs(60));
+    if let Some(proxy) = route {
+        // Only https:// URLs are ever routed through a proxy: TLS inside the tunnel.
+        let connector = builder
+            .https_only()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(proxy::ProxyConnector::new(proxy));
+        let client: Client<_, TokenRequestBody> = client.build(connector);
+        return Ok(erase(client.map_err(proxy::surface), cap));
+    }
     let connector = if allow_http {
         builder.https_or_http()
     } else {
@@ -58,8 +80,6 @@ pub(crate) fn https_transport(
     .enable_http1()
     .enable_http2()
     .build();
-    let client: Client<_, TokenRequestBody> = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .build(connector);
+    let client: Client<_, TokenRequestBody> = client.build(connector);
     Ok(erase(client, cap))
 }

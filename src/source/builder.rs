@@ -35,6 +35,8 @@ pub struct TokenSourceBuilder {
     transport: Option<Box<dyn FnOnce(usize) -> Transport + Send>>,
     #[cfg(feature = "rustls")]
     extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+    #[cfg(feature = "rustls")]
+    proxy: crate::client::ProxySettings,
     deferred_error: Option<Error>,
     seed: Option<u64>,
     on_fetch: Option<FetchHook>,
@@ -47,12 +49,15 @@ pub struct TokenSourceBuilder {
 
 impl fmt::Debug for TokenSourceBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TokenSourceBuilder")
-            .field("endpoint", &self.endpoint)
+        let mut f = f.debug_struct("TokenSourceBuilder");
+        f.field("endpoint", &self.endpoint)
             .field("credentials", &self.credentials)
             .field("fetch_timeout", &self.fetch_timeout)
-            .field("allow_http_loopback", &self.allow_http_loopback)
-            .finish_non_exhaustive()
+            .field("allow_http_loopback", &self.allow_http_loopback);
+        // The proxy URL is shown without its credentials.
+        #[cfg(feature = "rustls")]
+        f.field("proxy", &self.proxy);
+        f.finish_non_exhaustive()
     }
 }
 
@@ -71,6 +76,8 @@ impl TokenSourceBuilder {
             transport: None,
             #[cfg(feature = "rustls")]
             extra_roots: Vec::new(),
+            #[cfg(feature = "rustls")]
+            proxy: Default::default(),
             deferred_error: None,
             seed: None,
             on_fetch: None,
@@ -193,6 +200,55 @@ impl TokenSourceBuilder {
         self
     }
 
+    /// Whether the default HTTPS client reads its proxy from the environment when the source
+    /// is built: `HTTPS_PROXY`, else `https_proxy`, `ALL_PROXY`, `all_proxy`, with the hosts
+    /// that bypass it in `NO_PROXY` (else `no_proxy`), as curl reads them. Default `true`.
+    /// `HTTP_PROXY` is not used: plain `http://` token URLs (loopback only) are never
+    /// proxied. See the README's "Egress proxy".
+    #[cfg(feature = "rustls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
+    pub fn proxy_from_env(mut self, enabled: bool) -> Self {
+        self.proxy.from_env = enabled;
+        self
+    }
+
+    /// Sends the default HTTPS client's token requests through this HTTP proxy
+    /// (`http://host:port`, or `http://user:password@host:port` for `Proxy-Authorization:
+    /// Basic`), tunnelled with `CONNECT`: TLS runs end to end, the proxy never sees the
+    /// credentials or the token. The proxy environment variables, `NO_PROXY` included, are
+    /// then not read. Its credentials never appear in `Debug`, logs or errors.
+    ///
+    /// [`build`](Self::build) refuses a URL that is not `http://host:port` (with a port).
+    #[cfg(feature = "rustls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
+    pub fn proxy(mut self, url: impl Into<String>) -> Self {
+        self.proxy.explicit = Some(url.into());
+        self
+    }
+
+    /// Hosts that bypass the proxy, in `NO_PROXY` syntax (comma-separated host names, which
+    /// also match their subdomains, IP addresses, CIDR ranges, or `*`); replaces `NO_PROXY`
+    /// for the proxy from [`proxy`](Self::proxy) or from the environment.
+    #[cfg(feature = "rustls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
+    pub fn no_proxy(mut self, rules: impl Into<String>) -> Self {
+        self.proxy.no_proxy = Some(rules.into());
+        self
+    }
+
+    /// Reads the proxy variables through `lookup` instead of the process environment: for
+    /// tests, which would race on the process environment. Not a stable API.
+    #[doc(hidden)]
+    #[cfg(feature = "rustls")]
+    pub fn proxy_env_lookup(
+        mut self,
+        lookup: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        let lookup: crate::client::EnvLookup = Arc::new(lookup);
+        self.proxy.env = Some(lookup);
+        self
+    }
+
     /// Calls `hook` after every token request with its [`FetchOutcome`]: to feed your own
     /// metrics (fetch count, failures by kind, latency). It runs on the refresher task: keep
     /// it quick. A panic in it is caught and logged.
@@ -253,8 +309,9 @@ impl TokenSourceBuilder {
     ///
     /// [`Error::Config`] when a setting is out of range, the token URL is plain `http://`
     /// (unless [`allow_http_loopback`](Self::allow_http_loopback) and the host is loopback),
-    /// an extra root certificate is invalid, no transport is available, or there is no
-    /// tokio runtime.
+    /// an extra root certificate is invalid, the proxy URL (from the environment or
+    /// [`proxy`](Self::proxy)) is unusable, no transport is available, or there is no tokio
+    /// runtime.
     pub fn build(self) -> Result<TokenSource, Error> {
         if let Some(error) = self.deferred_error {
             return Err(error);
@@ -425,8 +482,10 @@ impl TokenSourceBuilder {
 #[cfg(feature = "rustls")]
 fn default_transport(builder: &TokenSourceBuilder) -> Result<Transport, Error> {
     crate::client::https_transport(
+        builder.endpoint.url(),
         &builder.extra_roots,
         builder.allow_http_loopback,
+        &builder.proxy,
         builder.max_response_bytes,
     )
 }
