@@ -1,8 +1,9 @@
 //! The default token endpoint client: hyper-util over rustls, with the webpki roots and any
 //! extra roots the user adds, through an HTTP `CONNECT` proxy when the environment or the
-//! builder names one (see [`proxy`]). It follows no redirects (hyper-util's client never does).
+//! builder names one (see [`proxy`] and [`tunnel`]). It follows no redirects (hyper-util's client never does).
 
 mod proxy;
+mod tunnel;
 
 pub(crate) use proxy::{EnvLookup, ProxySettings};
 
@@ -68,9 +69,9 @@ pub(crate) fn https_transport(
             .https_only()
             .enable_http1()
             .enable_http2()
-            .wrap_connector(proxy::ProxyConnector::new(proxy));
+            .wrap_connector(tunnel::ProxyConnector::new(proxy));
         let client: Client<_, TokenRequestBody> = client.build(connector);
-        return Ok(erase(client.map_err(proxy::surface), cap));
+        return Ok(erase(client.map_err(tunnel::surface), cap));
     }
     let connector = if allow_http {
         builder.https_or_http()
