@@ -62,6 +62,16 @@ pub(crate) enum Origin {
     Setting,
 }
 
+impl Origin {
+    /// Where to list a host that should bypass this proxy.
+    pub(super) fn exempt_with(self) -> &'static str {
+        match self {
+            Self::Variable(_) => "NO_PROXY",
+            Self::Setting => "TokenSourceBuilder::no_proxy",
+        }
+    }
+}
+
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -256,7 +266,8 @@ mod tests {
         assert!(route(&settings(&[])).is_none());
         assert!(route(&settings(&[("HTTP_PROXY", "http://h:1")])).is_none());
         assert!(route(&settings(&[("http_proxy", "http://h:1")])).is_none());
-        let cases: [(&[(&str, &str)], (&str, &str)); 5] = [
+        type Vars<'a> = &'a [(&'a str, &'a str)];
+        let cases: [(Vars, (&str, &str)); 5] = [
             (
                 &[("HTTPS_PROXY", "http://a:1"), ("https_proxy", "http://b:2")],
                 ("a:1", "HTTPS_PROXY"),

@@ -133,7 +133,8 @@ impl Proxy {
                 "the proxy {address} (from {origin}) requires credentials ({answered}): give them in {origin} as http://user:password@host:port"
             )),
             403 => Error::config(format!(
-                "the proxy {address} (from {origin}) refused to open a tunnel to {target} ({answered}): check that its rules allow CONNECT to this host and port (squid: SSL_ports and http_access; tinyproxy: ConnectPort and Allow), or, if the host should be reached directly, list it in NO_PROXY"
+                "the proxy {address} (from {origin}) refused to open a tunnel to {target} ({answered}): check that its rules allow CONNECT to this host and port (squid: SSL_ports and http_access; tinyproxy: ConnectPort and Allow), or, if the host should be reached directly, list it in {}",
+                origin.exempt_with()
             )),
             400..=499 => Error::config(format!(
                 "the proxy {address} (from {origin}) answered the CONNECT to {target} with {answered}: check that {origin} names an HTTP proxy that accepts CONNECT"
@@ -146,8 +147,11 @@ impl Proxy {
 
     fn unreachable(&self, cause: &str) -> Error {
         self.unavailable(format!(
-            "could not connect to the proxy {} (from {}): {cause}; check that the proxy is running and that {} names it, or, if the token endpoint should be reached directly, list its host in NO_PROXY",
-            self.address, self.origin, self.origin
+            "could not connect to the proxy {} (from {}): {cause}; check that the proxy is running and that {} names it, or, if the token endpoint should be reached directly, list its host in {}",
+            self.address,
+            self.origin,
+            self.origin,
+            self.origin.exempt_with()
         ))
     }
 

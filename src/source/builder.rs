@@ -204,7 +204,8 @@ impl TokenSourceBuilder {
     /// is built: `HTTPS_PROXY`, else `https_proxy`, `ALL_PROXY`, `all_proxy`, with the hosts
     /// that bypass it in `NO_PROXY` (else `no_proxy`), as curl reads them. Default `true`.
     /// `HTTP_PROXY` is not used: plain `http://` token URLs (loopback only) are never
-    /// proxied. See the README's "Egress proxy".
+    /// proxied. None of the proxy settings apply to a [`transport`](Self::transport) of your
+    /// own. See the README's "Egress proxy".
     #[cfg(feature = "rustls")]
     #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
     pub fn proxy_from_env(mut self, enabled: bool) -> Self {
