@@ -164,6 +164,10 @@ impl ProxySettings {
 /// Whether `NO_PROXY`-style `rules` exempt `url`'s host, by hyper-util's reading of them
 /// (curl's: comma-separated hosts, domain suffixes, IP addresses and CIDR ranges, `*`).
 fn bypasses(rules: &str, url: &Uri) -> bool {
+    // curl's `*` matches every host; hyper-util's matches host names but not IP addresses.
+    if rules.split(',').any(|rule| rule.trim() == "*") {
+        return true;
+    }
     // The matcher needs a proxy to answer with; this one is never used.
     Matcher::builder()
         .https("http://0.0.0.0:9")
@@ -320,6 +324,15 @@ mod tests {
         ]);
         let loopback = Uri::from_static("https://127.0.0.1:8443/oauth/token");
         assert!(s.route(&loopback).unwrap().is_none());
+        // `*` exempts every host, IP addresses included (as in curl).
+        let s = settings(&[
+            ("HTTPS_PROXY", "http://p:3128"),
+            ("NO_PROXY", "localhost, *"),
+        ]);
+        assert!(s.route(&loopback).unwrap().is_none());
+        // Host names match whatever their case.
+        let s = settings(&[("HTTPS_PROXY", "http://p:3128"), ("NO_PROXY", "ENTUR.org")]);
+        assert!(route(&s).is_none());
         // No implicit loopback exemption for https://, as in curl.
         let s = settings(&[("HTTPS_PROXY", "http://p:3128")]);
         assert!(s.route(&loopback).unwrap().is_some());
