@@ -53,7 +53,7 @@ where
     let sent = send(&mut echo, &mut cx, request());
     let sent = sent.headers().get(AUTHORIZATION);
     assert_eq!(sent.map(|v| v.to_str().unwrap()), expected, "{name}");
-    assert!(sent.map_or(true, HeaderValue::is_sensitive), "{name}");
+    assert!(sent.is_none_or(HeaderValue::is_sensitive), "{name}");
 
     let svc = ServiceBuilder::new().layer(layer).service(Inner);
     group.bench_function(name, |b| {

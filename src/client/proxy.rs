@@ -200,7 +200,7 @@ pub(super) fn parse(value: &str, origin: Origin) -> Result<Proxy, Error> {
             )))
         }
     }
-    if uri.host().map_or(true, str::is_empty) {
+    if uri.host().is_none_or(str::is_empty) {
         return Err(bad(&format!("it has no host; {FORM}")));
     }
     if uri.port_u16().is_none() {

@@ -112,10 +112,7 @@ fn push(key: SourceKey, probe: Probe, phase: Phase, at: Instant) {
     let mut jobs = lock(watchdog);
     jobs.seq += 1;
     let seq = jobs.seq;
-    let earliest = jobs
-        .heap
-        .peek()
-        .map_or(true, |Reverse(first)| at < first.at);
+    let earliest = jobs.heap.peek().is_none_or(|Reverse(first)| at < first.at);
     jobs.heap.push(Reverse(Job {
         at,
         seq,

@@ -37,7 +37,7 @@ pub struct Window {
 
 impl Window {
     pub fn overlaps(&self, from: Instant, until: Instant) -> bool {
-        self.from <= until && self.until.map_or(true, |end| from <= end)
+        self.from <= until && self.until.is_none_or(|end| from <= end)
     }
 }
 
