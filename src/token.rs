@@ -426,16 +426,31 @@ fn clock_skew_secs(local: SystemTime, issuer: Option<SystemTime>) -> Option<i64>
 }
 
 /// `Bearer <token>`, checked, built once and marked sensitive.
+///
+/// Any token that can stand in a header value as one word is accepted: visible ASCII,
+/// `0x21`–`0x7E`. That is wider than RFC 6750's `b64token` (letters, digits and
+/// `-._~+/=`), because real servers issue tokens outside it: eBay's carry `^` and `#`
+/// (`v^1.1#i^1#p^1#…`), Salesforce's `!` (`00D…!AQ4…`), and an API that accepts them
+/// expects them back byte for byte. Refused: spaces (not legal inside a bearer token, and
+/// a space would split the header into more than `Bearer <token>`), tabs and other control
+/// characters, CR and LF (header injection from a hostile or broken server, or store
+/// entry), DEL, and non-ASCII.
 fn header_for(token: &str) -> Result<HeaderValue, Error> {
     if token.is_empty() {
         return Err(Error::invalid(StatusCode::OK, "access_token is empty"));
     }
-    // RFC 6750 b64token, and what may stand in a header value: a hostile or broken server
-    // (or store entry) cannot smuggle CR/LF or spaces into our requests.
-    if !token.bytes().all(is_b64token_char) {
+    if let Some(bad) = token.bytes().find(|b| !is_token_char(*b)) {
+        let what = match bad {
+            b' ' => "a space",
+            b'\r' | b'\n' => "a line break (CR or LF)",
+            0x80.. => "a non-ASCII character",
+            _ => "a control character",
+        };
         return Err(Error::invalid(
             StatusCode::OK,
-            "access_token has characters not allowed in a bearer token (RFC 6750)",
+            format!(
+                "access_token has {what}, which is not allowed in a bearer token header (only visible ASCII, 0x21-0x7E, is sent)"
+            ),
         ));
     }
     let mut value = BytesMut::with_capacity(7 + token.len());
@@ -450,8 +465,9 @@ fn header_for(token: &str) -> Result<HeaderValue, Error> {
     Ok(header)
 }
 
-fn is_b64token_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/' | b'=')
+/// Visible ASCII: what a bearer token may be made of here (see [`header_for`]).
+fn is_token_char(b: u8) -> bool {
+    b.is_ascii_graphic()
 }
 
 /// The claims this crate reads from a JWT payload. The signature is never checked: that is
@@ -947,9 +963,38 @@ mod tests {
 
     #[test]
     fn bad_characters_are_fetch_errors() {
-        for bad in ["abc\r\nX-Evil: 1", "abc def", "abc\0", "tøken", ""] {
+        for (bad, says) in [
+            ("abc\r\nX-Evil: 1", "line break"),
+            ("abc\n", "line break"),
+            ("abc def", "a space"),
+            (" abc", "a space"),
+            ("abc\t", "control character"),
+            ("abc\0", "control character"),
+            ("abc\x7f", "control character"),
+            ("tøken", "non-ASCII"),
+            ("", "empty"),
+        ] {
             let err = issue(bad, Some(60)).unwrap_err();
             assert!(matches!(err, Error::InvalidResponse { .. }), "{bad:?}");
+            let text = err.to_string();
+            assert!(text.contains(says), "{bad:?}: {text}");
+            assert!(bad.is_empty() || !text.contains(bad), "{text}");
+        }
+    }
+
+    #[test]
+    fn every_visible_ascii_token_is_sent_as_is() {
+        for token in [
+            // eBay (client credentials, "application access token").
+            "v^1.1#i^1#p^1#r^0#I^3#f^0#t^H4sIAAAAAAAAAOVYa2wUVRTebbeltRRjRBSMdjtoIJDZvTO7+5pk1m2h",
+            // Salesforce.
+            "00D5g000004XXXX!AQ4AQM.abc_DEF-123",
+            // Every visible ASCII character.
+            "!\"#$%&'()*+,-./0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[\\]^_`abcdefghijklmnopqrstuvwxyz{|}~",
+        ] {
+            let t = issue(token, Some(60)).unwrap_or_else(|e| panic!("{token}: {e}"));
+            assert_eq!(t.header_value().as_bytes(), format!("Bearer {token}").as_bytes());
+            assert_eq!(t.secret(), token.as_bytes());
         }
     }
 

@@ -1,0 +1,68 @@
+//! What the token endpoint sends back, as real servers send it: tokens outside RFC 6750's
+//! `b64token`, bodies with a byte-order mark, OAuth errors in 200 answers, gateways that
+//! answer with HTML, and the hints that client authentication mismatches deserve. Time is
+//! tokio's paused clock; the endpoint is reached in-process.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use entur_auth::testing::Fault;
+use http::StatusCode;
+
+/// An answer with exactly these headers and body.
+fn respond(status: u16, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Fault {
+    Fault::Respond {
+        status: StatusCode::from_u16(status).unwrap(),
+        headers: headers
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        body: body.into(),
+    }
+}
+
+fn json(status: u16, body: impl Into<String>) -> Fault {
+    respond(
+        status,
+        &[("content-type", "application/json")],
+        Bytes::from(body.into()),
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn tokens_outside_b64token_that_fit_in_a_header_are_sent_as_issued() {
+    for token in [
+        // eBay's client-credentials ("application") tokens.
+        "v^1.1#i^1#p^1#r^0#I^3#f^0#t^H4sIAAAAAAAAAOVYa2wUVRTebbeltRRjRBSMdjtoIJDZvTO7+5pk1m2h",
+        // Salesforce's.
+        "00D5g000004XXXX!AQ4AQMabcDEF.ghi_jkl",
+        // Every other visible ASCII character.
+        r#"!"$%&'()*,:;<>?@[\]`{|}"#,
+    ] {
+        let server = server(Duration::from_secs(60)).await;
+        let body = serde_json::json!({
+            "access_token": token, "token_type": "Bearer", "expires_in": 3600,
+        });
+        server.push_fault(json(200, body.to_string()));
+        let source = source(&server);
+        let issued = source
+            .token()
+            .await
+            .unwrap_or_else(|e| panic!("{token}: {e}"));
+        assert_eq!(
+            issued.header_value().as_bytes(),
+            format!("Bearer {token}").as_bytes()
+        );
+        // And it reaches the API byte for byte.
+        let mut svc = client(&server, &source);
+        let _ = send(&mut svc, api_request(&server, "/a")).await;
+        let sent = server.last_api_request().unwrap();
+        assert_eq!(
+            sent.headers["authorization"].as_bytes(),
+            format!("Bearer {token}").as_bytes()
+        );
+    }
+}
