@@ -207,7 +207,7 @@ pub(crate) fn read_response(response: &RawResponse, secret: &str) -> Result<Gran
             status.as_u16()
         )));
     }
-    let oauth: Option<ErrorBody> = serde_json::from_slice(&response.body).ok();
+    let oauth: Option<ErrorBody> = serde_json::from_slice(json_text(&response.body)).ok();
     let description = |body: &ErrorBody| {
         body.error_description
             .as_deref()
@@ -234,7 +234,7 @@ fn read_success(
     body: &[u8],
     server_date: Option<SystemTime>,
 ) -> Result<Granted, Error> {
-    let parsed: SuccessBody = serde_json::from_slice(body)
+    let parsed: SuccessBody = serde_json::from_slice(json_text(body))
         .map_err(|_| Error::invalid(status, "the body is not a JSON token response"))?;
     let access_token = parsed
         .access_token
@@ -256,6 +256,15 @@ fn read_success(
         scope: parsed.scope,
         server_date,
     })
+}
+
+/// The JSON text of a body: without a leading UTF-8 byte-order mark, which some servers
+/// (.NET-hosted ones) put first and RFC 8259 lets parsers ignore, nor the whitespace around
+/// it.
+fn json_text(body: &[u8]) -> &[u8] {
+    const BOM: &[u8] = b"\xEF\xBB\xBF";
+    let body = body.trim_ascii_start();
+    body.strip_prefix(BOM).unwrap_or(body).trim_ascii()
 }
 
 /// `expires_in`: a JSON number of seconds, or a string holding one (`"3600"`, as some servers
@@ -474,6 +483,28 @@ mod tests {
             assert!(matches!(err, Error::InvalidResponse { .. }), "{body}");
             assert!(err.to_string().contains(what), "{body}: {err}");
         }
+    }
+
+    #[test]
+    fn a_leading_byte_order_mark_is_ignored() {
+        for prefix in ["\u{FEFF}", " \u{FEFF}", "\u{FEFF}\r\n ", "\n\t"] {
+            let body = format!(r#"{prefix}{{"access_token":"abc","expires_in":60}}"#);
+            let ok =
+                read_response(&raw(200, &body), "s").unwrap_or_else(|e| panic!("{prefix:?}: {e}"));
+            assert_eq!(ok.access_token, "abc");
+            let body = format!("{prefix}{{\"error\":\"invalid_client\"}}\r\n");
+            let err = read_response(&raw(401, &body), "s").err().unwrap();
+            assert_eq!(
+                err.oauth_code(),
+                Some(&OAuthErrorCode::InvalidClient),
+                "{prefix:?}"
+            );
+        }
+        // Only one, and only at the start.
+        let err = read_response(&raw(200, "\u{FEFF}\u{FEFF}{}"), "s")
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("not a JSON"), "{err}");
     }
 
     #[test]

@@ -66,3 +66,48 @@ async fn tokens_outside_b64token_that_fit_in_a_header_are_sent_as_issued() {
         );
     }
 }
+
+/// Some .NET-hosted servers start their JSON with a UTF-8 byte-order mark.
+#[tokio::test(start_paused = true)]
+async fn json_bodies_starting_with_a_byte_order_mark_are_read() {
+    const BOM: &[u8] = b"\xEF\xBB\xBF";
+    let server = server(Duration::from_secs(60)).await;
+    let ok = [
+        BOM,
+        br#"{"access_token":"abc.def.ghi","token_type":"Bearer","expires_in":3600}"#,
+        b"\r\n",
+    ]
+    .concat();
+    server.push_fault(respond(
+        200,
+        &[("content-type", "application/json; charset=utf-8")],
+        ok,
+    ));
+    let source = source(&server);
+    let token = source.token().await.expect("the BOM is skipped");
+    assert_eq!(token.header_value(), "Bearer abc.def.ghi");
+    assert_eq!(
+        token.expires_at() - token.issued_at(),
+        Duration::from_secs(3600)
+    );
+
+    // The same for error bodies: the code is read, not "not a JSON token response".
+    let server = common::server(Duration::from_secs(60)).await;
+    let refused = [
+        BOM,
+        br#" {"error":"invalid_client","error_description":"no"}"#,
+    ]
+    .concat();
+    server.push_fault(respond(
+        401,
+        &[("content-type", "application/json")],
+        refused,
+    ));
+    let source = common::source(&server);
+    let error = source.token().await.unwrap_err();
+    assert_eq!(
+        error.oauth_code(),
+        Some(&entur_auth::OAuthErrorCode::InvalidClient),
+        "{error}"
+    );
+}
