@@ -123,13 +123,28 @@ pub enum ClientAuth {
     /// accepts only this.
     #[default]
     Body,
-    /// HTTP Basic: `Authorization: Basic base64(urlencode(id) ":" urlencode(secret))`.
+    /// HTTP Basic: `Authorization: Basic base64(urlencode(id) ":" urlencode(secret))`, the
+    /// id and secret form-urlencoded first, as RFC 6749 section 2.3.1 requires.
     Basic,
+    /// HTTP Basic without that form-urlencoding: `Authorization: Basic base64(id ":"
+    /// secret)`, the id and secret as they are (plain RFC 7617 Basic).
+    ///
+    /// RFC 6749 says the server URL-decodes what [`Basic`](Self::Basic) encodes; some servers
+    /// do not, and then refuse correct credentials that contain characters form-encoding
+    /// changes: anything but ASCII letters, digits and `-` `.` `_` `*` (so `+`, `/`, `=`,
+    /// `:`, `%`, `!`, spaces, non-ASCII). Use this variant for such a server: when
+    /// `invalid_client` comes back with `Basic` although the secret is right, and the id or
+    /// secret has such characters. For credentials made only of the unchanged characters both
+    /// variants send the same header, so it makes no difference there.
+    ///
+    /// A client id containing `:` cannot be sent this way (the first `:` separates id and
+    /// secret): [`TokenSourceBuilder::build`](crate::TokenSourceBuilder::build) refuses it.
+    BasicUnencoded,
 }
 
 /// Where and how to ask for tokens: the token URL, the audience, scope and any extra
-/// parameters (sent on every fetch, refreshes included), the body encoding and the client
-/// authentication method.
+/// parameters (sent on every fetch, refreshes included), the body encoding, the client
+/// authentication method and the `User-Agent` of token requests.
 #[derive(Clone, Debug)]
 pub struct TokenEndpoint {
     url: Uri,
@@ -139,9 +154,14 @@ pub struct TokenEndpoint {
     encoding: BodyEncoding,
     client_auth: ClientAuth,
     reauth_on_408: bool,
+    user_agent: Option<String>,
 }
 
 impl TokenEndpoint {
+    /// The `User-Agent` token requests carry unless [`user_agent`](Self::user_agent) says
+    /// otherwise: `entur-auth/<this crate's version>`.
+    pub const DEFAULT_USER_AGENT: &'static str = concat!("entur-auth/", env!("CARGO_PKG_VERSION"));
+
     /// Entur's partner authorization server for `environment`, with its audience and a JSON
     /// body, as Entur documents.
     pub fn entur(environment: Environment) -> Self {
@@ -163,6 +183,7 @@ impl TokenEndpoint {
             encoding: BodyEncoding::Json,
             client_auth: ClientAuth::Body,
             reauth_on_408: true,
+            user_agent: None,
         }
     }
 
@@ -197,6 +218,7 @@ impl TokenEndpoint {
             encoding: BodyEncoding::Form,
             client_auth: ClientAuth::Body,
             reauth_on_408: false,
+            user_agent: None,
         })
     }
 
@@ -228,6 +250,32 @@ impl TokenEndpoint {
     pub fn client_auth(mut self, client_auth: ClientAuth) -> Self {
         self.client_auth = client_auth;
         self
+    }
+
+    /// Sets the `User-Agent` header of token requests (default
+    /// [`DEFAULT_USER_AGENT`](Self::DEFAULT_USER_AGENT), `entur-auth/<version>`). It replaces
+    /// the whole value; to keep ours, append it:
+    /// `format!("acme-ticketing/2.1 {}", TokenEndpoint::DEFAULT_USER_AGENT)`.
+    ///
+    /// Token requests always carry one, because WAF rule sets and CDNs in front of token
+    /// endpoints block requests without it (the block comes back as a 403 page, not as an
+    /// OAuth error). Set your own when a gateway allows only known agents, or to tell your
+    /// services apart in the authorization server's logs. Only token requests carry it;
+    /// requests to the API keep whatever your client sends.
+    ///
+    /// The value must be printable ASCII without leading or trailing spaces: otherwise
+    /// [`TokenSourceBuilder::build`](crate::TokenSourceBuilder::build) fails with
+    /// [`Error::Config`].
+    pub fn user_agent(mut self, user_agent: impl Into<String>) -> Self {
+        self.user_agent = Some(user_agent.into());
+        self
+    }
+
+    /// The `User-Agent` of token requests; see [`user_agent`](Self::user_agent).
+    pub fn user_agent_value(&self) -> &str {
+        self.user_agent
+            .as_deref()
+            .unwrap_or(Self::DEFAULT_USER_AGENT)
     }
 
     /// Whether an API's `408 Request Timeout` means that the token expired, so that the

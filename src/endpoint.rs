@@ -6,7 +6,9 @@ use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use bytes::Bytes;
-use http::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, DATE, LOCATION, RETRY_AFTER};
+use http::header::{
+    HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, DATE, LOCATION, RETRY_AFTER, USER_AGENT,
+};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use http_body::Body;
 use http_body_util::{BodyExt, Full, Limited};
@@ -70,13 +72,19 @@ where
 #[derive(Clone)]
 pub(crate) struct TokenRequest {
     url: Uri,
+    user_agent: HeaderValue,
     content_type: HeaderValue,
     basic: Option<HeaderValue>,
     body: Bytes,
 }
 
 impl TokenRequest {
-    pub(crate) fn new(endpoint: &TokenEndpoint, credentials: &Credentials) -> Self {
+    /// # Errors
+    ///
+    /// [`Error::Config`] when the credentials cannot be sent the configured way, or the
+    /// `User-Agent` is not a valid header value.
+    pub(crate) fn new(endpoint: &TokenEndpoint, credentials: &Credentials) -> Result<Self, Error> {
+        let user_agent = user_agent(endpoint.user_agent_value())?;
         let mut fields: Vec<(&str, &str)> = vec![("grant_type", "client_credentials")];
         let basic = match endpoint.client_auth_method() {
             ClientAuth::Body => {
@@ -84,7 +92,15 @@ impl TokenRequest {
                 fields.push(("client_secret", credentials.client_secret().expose()));
                 None
             }
-            ClientAuth::Basic => Some(basic_header(credentials)),
+            ClientAuth::Basic => Some(basic_header(credentials, true)),
+            ClientAuth::BasicUnencoded => {
+                if credentials.client_id().contains(':') {
+                    return Err(Error::config(
+                        "the client_id contains ':', which HTTP Basic without form-encoding (ClientAuth::BasicUnencoded) cannot carry: the server would split the id there; use ClientAuth::Basic or ClientAuth::Body",
+                    ));
+                }
+                Some(basic_header(credentials, false))
+            }
         };
         if let Some(audience) = endpoint.audience_value() {
             fields.push(("audience", audience));
@@ -117,12 +133,13 @@ impl TokenRequest {
                 )
             }
         };
-        Self {
+        Ok(Self {
             url: endpoint.url().clone(),
+            user_agent,
             content_type,
             basic,
             body: Bytes::from(body),
-        }
+        })
     }
 
     pub(crate) fn url(&self) -> &Uri {
@@ -136,6 +153,7 @@ impl TokenRequest {
         let headers = request.headers_mut();
         headers.insert(CONTENT_TYPE, self.content_type.clone());
         headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
+        headers.insert(USER_AGENT, self.user_agent.clone());
         if let Some(basic) = &self.basic {
             headers.insert(AUTHORIZATION, basic.clone());
         }
@@ -143,9 +161,31 @@ impl TokenRequest {
     }
 }
 
-/// RFC 6749 section 2.3.1: both parts form-urlencoded, then joined with `:` and base64'd.
-fn basic_header(credentials: &Credentials) -> HeaderValue {
-    let encode = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+/// A `User-Agent` value: printable ASCII (RFC 9110 allows no more in practice), not empty,
+/// no spaces around it.
+fn user_agent(value: &str) -> Result<HeaderValue, Error> {
+    let printable = value.bytes().all(|b| (b' '..=b'~').contains(&b));
+    if !printable || value.trim() != value || value.is_empty() {
+        return Err(Error::config(format!(
+            "user_agent {:?} is not a valid User-Agent header value: use printable ASCII, without line breaks or spaces around it, e.g. \"acme-ticketing/2.1 {}\"",
+            crate::error::sanitize(value, 64),
+            TokenEndpoint::DEFAULT_USER_AGENT
+        )));
+    }
+    HeaderValue::from_str(value)
+        .map_err(|_| Error::config("user_agent is not a valid header value"))
+}
+
+/// `Basic base64(id ":" secret)`. With `form_encode`, RFC 6749 section 2.3.1: both parts
+/// form-urlencoded first; without, as they are (RFC 7617).
+fn basic_header(credentials: &Credentials, form_encode: bool) -> HeaderValue {
+    let encode = |s: &str| {
+        if form_encode {
+            form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>()
+        } else {
+            s.to_owned()
+        }
+    };
     let pair = format!(
         "{}:{}",
         encode(credentials.client_id()),
@@ -359,13 +399,19 @@ mod tests {
     #[tokio::test]
     async fn entur_dev_request_is_the_documented_json_post() {
         let creds = Credentials::new("Q2xpZW50X0lE", "super secret");
-        let req = TokenRequest::new(&TokenEndpoint::entur(Environment::Dev), &creds).to_request();
+        let req = TokenRequest::new(&TokenEndpoint::entur(Environment::Dev), &creds)
+            .unwrap()
+            .to_request();
         assert_eq!(req.method(), Method::POST);
         assert_eq!(
             req.uri().to_string(),
             "https://partner.dev.entur.org/oauth/token"
         );
         assert_eq!(req.headers()[CONTENT_TYPE], "application/json");
+        assert_eq!(
+            req.headers()[USER_AGENT],
+            concat!("entur-auth/", env!("CARGO_PKG_VERSION"))
+        );
         assert!(req.headers().get(AUTHORIZATION).is_none());
         let body: serde_json::Value = serde_json::from_str(&body_of(req).await).unwrap();
         assert_eq!(
@@ -387,7 +433,7 @@ mod tests {
             .scope("read write")
             .param("resource", "urn:x");
         let creds = Credentials::new("id", "a&b=c");
-        let req = TokenRequest::new(&endpoint, &creds).to_request();
+        let req = TokenRequest::new(&endpoint, &creds).unwrap().to_request();
         assert_eq!(
             req.headers()[CONTENT_TYPE],
             "application/x-www-form-urlencoded"
@@ -416,7 +462,7 @@ mod tests {
             .unwrap()
             .client_auth(ClientAuth::Basic);
         let creds = Credentials::new("my client", "p+ss:wörd");
-        let req = TokenRequest::new(&endpoint, &creds).to_request();
+        let req = TokenRequest::new(&endpoint, &creds).unwrap().to_request();
         let header = req.headers()[AUTHORIZATION].clone();
         assert!(header.is_sensitive());
         let encoded = header.to_str().unwrap().strip_prefix("Basic ").unwrap();
@@ -427,6 +473,69 @@ mod tests {
         assert_eq!(decoded, b"my+client:p%2Bss%3Aw%C3%B6rd");
         let body = body_of(req).await;
         assert!(!body.contains("client_secret") && !body.contains("client_id"));
+    }
+
+    #[test]
+    fn the_user_agent_is_configurable_and_checked() {
+        let endpoint = TokenEndpoint::new("https://auth.example.com/token").unwrap();
+        let creds = Credentials::new("id", "s");
+        let ua = |value: &str| {
+            TokenRequest::new(&endpoint.clone().user_agent(value), &creds)
+                .map(|r| r.to_request().headers()[USER_AGENT].clone())
+        };
+        assert_eq!(
+            ua("acme-ticketing/2.1 (+https://acme.example) entur-auth/0.1").unwrap(),
+            "acme-ticketing/2.1 (+https://acme.example) entur-auth/0.1"
+        );
+        for bad in [
+            "",
+            " acme/1",
+            "acme/1 ",
+            "acme\r\nX-Evil: 1",
+            "acme\t1",
+            "äcme/1",
+            "a\x7f",
+        ] {
+            let err = ua(bad).err().unwrap();
+            assert!(matches!(err, Error::Config { .. }), "{bad:?}");
+            assert!(err.to_string().contains("User-Agent"), "{err}");
+            assert!(!err.to_string().contains('\n'), "{err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn basic_unencoded_sends_the_credentials_as_they_are() {
+        let endpoint = TokenEndpoint::new("https://auth.example.com/token")
+            .unwrap()
+            .client_auth(ClientAuth::BasicUnencoded);
+        let creds = Credentials::new("my client", "p+ss:w/rd=%41ö");
+        let req = TokenRequest::new(&endpoint, &creds).unwrap().to_request();
+        let header = req.headers()[AUTHORIZATION].clone();
+        assert!(header.is_sensitive());
+        let expect = base64::engine::general_purpose::STANDARD.encode("my client:p+ss:w/rd=%41ö");
+        assert_eq!(header.to_str().unwrap(), format!("Basic {expect}"));
+        let body = body_of(req).await;
+        assert!(!body.contains("client_secret") && !body.contains("client_id"));
+        // Credentials form-encoding leaves alone: the same header either way.
+        let plain = Credentials::new("client-1.a_b*", "S3cret-._*");
+        let header = |auth| {
+            let endpoint = endpoint.clone().client_auth(auth);
+            TokenRequest::new(&endpoint, &plain)
+                .unwrap()
+                .to_request()
+                .headers()[AUTHORIZATION]
+                .clone()
+        };
+        assert_eq!(
+            header(ClientAuth::Basic),
+            header(ClientAuth::BasicUnencoded)
+        );
+        // A ':' in the id would move the split: refused at build.
+        let err = TokenRequest::new(&endpoint, &Credentials::new("a:b", "s"))
+            .err()
+            .unwrap();
+        assert!(matches!(err, Error::Config { .. }));
+        assert!(err.to_string().contains("ClientAuth::Basic"), "{err}");
     }
 
     #[test]

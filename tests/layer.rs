@@ -117,6 +117,7 @@ async fn form_body_and_basic_auth_are_accepted_by_a_standard_server() {
                 assert!(body.contains("client_secret=p%2Bss%3Aw%C3%B6rd"), "{body}");
                 assert!(req.headers.get(AUTHORIZATION).is_none());
             }
+            other => unreachable!("{other:?} is not in this test"),
         }
         assert!(body.contains("audience"), "audience sent: {body}");
     }

@@ -111,3 +111,85 @@ async fn json_bodies_starting_with_a_byte_order_mark_are_read() {
         "{error}"
     );
 }
+
+/// WAF rule sets and CDNs block requests without a `User-Agent`.
+#[tokio::test(start_paused = true)]
+async fn token_requests_carry_a_user_agent() {
+    let server = server(Duration::from_secs(60)).await;
+    source(&server).prefetch().await.unwrap();
+    let request = server.last_token_request().unwrap();
+    assert_eq!(
+        request.headers["user-agent"],
+        concat!("entur-auth/", env!("CARGO_PKG_VERSION"))
+    );
+    assert_eq!(
+        entur_auth::TokenEndpoint::DEFAULT_USER_AGENT,
+        concat!("entur-auth/", env!("CARGO_PKG_VERSION"))
+    );
+
+    let custom = format!(
+        "acme-ticketing/2.1 {}",
+        entur_auth::TokenEndpoint::DEFAULT_USER_AGENT
+    );
+    let source = entur_auth::TokenSource::builder(
+        server.endpoint().user_agent(custom.clone()),
+        server.credentials(),
+    )
+    .allow_http_loopback(true)
+    .transport(server.token_transport())
+    .build()
+    .unwrap();
+    source.prefetch().await.unwrap();
+    assert_eq!(
+        server.last_token_request().unwrap().headers["user-agent"],
+        custom.as_str()
+    );
+
+    // Not a valid header value: a configuration error at build, not at the first fetch.
+    let error = entur_auth::TokenSource::builder(
+        server.endpoint().user_agent("acme\r\nX-Injected: 1"),
+        server.credentials(),
+    )
+    .allow_http_loopback(true)
+    .transport(server.token_transport())
+    .build()
+    .unwrap_err();
+    assert!(
+        matches!(error, entur_auth::Error::Config { .. }),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("User-Agent"), "{error}");
+}
+
+/// For servers that do not URL-decode Basic credentials: `base64(id ":" secret)` as is.
+#[tokio::test(start_paused = true)]
+async fn basic_unencoded_sends_the_raw_credentials() {
+    use base64::Engine as _;
+    let secret = "p+ss/w=rd:%41";
+    let server = entur_auth::testing::TestServer::builder()
+        .client_secret(secret)
+        .start()
+        .await
+        .unwrap();
+    let source = entur_auth::TokenSource::builder(
+        server
+            .endpoint()
+            .client_auth(entur_auth::ClientAuth::BasicUnencoded),
+        server.credentials(),
+    )
+    .allow_http_loopback(true)
+    .transport(server.token_transport())
+    .build()
+    .unwrap();
+    // The embedded server follows RFC 6749 and decodes '+' to a space: it refuses.
+    let error = source.prefetch().await.unwrap_err();
+    let request = server.last_token_request().unwrap();
+    let raw = base64::engine::general_purpose::STANDARD.encode(format!("test-client:{secret}"));
+    assert_eq!(
+        request.headers["authorization"],
+        format!("Basic {raw}").as_str()
+    );
+    let body = String::from_utf8(request.body.to_vec()).unwrap();
+    assert!(!body.contains("client_secret"), "{body}");
+    assert!(error.is_rejected(), "{error}");
+}

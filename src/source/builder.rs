@@ -310,9 +310,11 @@ impl TokenSourceBuilder {
     ///
     /// [`Error::Config`] when a setting is out of range, the token URL is plain `http://`
     /// (unless [`allow_http_loopback`](Self::allow_http_loopback) and the host is loopback),
-    /// an extra root certificate is invalid, the proxy URL (from the environment or
-    /// [`proxy`](Self::proxy)) is unusable, no transport is available, or there is no tokio
-    /// runtime.
+    /// the [`User-Agent`](TokenEndpoint::user_agent) is not a valid header value, the client
+    /// id cannot be sent with [`ClientAuth::BasicUnencoded`](crate::ClientAuth::BasicUnencoded)
+    /// (it holds a `:`), an extra root certificate is invalid, the proxy URL (from the
+    /// environment or [`proxy`](Self::proxy)) is unusable, no transport is available, or there
+    /// is no tokio runtime.
     pub fn build(self) -> Result<TokenSource, Error> {
         if let Some(error) = self.deferred_error {
             return Err(error);
@@ -325,6 +327,7 @@ impl TokenSourceBuilder {
             )
         })?;
         check_timers()?;
+        let request = TokenRequest::new(&self.endpoint, &self.credentials)?;
         let transport = match self.transport {
             Some(make) => make(self.max_response_bytes),
             None => default_transport(&self)?,
@@ -360,7 +363,7 @@ impl TokenSourceBuilder {
             }),
             generation: AtomicU64::new(0),
             closed: AtomicBool::new(false),
-            request: TokenRequest::new(&self.endpoint, &self.credentials),
+            request,
             credentials: self.credentials,
             transport,
             settings: Settings {
