@@ -64,6 +64,18 @@ pub(crate) fn bearer_error(headers: &HeaderMap) -> Option<String> {
         .find_map(|challenge| challenge.param("error").map(str::to_owned))
 }
 
+/// The auth-schemes of every challenge across the WWW-Authenticate lines of `headers`, in
+/// order, as sent. The token endpoint's answers use them: `Basic` asks for HTTP Basic client
+/// authentication.
+pub(crate) fn schemes(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(parse)
+        .map(|challenge| challenge.scheme)
+}
+
 /// Every challenge in one field value.
 ///
 /// Malformed parts are skipped: the parser resynchronises at the next comma that can start
@@ -315,6 +327,20 @@ mod tests {
 
     fn p<'a>(pairs: &[(&'a str, &str)]) -> Vec<(&'a str, String)> {
         pairs.iter().map(|(n, v)| (*n, v.to_string())).collect()
+    }
+
+    #[test]
+    fn schemes_of_every_line_in_order() {
+        let h = headers(&[
+            r#"Bearer realm="a, b", error="invalid_token""#,
+            "Basic",
+            r#"Negotiate abc==, basic realm="x""#,
+        ]);
+        assert_eq!(
+            schemes(&h).collect::<Vec<_>>(),
+            ["Bearer", "Basic", "Negotiate", "basic"]
+        );
+        assert_eq!(schemes(&HeaderMap::new()).count(), 0);
     }
 
     #[test]

@@ -7,7 +7,8 @@ use std::time::{Duration, SystemTime};
 use base64::Engine as _;
 use bytes::Bytes;
 use http::header::{
-    HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, DATE, LOCATION, RETRY_AFTER, USER_AGENT,
+    HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, DATE, LOCATION, RETRY_AFTER, SERVER,
+    USER_AGENT,
 };
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use http_body::Body;
@@ -72,6 +73,7 @@ where
 #[derive(Clone)]
 pub(crate) struct TokenRequest {
     url: Uri,
+    client_auth: ClientAuth,
     user_agent: HeaderValue,
     content_type: HeaderValue,
     basic: Option<HeaderValue>,
@@ -135,6 +137,7 @@ impl TokenRequest {
         };
         Ok(Self {
             url: endpoint.url().clone(),
+            client_auth: endpoint.client_auth_method(),
             user_agent,
             content_type,
             basic,
@@ -144,6 +147,11 @@ impl TokenRequest {
 
     pub(crate) fn url(&self) -> &Uri {
         &self.url
+    }
+
+    /// How the request authenticates the client.
+    pub(crate) fn client_auth(&self) -> ClientAuth {
+        self.client_auth
     }
 
     pub(crate) fn to_request(&self) -> Request<TokenRequestBody> {
@@ -227,14 +235,39 @@ struct ErrorBody {
 }
 
 /// Reads a token endpoint answer: a token, or the error it means. `secret` is removed from
-/// any text the server sends back, in case a server echoes it.
-pub(crate) fn read_response(response: &RawResponse, secret: &str) -> Result<Granted, Error> {
+/// any text the server sends back, in case a server echoes it; `client_auth`, how the
+/// request authenticated the client, decides the advice a refusal comes with.
+///
+/// - 2xx: a token; an OAuth error body without `access_token` is that error, whatever the
+///   status (some servers answer 200 with `{"error": …}`).
+/// - 3xx: a configuration error; redirects are never followed.
+/// - 408, 429, 5xx: [`Error::Unavailable`].
+/// - Any other 4xx with an OAuth error body: [`Error::Rejected`] with its code.
+/// - `temporarily_unavailable`, `server_error` and `slow_down`, in any status:
+///   [`Error::Unavailable`], retried with backoff: the server says "later", not "no".
+/// - 400, 401, 403 without one: [`Error::Rejected`] with no code when the body is empty or
+///   the answer carries a `WWW-Authenticate` challenge (the server itself refusing), else
+///   [`Error::NotOAuthRefusal`] (an HTML page, other JSON, text: most likely a gateway).
+pub(crate) fn read_response(
+    response: &RawResponse,
+    secret: &str,
+    client_auth: ClientAuth,
+) -> Result<Granted, Error> {
     let status = response.status;
+    let body = json_text(&response.body);
+    let oauth_error = |oauth: ErrorBody| {
+        let retry_after = retry_after(&response.headers, SystemTime::now());
+        oauth_error(response, oauth, secret, client_auth, retry_after)
+    };
     if status.is_success() {
         let server_date = http_date(&response.headers);
-        return read_success(status, &response.body, server_date);
+        return read_success(status, body, server_date).map_err(|not_a_token| {
+            match serde_json::from_slice::<ErrorBody>(body) {
+                Ok(oauth) => oauth_error(oauth),
+                Err(_) => not_a_token,
+            }
+        });
     }
-    let retry_after = retry_after(&response.headers, SystemTime::now());
     if status.is_redirection() {
         let location = response
             .headers
@@ -247,20 +280,48 @@ pub(crate) fn read_response(response: &RawResponse, secret: &str) -> Result<Gran
             status.as_u16()
         )));
     }
-    let oauth: Option<ErrorBody> = serde_json::from_slice(json_text(&response.body)).ok();
-    let description = |body: &ErrorBody| {
-        body.error_description
-            .as_deref()
-            .map(|d| sanitize(&redact(d, secret), 300))
-    };
+    let oauth: Option<ErrorBody> = serde_json::from_slice(body).ok();
     match (status.as_u16(), oauth) {
-        (429 | 408 | 500..=599, _) => Err(Error::unavailable(Some(status), retry_after, None)),
-        (400..=499, Some(body)) => Err(Error::rejected(
-            OAuthErrorCode::parse(&redact(&body.error, secret)),
-            description(&body),
-            status,
-        )),
-        (400 | 401 | 403, None) => Err(Error::rejected(OAuthErrorCode::Unspecified, None, status)),
+        (429 | 408 | 500..=599, oauth) => {
+            let retry_after = retry_after(&response.headers, SystemTime::now());
+            let (code, description) = match oauth {
+                Some(oauth) => (
+                    Some(OAuthErrorCode::parse(&redact(&oauth.error, secret))),
+                    description(&oauth, secret),
+                ),
+                None => (None, None),
+            };
+            Err(Error::Unavailable {
+                status: Some(status),
+                retry_after,
+                cause: None,
+                code,
+                description,
+            })
+        }
+        (400..=499, Some(oauth)) => Err(oauth_error(oauth)),
+        (400 | 401 | 403, None) => {
+            let challenge = challenge_scheme(&response.headers);
+            if challenge.is_some() || body.is_empty() {
+                Err(Error::Rejected {
+                    code: OAuthErrorCode::Unspecified,
+                    description: None,
+                    status,
+                    challenge,
+                    client_auth,
+                })
+            } else {
+                Err(Error::NotOAuthRefusal {
+                    status,
+                    answer: describe_answer(&response.headers, &response.body, secret),
+                    server: response
+                        .headers
+                        .get(SERVER)
+                        .and_then(|v| v.to_str().ok())
+                        .map(|v| sanitize(v, 64)),
+                })
+            }
+        }
         (404 | 405, None) => Err(Error::config(format!(
             "token endpoint answered {}: check the token URL (Entur: https://partner.<env>.entur.org/oauth/token)",
             status.as_u16()
@@ -269,12 +330,107 @@ pub(crate) fn read_response(response: &RawResponse, secret: &str) -> Result<Gran
     }
 }
 
+/// The error an OAuth error body means: [`Error::Unavailable`] for the codes that say
+/// "later", else [`Error::Rejected`].
+fn oauth_error(
+    response: &RawResponse,
+    oauth: ErrorBody,
+    secret: &str,
+    client_auth: ClientAuth,
+    retry_after: Option<Duration>,
+) -> Error {
+    let code = OAuthErrorCode::parse(&redact(&oauth.error, secret));
+    let description = description(&oauth, secret);
+    if code.is_transient() {
+        return Error::Unavailable {
+            status: Some(response.status),
+            retry_after,
+            cause: None,
+            code: Some(code),
+            description,
+        };
+    }
+    Error::Rejected {
+        code,
+        description,
+        status: response.status,
+        challenge: challenge_scheme(&response.headers),
+        client_auth,
+    }
+}
+
+fn description(oauth: &ErrorBody, secret: &str) -> Option<String> {
+    oauth
+        .error_description
+        .as_deref()
+        .map(|d| sanitize(&redact(d, secret), 300))
+}
+
+/// The auth-scheme of the answer's `WWW-Authenticate` challenges that matters: `Basic` when
+/// one of them is, else the first.
+fn challenge_scheme(headers: &HeaderMap) -> Option<String> {
+    let mut first = None;
+    for scheme in crate::challenge::schemes(headers) {
+        if scheme.eq_ignore_ascii_case("basic") {
+            return Some("Basic".to_owned());
+        }
+        first = first.or(Some(scheme));
+    }
+    first.map(|scheme| sanitize(scheme, 32))
+}
+
+/// What a refusal that is not an OAuth error was, in a few words for the error message: an
+/// HTML page and its title, JSON or text and its first words. Shortened, on one line, with
+/// the secret removed.
+fn describe_answer(headers: &HeaderMap, body: &[u8], secret: &str) -> String {
+    let content_type = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| sanitize(v.trim(), 64).to_ascii_lowercase())
+        .unwrap_or_default();
+    let body = json_text(body);
+    let text = String::from_utf8_lossy(body);
+    let excerpt = |text: &str| {
+        let words: Vec<&str> = text.split_whitespace().collect();
+        sanitize(&redact(&words.join(" "), secret), 100)
+    };
+    let markup = text.starts_with('<');
+    if content_type.contains("html") || (markup && !content_type.contains("xml")) {
+        return match html_title(&text).map(excerpt) {
+            Some(title) if !title.is_empty() => format!("an HTML page titled {title:?}"),
+            _ => "an HTML page".to_owned(),
+        };
+    }
+    if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() {
+        return format!(
+            "a JSON body without an OAuth error code ({})",
+            excerpt(&text)
+        );
+    }
+    match content_type.as_str() {
+        "" => format!("a body that is not JSON ({})", excerpt(&text)),
+        kind => format!("a {kind} body ({})", excerpt(&text)),
+    }
+}
+
+/// The text of an HTML page's `<title>`, if it has one.
+fn html_title(html: &str) -> Option<&str> {
+    // ASCII lowercasing keeps every byte offset.
+    let lower = html.to_ascii_lowercase();
+    let open = lower.find("<title")?;
+    let start = open + lower[open..].find('>')? + 1;
+    let end = start + lower[start..].find("</title")?;
+    html.get(start..end)
+}
+
+/// A 2xx answer as a token; `body` is its [`json_text`].
 fn read_success(
     status: StatusCode,
     body: &[u8],
     server_date: Option<SystemTime>,
 ) -> Result<Granted, Error> {
-    let parsed: SuccessBody = serde_json::from_slice(json_text(body))
+    let parsed: SuccessBody = serde_json::from_slice(body)
         .map_err(|_| Error::invalid(status, "the body is not a JSON token response"))?;
     let access_token = parsed
         .access_token
@@ -389,6 +545,11 @@ mod tests {
             headers: HeaderMap::new(),
             body: Bytes::from(body.to_owned()),
         }
+    }
+
+    /// The answer read for a client that sends its secret in the body.
+    fn read_response(response: &RawResponse, secret: &str) -> Result<Granted, Error> {
+        super::read_response(response, secret, ClientAuth::Body)
     }
 
     async fn body_of(req: Request<TokenRequestBody>) -> String {
@@ -672,12 +833,234 @@ mod tests {
             let err = read_response(&raw(401, &body), "s").err().unwrap();
             assert_eq!(err.oauth_code(), Some(&expect));
         }
-        let err = read_response(&raw(403, "<html>"), "s").err().unwrap();
+        // No body: the server refused without saying why.
+        let err = read_response(&raw(403, ""), "s").err().unwrap();
         assert_eq!(err.oauth_code(), Some(&OAuthErrorCode::Unspecified));
+        assert!(err.to_string().contains("no OAuth error code"), "{err}");
         let err = read_response(&raw(503, "{}"), "s").err().unwrap();
         assert!(err.is_transient());
         let err = read_response(&raw(404, ""), "s").err().unwrap();
         assert!(matches!(err, Error::Config { .. }));
+    }
+
+    fn with_headers(mut r: RawResponse, headers: &[(&'static str, &'static str)]) -> RawResponse {
+        for (name, value) in headers {
+            r.headers.append(*name, HeaderValue::from_static(value));
+        }
+        r
+    }
+
+    #[test]
+    fn oauth_errors_are_read_in_any_status() {
+        // In a 200: the code, not "the response has no access_token".
+        let body = r#"{"error":"invalid_client","error_description":"unknown client"}"#;
+        let err = read_response(&raw(200, body), "s").err().unwrap();
+        assert!(
+            matches!(
+                &err,
+                Error::Rejected { code: OAuthErrorCode::InvalidClient, status, description: Some(d), .. }
+                    if *status == StatusCode::OK && d == "unknown client"
+            ),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string()
+                .contains("200 invalid_client: unknown client"),
+            "{err}"
+        );
+        for status in [200, 201, 400, 401] {
+            let err = read_response(&raw(status, r#"{"error":"access_denied"}"#), "s")
+                .err()
+                .unwrap();
+            assert_eq!(
+                err.oauth_code(),
+                Some(&OAuthErrorCode::AccessDenied),
+                "{status}"
+            );
+            assert!(err.is_rejected());
+        }
+        // "Later", not "no": transient, whatever the status, with the code kept.
+        for (status, code, expect) in [
+            (
+                200,
+                "temporarily_unavailable",
+                OAuthErrorCode::TemporarilyUnavailable,
+            ),
+            (400, "slow_down", OAuthErrorCode::SlowDown),
+            (400, "server_error", OAuthErrorCode::ServerError),
+            (
+                503,
+                "temporarily_unavailable",
+                OAuthErrorCode::TemporarilyUnavailable,
+            ),
+        ] {
+            let body = format!(r#"{{"error":"{code}","error_description":"maintenance"}}"#);
+            let mut r = raw(status, &body);
+            r.headers
+                .insert(RETRY_AFTER, HeaderValue::from_static("60"));
+            let err = read_response(&r, "s").err().unwrap();
+            assert!(err.is_transient(), "{status} {code}: {err:?}");
+            assert!(!err.is_rejected());
+            assert_eq!(err.oauth_code(), Some(&expect));
+            assert_eq!(err.retry_after(), Some(Duration::from_secs(60)));
+            let text = err.to_string();
+            assert!(
+                text.contains(&format!("answered {status} {code}: maintenance")),
+                "{text}"
+            );
+        }
+        // A 2xx with a token and an error field: the token.
+        let body = r#"{"access_token":"abc","error":"invalid_client"}"#;
+        assert_eq!(
+            read_response(&raw(200, body), "s").unwrap().access_token,
+            "abc"
+        );
+        // `error` that is not a string is not an OAuth error body.
+        let err = read_response(&raw(200, r#"{"error":{"code":1}}"#), "s")
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("no access_token"), "{err}");
+    }
+
+    #[test]
+    fn refusals_that_are_not_oauth_errors_say_what_they_most_likely_are() {
+        let page = "<!DOCTYPE html>\n<html><head><TITLE>Attention Required! | Cloudflare</TITLE></head><body>Sorry, you have been blocked</body></html>";
+        let r = with_headers(
+            raw(403, page),
+            &[
+                ("content-type", "text/html; charset=UTF-8"),
+                ("server", "cloudflare"),
+            ],
+        );
+        let err = read_response(&r, "s").err().unwrap();
+        assert!(
+            matches!(&err, Error::NotOAuthRefusal { status, answer, server: Some(server) }
+                if *status == StatusCode::FORBIDDEN
+                    && answer == r#"an HTML page titled "Attention Required! | Cloudflare""#
+                    && server == "cloudflare"),
+            "{err:?}"
+        );
+        assert!(!err.is_rejected() && !err.is_transient());
+        assert_eq!(err.oauth_code(), None);
+        let text = err.to_string();
+        for says in [
+            "(or a gateway in front of it) answered 403 with an HTML page",
+            "not an OAuth error",
+            "more likely than bad credentials",
+            "Server: cloudflare",
+        ] {
+            assert!(text.contains(says), "{says}: {text}");
+        }
+        assert!(!text.contains("rejected the credentials"), "{text}");
+
+        // Recognised without a content type, and without a title.
+        let err = read_response(&raw(401, "  <html><body>Forbidden</body></html>"), "s")
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string().contains("answered 401 with an HTML page,"),
+            "{err}"
+        );
+        // JSON that is not an OAuth error (API gateways), and text.
+        let r = with_headers(
+            raw(403, r#"{"message":"Forbidden"}"#),
+            &[("content-type", "application/json")],
+        );
+        let err = read_response(&r, "s").err().unwrap();
+        assert!(matches!(err, Error::NotOAuthRefusal { .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .contains(r#"a JSON body without an OAuth error code ({"message":"Forbidden"})"#),
+            "{err}"
+        );
+        let r = with_headers(
+            raw(400, "Request blocked.\r\nRef: 42 hunter22"),
+            &[("content-type", "text/plain")],
+        );
+        let err = read_response(&r, "hunter22").err().unwrap();
+        let text = err.to_string();
+        assert!(
+            text.contains("a text/plain body (Request blocked. Ref: 42 [redacted])"),
+            "{text}"
+        );
+        assert!(!text.contains("hunter22"), "{text}");
+
+        // A challenge says the server itself refused the client (a servlet container's
+        // Basic authentication, with its HTML error page): rejected credentials.
+        let r = with_headers(
+            raw(401, "<html><title>401</title></html>"),
+            &[
+                ("content-type", "text/html"),
+                ("www-authenticate", r#"Basic realm="oauth2/client""#),
+            ],
+        );
+        let err = read_response(&r, "s").err().unwrap();
+        assert!(
+            matches!(&err, Error::Rejected { code: OAuthErrorCode::Unspecified, challenge: Some(c), .. } if c == "Basic"),
+            "{err:?}"
+        );
+        // And so does an empty body.
+        let err = read_response(&raw(401, " "), "s").err().unwrap();
+        assert!(err.is_rejected(), "{err:?}");
+    }
+
+    #[test]
+    fn client_authentication_mismatches_are_named() {
+        let refusal = |challenge: Option<&'static str>, code: &str, auth: ClientAuth| {
+            let body = format!(r#"{{"error":"{code}"}}"#);
+            let mut r = raw(401, &body);
+            if let Some(challenge) = challenge {
+                r.headers.insert(
+                    http::header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(challenge),
+                );
+            }
+            super::read_response(&r, "s", auth).err().unwrap()
+        };
+        // Cognito, Spring Authorization Server: the secret was sent in the body to a client
+        // registered for client_secret_basic.
+        let err = refusal(
+            Some(r#"Basic realm="cognito""#),
+            "invalid_client",
+            ClientAuth::Body,
+        );
+        assert!(
+            matches!(&err, Error::Rejected { challenge: Some(c), client_auth: ClientAuth::Body, .. } if c == "Basic"),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(text.contains("WWW-Authenticate: Basic"), "{text}");
+        assert!(text.contains("client_auth(ClientAuth::Basic)"), "{text}");
+        // Among other challenges, in any case.
+        let err = refusal(
+            Some(r#"Bearer realm="x", basic realm="y""#),
+            "invalid_client",
+            ClientAuth::Body,
+        );
+        assert!(
+            err.to_string().contains("client_auth(ClientAuth::Basic)"),
+            "{err}"
+        );
+        // Already Basic: the encoding, or the body.
+        for challenge in [Some("Basic"), None] {
+            let text = refusal(challenge, "invalid_client", ClientAuth::Basic).to_string();
+            assert!(
+                text.contains("ClientAuth::BasicUnencoded") && text.contains("ClientAuth::Body"),
+                "{text}"
+            );
+        }
+        let text = refusal(Some("Basic"), "invalid_client", ClientAuth::BasicUnencoded).to_string();
+        assert!(
+            text.contains("(ClientAuth::Basic)") && text.contains("ClientAuth::Body"),
+            "{text}"
+        );
+        // No challenge, secret in the body: the plain advice.
+        let text = refusal(None, "invalid_client", ClientAuth::Body).to_string();
+        assert!(text.contains("check client_id and client_secret"), "{text}");
+        assert!(!text.contains("ClientAuth"), "{text}");
+        // Other codes keep their own advice when nothing points at client authentication.
+        let text = refusal(None, "invalid_scope", ClientAuth::Basic).to_string();
+        assert!(text.contains("check the requested scope"), "{text}");
     }
 
     #[test]

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use http::StatusCode;
 
+use crate::config::ClientAuth;
+
 /// The error type tower services use: what the inner service or this crate failed with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -28,18 +30,28 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum Error {
-    /// The authorization server refused the credentials or the grant (RFC 6749 section 5.2).
+    /// The authorization server refused the credentials or the grant (RFC 6749 section 5.2):
+    /// an OAuth2 error answer (in any status, 200 included), or a 400, 401 or 403 with an
+    /// empty body or an HTTP authentication challenge.
     #[non_exhaustive]
     Rejected {
-        /// The OAuth2 error code, e.g. [`OAuthErrorCode::InvalidClient`].
+        /// The OAuth2 error code, e.g. [`OAuthErrorCode::InvalidClient`];
+        /// [`OAuthErrorCode::Unspecified`] when the answer carried none.
         code: OAuthErrorCode,
         /// The server's `error_description`, shortened and with control characters removed.
         description: Option<String>,
         /// The HTTP status of the answer.
         status: StatusCode,
+        /// The auth-scheme of the answer's `WWW-Authenticate` challenge (`Basic` when one of
+        /// them is), if it had one: a server that answers `Basic` asks for HTTP Basic client
+        /// authentication.
+        challenge: Option<String>,
+        /// How the refused request authenticated the client.
+        client_auth: ClientAuth,
     },
     /// The token endpoint could not be reached or answered with a temporary failure
-    /// (connection error, 5xx, 429).
+    /// (connection error, 5xx, 429, or the OAuth2 errors `temporarily_unavailable`,
+    /// `server_error` and `slow_down` in any status).
     #[non_exhaustive]
     Unavailable {
         /// The HTTP status, when the server answered.
@@ -48,6 +60,25 @@ pub enum Error {
         retry_after: Option<Duration>,
         /// The underlying transport error, when there was one.
         cause: Option<Arc<dyn std::error::Error + Send + Sync>>,
+        /// The OAuth2 error code, when the answer carried one.
+        code: Option<OAuthErrorCode>,
+        /// The server's `error_description`, shortened and with control characters removed.
+        description: Option<String>,
+    },
+    /// The token endpoint, or more likely a gateway in front of it (a WAF, CDN or proxy),
+    /// refused the request (400, 401 or 403) with something that is not an OAuth2 error: an
+    /// HTML page, JSON without an `error` code, plain text. Not a verdict on the credentials:
+    /// a blocked request, or a token URL that does not point at the token endpoint, is more
+    /// likely. Retried on the slow schedule, like rejected credentials.
+    #[non_exhaustive]
+    NotOAuthRefusal {
+        /// The HTTP status of the answer.
+        status: StatusCode,
+        /// What the answer was, e.g. `an HTML page titled "Attention Required! | Cloudflare"`:
+        /// shortened, with control characters and the client secret removed.
+        answer: String,
+        /// The answer's `Server` header (e.g. `cloudflare`, `awselb/2.0`), shortened.
+        server: Option<String>,
     },
     /// The token endpoint did not answer within the fetch timeout.
     #[non_exhaustive]
@@ -145,6 +176,14 @@ pub enum OAuthErrorCode {
     InvalidRequest,
     /// `unsupported_grant_type`: the server does not offer the client credentials grant.
     UnsupportedGrantType,
+    /// `temporarily_unavailable`: the server is overloaded or down for maintenance; an
+    /// [`Error::Unavailable`], retried with backoff.
+    TemporarilyUnavailable,
+    /// `server_error`: the server failed; an [`Error::Unavailable`], retried with backoff.
+    ServerError,
+    /// `slow_down` (RFC 8628): asked to make requests less often; an [`Error::Unavailable`],
+    /// retried with backoff.
+    SlowDown,
     /// The server refused (400, 401 or 403) without a recognised error body.
     Unspecified,
     /// Another code, as the server sent it (shortened, control characters removed).
@@ -161,8 +200,20 @@ impl OAuthErrorCode {
             "invalid_scope" => Self::InvalidScope,
             "invalid_request" => Self::InvalidRequest,
             "unsupported_grant_type" => Self::UnsupportedGrantType,
+            "temporarily_unavailable" => Self::TemporarilyUnavailable,
+            "server_error" => Self::ServerError,
+            "slow_down" => Self::SlowDown,
             other => Self::Other(sanitize(other, 64)),
         }
+    }
+
+    /// Whether the code says "try again later" rather than "no": those answers are
+    /// [`Error::Unavailable`], retried with backoff, in whatever status they come.
+    pub(crate) fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Self::TemporarilyUnavailable | Self::ServerError | Self::SlowDown
+        )
     }
 
     /// The code as the server spells it.
@@ -175,6 +226,9 @@ impl OAuthErrorCode {
             Self::InvalidScope => "invalid_scope",
             Self::InvalidRequest => "invalid_request",
             Self::UnsupportedGrantType => "unsupported_grant_type",
+            Self::TemporarilyUnavailable => "temporarily_unavailable",
+            Self::ServerError => "server_error",
+            Self::SlowDown => "slow_down",
             Self::Unspecified => "unspecified",
             Self::Other(code) => code,
         }
@@ -197,7 +251,34 @@ impl OAuthErrorCode {
                 "check the request encoding (JSON or form) and client authentication (body or Basic) the server expects"
             }
             Self::UnsupportedGrantType => "this server does not offer the client credentials grant",
-            Self::Unspecified | Self::Other(_) => "check client_id, client_secret and audience",
+            Self::TemporarilyUnavailable | Self::ServerError | Self::SlowDown => {
+                "the token endpoint asks to try again later; retrying with backoff"
+            }
+            Self::Unspecified => {
+                "check client_id, client_secret and audience; if they are right, a gateway in front of the token endpoint may have refused the request"
+            }
+            Self::Other(_) => "check client_id, client_secret and audience",
+        }
+    }
+
+    /// What to do about this code, given the answer's `WWW-Authenticate` auth-scheme and how
+    /// the client authenticated: a server that answers `Basic` to a secret sent in the body
+    /// wants HTTP Basic; one that refuses Basic credentials may not decode them as RFC 6749
+    /// says, or may want them in the body.
+    fn advice_for(&self, challenge: Option<&str>, client_auth: ClientAuth) -> &'static str {
+        let asks_basic = challenge.is_some_and(|scheme| scheme.eq_ignore_ascii_case("basic"));
+        let client_refused = asks_basic || matches!(self, Self::InvalidClient | Self::Unspecified);
+        match client_auth {
+            ClientAuth::Body if asks_basic => {
+                "the token endpoint asks for HTTP Basic client authentication (WWW-Authenticate: Basic) but this client sent its secret in the request body: set TokenEndpoint::client_auth(ClientAuth::Basic) (Amazon Cognito and Spring Authorization Server, for instance, refuse body secrets from clients registered for client_secret_basic); if it is still refused, check client_id and client_secret"
+            }
+            ClientAuth::Basic if client_refused => {
+                "check client_id and client_secret; if they are right, the server may not URL-decode HTTP Basic credentials as RFC 6749 section 2.3.1 requires: when the id or secret has characters other than letters, digits and - . _ *, try ClientAuth::BasicUnencoded; or the server may want them in the body (ClientAuth::Body)"
+            }
+            ClientAuth::BasicUnencoded if client_refused => {
+                "check client_id and client_secret; if they are right, the server may URL-decode HTTP Basic credentials as RFC 6749 section 2.3.1 says (ClientAuth::Basic), or want them in the body (ClientAuth::Body)"
+            }
+            _ => self.advice(),
         }
     }
 }
@@ -243,9 +324,13 @@ impl Error {
             status,
             retry_after,
             cause,
+            code: None,
+            description: None,
         }
     }
 
+    /// A refusal of a client that sent its secret in the body, without a challenge.
+    #[cfg(test)]
     pub(crate) fn rejected(
         code: OAuthErrorCode,
         description: Option<String>,
@@ -255,6 +340,8 @@ impl Error {
             code,
             description,
             status,
+            challenge: None,
+            client_auth: ClientAuth::Body,
         }
     }
 
@@ -270,10 +357,12 @@ impl Error {
         matches!(self, Self::Rejected { .. })
     }
 
-    /// The OAuth2 error code, for [`Error::Rejected`].
+    /// The OAuth2 error code, for [`Error::Rejected`], and for [`Error::Unavailable`] when
+    /// the answer carried one (`temporarily_unavailable`, say).
     pub fn oauth_code(&self) -> Option<&OAuthErrorCode> {
         match self {
             Self::Rejected { code, .. } => Some(code),
+            Self::Unavailable { code, .. } => code.as_ref(),
             _ => None,
         }
     }
@@ -294,29 +383,70 @@ impl fmt::Display for Error {
                 code,
                 description,
                 status,
+                challenge,
+                client_auth,
             } => {
                 write!(
                     f,
-                    "token endpoint rejected the credentials ({} {code}",
+                    "token endpoint rejected the credentials ({}",
                     status.as_u16()
                 )?;
+                match code {
+                    OAuthErrorCode::Unspecified => f.write_str(", no OAuth error code")?,
+                    code => write!(f, " {code}")?,
+                }
                 if let Some(description) = description {
                     write!(f, ": {description}")?;
                 }
-                write!(f, "): {}", code.advice())
+                if let Some(scheme) = challenge {
+                    write!(f, "; WWW-Authenticate: {scheme}")?;
+                }
+                write!(
+                    f,
+                    "): {}",
+                    code.advice_for(challenge.as_deref(), *client_auth)
+                )
+            }
+            Self::NotOAuthRefusal {
+                status,
+                answer,
+                server,
+            } => {
+                write!(
+                    f,
+                    "the token endpoint (or a gateway in front of it) answered {} with {answer}",
+                    status.as_u16()
+                )?;
+                if let Some(server) = server {
+                    write!(f, " (Server: {server})")?;
+                }
+                f.write_str(
+                    ", not an OAuth error: a WAF, CDN, proxy or wrong URL is more likely than bad credentials; check the token URL, and whether a gateway in front of the token endpoint blocks requests from this host or client (it sees the User-Agent set with TokenEndpoint::user_agent); retrying on the slow schedule",
+                )
             }
             Self::Unavailable {
                 status,
                 retry_after,
                 cause,
+                code,
+                description,
             } => {
                 match status {
                     Some(status) => write!(
                         f,
-                        "token endpoint unavailable (answered {})",
+                        "token endpoint unavailable (answered {}",
                         status.as_u16()
                     )?,
                     None => f.write_str("token endpoint unreachable")?,
+                }
+                if status.is_some() {
+                    if let Some(code) = code {
+                        write!(f, " {code}")?;
+                    }
+                    if let Some(description) = description {
+                        write!(f, ": {description}")?;
+                    }
+                    f.write_str(")")?;
                 }
                 let cause = cause.as_ref().map(|c| innermost(c.as_ref()));
                 if let Some(cause) = &cause {
@@ -476,6 +606,9 @@ mod tests {
             "invalid_scope",
             "invalid_request",
             "unsupported_grant_type",
+            "temporarily_unavailable",
+            "server_error",
+            "slow_down",
         ] {
             let parsed = OAuthErrorCode::parse(code);
             assert!(!matches!(parsed, OAuthErrorCode::Other(_)), "{code}");

@@ -125,7 +125,7 @@ pub mod __fuzz {
             headers,
             body: Bytes::copy_from_slice(body),
         };
-        let granted = read_response(&raw, "fuzz-secret")?;
+        let granted = read_response(&raw, "fuzz-secret", crate::ClientAuth::Body)?;
         let sent_at = tokio::time::Instant::now();
         let issued = Issued {
             access_token: &granted.access_token,

@@ -209,6 +209,62 @@ async fn ok_without_access_token() {
     assert_invalid(&o, "no access_token");
 }
 
+/// Some servers answer 200 with an OAuth error body: its code is kept.
+#[tokio::test(start_paused = true)]
+async fn ok_with_an_oauth_error() {
+    let o = refresh_fails(json(
+        200,
+        r#"{"error":"unauthorized_client","error_description":"client disabled"}"#,
+    ))
+    .await;
+    assert_slow(&o);
+    assert!(
+        matches!(&o.error, Error::Rejected { code: entur_auth::OAuthErrorCode::UnauthorizedClient, status, .. } if *status == StatusCode::OK),
+        "{:?}",
+        o.error
+    );
+    assert!(
+        o.error.to_string().contains("client disabled"),
+        "{}",
+        o.error
+    );
+    // "Later" in a 200 is transient: the fast schedule.
+    let o = refresh_fails(json(200, r#"{"error":"temporarily_unavailable"}"#)).await;
+    assert_backoff(&o);
+    assert_eq!(
+        o.error.oauth_code(),
+        Some(&entur_auth::OAuthErrorCode::TemporarilyUnavailable)
+    );
+}
+
+/// A WAF's or CDN's block page is not a verdict on the credentials, and is not transient
+/// either (retrying fast would hammer a gateway that blocks on purpose): the slow schedule.
+#[tokio::test(start_paused = true)]
+async fn html_refusal_from_a_gateway() {
+    let o = refresh_fails(Fault::Respond {
+        status: StatusCode::FORBIDDEN,
+        headers: vec![
+            ("content-type".into(), "text/html".into()),
+            ("server".into(), "awselb/2.0".into()),
+        ],
+        body: Bytes::from_static(b"<html><head><title>403 Forbidden</title></head></html>"),
+    })
+    .await;
+    assert_slow(&o);
+    assert!(
+        matches!(o.error, Error::NotOAuthRefusal { .. }),
+        "{:?}",
+        o.error
+    );
+    assert!(!o.error.is_rejected());
+    let text = o.error.to_string();
+    assert!(
+        text.contains("answered 403 with an HTML page titled \"403 Forbidden\" (Server: awselb/2.0), not an OAuth error"),
+        "{text}"
+    );
+    assert!(text.contains("more likely than bad credentials"), "{text}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn token_type_other_than_bearer() {
     let o = refresh_fails(json(
@@ -362,6 +418,8 @@ async fn a_token_unusable_on_arrival_is_a_failed_fetch_not_a_fetch_loop() {
     server.set_sticky_fault(Some(Fault::Delay(Duration::from_millis(6005))));
     let source = server
         .source_builder()
+        // Seeded: with unlucky jitter, six 6-second attempts fit in five minutes.
+        .jitter_seed(5)
         .fetch_timeout(Duration::from_secs(7))
         .build()
         .unwrap();

@@ -191,5 +191,78 @@ async fn basic_unencoded_sends_the_raw_credentials() {
     );
     let body = String::from_utf8(request.body.to_vec()).unwrap();
     assert!(!body.contains("client_secret"), "{body}");
+    // It answered invalid_client with a Basic challenge: the hint names the encoding.
     assert!(error.is_rejected(), "{error}");
+    assert!(error.to_string().contains("(ClientAuth::Basic)"), "{error}");
+}
+
+/// Amazon Cognito and Spring Authorization Server refuse a secret sent in the body by a
+/// client registered for `client_secret_basic`, with `invalid_client` and a Basic challenge.
+#[tokio::test(start_paused = true)]
+async fn a_basic_challenge_to_a_body_secret_says_to_use_basic() {
+    let server = server(Duration::from_secs(60)).await;
+    server.push_fault(respond(
+        400,
+        &[
+            ("content-type", "application/json"),
+            ("www-authenticate", r#"Basic realm="cognito-idp""#),
+        ],
+        r#"{"error":"invalid_client"}"#,
+    ));
+    let error = source(&server).token().await.unwrap_err();
+    assert!(error.is_rejected(), "{error:?}");
+    let text = error.to_string();
+    assert!(text.contains("WWW-Authenticate: Basic"), "{text}");
+    assert!(
+        text.contains("TokenEndpoint::client_auth(ClientAuth::Basic)"),
+        "{text}"
+    );
+    assert!(!text.contains(server.client_secret()), "{text}");
+    // And switching does fix it against a server that accepts Basic.
+    let source = entur_auth::TokenSource::builder(
+        server.endpoint().client_auth(entur_auth::ClientAuth::Basic),
+        server.credentials(),
+    )
+    .allow_http_loopback(true)
+    .transport(server.token_transport())
+    .build()
+    .unwrap();
+    source.prefetch().await.unwrap();
+}
+
+/// Claims are read one by one with no cap on the payload but the response's: a 20 KiB
+/// payload with a `scope` array and `exp` 60 s ahead, no `expires_in`: a ~60 s token.
+#[tokio::test(start_paused = true)]
+async fn a_large_jwt_without_expires_in_lives_until_its_exp() {
+    use base64::Engine as _;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let roles: Vec<String> = (0..1700).map(|i| format!("role-{i:05}")).collect();
+    let payload = serde_json::json!({
+        "sub": "client@clients",
+        "scope": ["read", "write"],
+        "roles": roles,
+        "exp": now + 60,
+    })
+    .to_string();
+    assert!(payload.len() > 20 * 1024, "{}", payload.len());
+    let enc = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let token = format!(
+        "{}.{}.c2ln",
+        enc.encode(r#"{"alg":"RS256"}"#),
+        enc.encode(&payload)
+    );
+    let server = server(Duration::from_secs(60)).await;
+    let body = serde_json::json!({ "access_token": token, "token_type": "Bearer" });
+    server.push_fault(json(200, body.to_string()));
+    let token = source(&server).token().await.unwrap();
+    let lifetime = token.expires_at() - token.issued_at();
+    // exp is whole seconds on the wall clock: 59 to 60 s.
+    assert!(
+        (Duration::from_secs(59)..=Duration::from_secs(60)).contains(&lifetime),
+        "{lifetime:?}"
+    );
+    assert_eq!(token.scope(), Some("read write"));
 }

@@ -74,8 +74,11 @@ impl Shared {
                 Ok(Err(e)) => return Err(endpoint::transport_error(e)),
                 Ok(Ok(response)) => response,
             };
-        let granted =
-            endpoint::read_response(&response, self.credentials.client_secret().expose())?;
+        let granted = endpoint::read_response(
+            &response,
+            self.credentials.client_secret().expose(),
+            self.request.client_auth(),
+        )?;
         let issued = Issued {
             access_token: &granted.access_token,
             expires_in: granted.expires_in,
