@@ -65,7 +65,9 @@ async fn run() -> Result<(), BoxError> {
     let source = TokenSource::builder(upstream_server.endpoint(), upstream_server.credentials())
         .allow_http_loopback(true) // plain http only because the server is on 127.0.0.1
         .build()?;
-    source.prefetch().await?; // fail at startup, not on the first user, if credentials are bad
+    // Fail at startup, not on the first user, if credentials are bad; ride out an
+    // authorization server that is not reachable yet for up to 30 s.
+    source.ready(Duration::from_secs(30)).await?;
 
     let http = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let upstream = ServiceBuilder::new()

@@ -155,7 +155,8 @@ async fn against_entur() -> Result<(), BoxError> {
         "Authenticating against Entur {environment} ({})…",
         environment.partner_token_url()
     );
-    source.prefetch().await?;
+    // Waits through transient failures for up to 30 s; fails at once on bad credentials.
+    source.ready(Duration::from_secs(30)).await?;
     println!("Token fetched; calling {url}");
 
     let https = hyper_rustls::HttpsConnectorBuilder::new()

@@ -86,6 +86,16 @@ pub enum Error {
         /// The fetch timeout that elapsed.
         after: Duration,
     },
+    /// [`TokenSource::ready`](crate::TokenSource::ready) waited its whole deadline without
+    /// a token, through transient failures only (unreachable, timeouts, 5xx, 429), or while
+    /// the first token request was still unanswered.
+    #[non_exhaustive]
+    NotReady {
+        /// The deadline that passed.
+        waited: Duration,
+        /// The last transient failure, if an attempt failed by then.
+        last_error: Option<Box<Error>>,
+    },
     /// The token endpoint answered, but not with a usable token.
     #[non_exhaustive]
     InvalidResponse {
@@ -348,8 +358,13 @@ impl Error {
     /// `true` when retrying soon may succeed: the token endpoint was unreachable, overloaded
     /// or too slow. Rejected credentials, invalid responses and configuration errors are not
     /// transient; this crate retries them only on a slow schedule.
+    ///
+    /// [`Error::NotReady`] is transient too: it is made of transient failures.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Unavailable { .. } | Self::Timeout { .. })
+        matches!(
+            self,
+            Self::Unavailable { .. } | Self::Timeout { .. } | Self::NotReady { .. }
+        )
     }
 
     /// `true` when the authorization server refused the credentials or the grant.
@@ -371,6 +386,10 @@ impl Error {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::Unavailable { retry_after, .. } => *retry_after,
+            Self::NotReady {
+                last_error: Some(last),
+                ..
+            } => last.retry_after(),
             _ => None,
         }
     }
@@ -467,6 +486,17 @@ impl fmt::Display for Error {
                 "token endpoint did not answer within {} ms; retrying with backoff: check network access to the token URL, or raise the fetch timeout",
                 after.as_millis()
             ),
+            Self::NotReady { waited, last_error } => {
+                write!(
+                    f,
+                    "no access token within the {} startup deadline of TokenSource::ready: ",
+                    seconds(*waited)
+                )?;
+                match last_error {
+                    Some(last) => write!(f, "the token endpoint kept failing transiently; the last attempt: {last}"),
+                    None => f.write_str("the first token request was still unanswered; check network access to the token URL, or give ready() a longer deadline than the fetch timeout"),
+                }
+            }
             Self::InvalidResponse { status, reason } => write!(
                 f,
                 "token endpoint answered {} but not with a usable token: {reason}; check that the token URL points at an OAuth2 token endpoint",
@@ -517,6 +547,10 @@ impl std::error::Error for Error {
             Self::Unavailable {
                 cause: Some(cause), ..
             } => Some(cause.as_ref()),
+            Self::NotReady {
+                last_error: Some(last),
+                ..
+            } => Some(last.as_ref()),
             _ => None,
         }
     }
@@ -566,6 +600,15 @@ fn unauthorized(
         _ => f.write_str(
             "; a new token is being fetched, but this request was not replayed (no replay layer around EnturAuth): send it again, or build the stack with EnturAuthLayer::with_replay()",
         ),
+    }
+}
+
+/// A duration for a message: whole seconds when it is whole ("30 s"), else milliseconds.
+fn seconds(duration: Duration) -> String {
+    if duration.subsec_nanos() == 0 {
+        format!("{} s", duration.as_secs())
+    } else {
+        format!("{} ms", duration.as_millis())
     }
 }
 

@@ -240,6 +240,116 @@ async fn prefetch_reports_bad_credentials_at_startup() {
     assert_eq!(error.oauth_code(), Some(&OAuthErrorCode::InvalidClient));
 }
 
+/// A pod starting: the token endpoint (or DNS, or a sidecar) is not reachable for the
+/// first attempts. `prefetch` fails on the first; `ready` waits through the source's own
+/// retries.
+#[tokio::test(start_paused = true)]
+async fn ready_waits_through_transient_failures_at_startup() {
+    for first in [
+        Fault::Refuse,
+        Fault::status(StatusCode::SERVICE_UNAVAILABLE),
+    ] {
+        let server = server(Duration::from_secs(3600)).await;
+        let source = source(&server);
+        for _ in 0..3 {
+            server.push_fault(first.clone());
+        }
+        let started = tokio::time::Instant::now();
+        source
+            .ready(Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|e| panic!("{first:?}: {e}"));
+        assert!(source.current().is_some());
+        // 3 failures and the success, on the source's backoff (0.5 s doubling, jittered):
+        // no requests of ready()'s own, and no waiting beyond the success.
+        assert_eq!(server.token_requests(), 4, "{first:?}");
+        let took = started.elapsed();
+        assert!(
+            (Duration::from_millis(1500)..Duration::from_secs(4)).contains(&took),
+            "{first:?}: {took:?}"
+        );
+        // The same start with prefetch fails on the first refusal.
+        let server = common::server(Duration::from_secs(3600)).await;
+        server.push_fault(first.clone());
+        let error = common::source(&server).prefetch().await.unwrap_err();
+        assert!(error.is_transient(), "{error}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn ready_fails_at_once_on_rejected_credentials() {
+    let server = server(Duration::from_secs(3600)).await;
+    server.set_sticky_fault(Some(Fault::oauth_error(
+        StatusCode::UNAUTHORIZED,
+        "invalid_client",
+    )));
+    let source = source(&server);
+    let started = tokio::time::Instant::now();
+    let error = source.ready(Duration::from_secs(30)).await.unwrap_err();
+    assert_eq!(started.elapsed(), Duration::ZERO);
+    assert_eq!(error.oauth_code(), Some(&OAuthErrorCode::InvalidClient));
+    assert_eq!(server.token_requests(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn ready_gives_up_at_its_deadline_with_the_last_transient_error() {
+    let server = server(Duration::from_secs(3600)).await;
+    server.set_sticky_fault(Some(Fault::status(StatusCode::SERVICE_UNAVAILABLE)));
+    let source = source(&server);
+    let started = tokio::time::Instant::now();
+    let error = source.ready(Duration::from_secs(30)).await.unwrap_err();
+    assert_eq!(started.elapsed(), Duration::from_secs(30));
+    let Error::NotReady {
+        waited,
+        last_error: Some(last),
+        ..
+    } = &error
+    else {
+        panic!("{error:?}")
+    };
+    assert_eq!(*waited, Duration::from_secs(30));
+    assert!(
+        matches!(**last, Error::Unavailable { status: Some(s), .. } if s == StatusCode::SERVICE_UNAVAILABLE),
+        "{last:?}"
+    );
+    assert!(error.is_transient());
+    let text = error.to_string();
+    assert!(text.contains("within the 30 s startup deadline"), "{text}");
+    assert!(text.contains("answered 503"), "{text}");
+    // It waited on the source's backoff (0.5 s doubling to 30 s): a handful of attempts.
+    let attempts = server.token_requests();
+    assert!((3..=8).contains(&attempts), "{attempts}");
+    // The source carries on: once the endpoint is back, the token comes.
+    server.set_sticky_fault(None);
+    source.ready(Duration::from_secs(60)).await.unwrap();
+
+    // Still unanswered at the deadline: no last error, and the message says so.
+    let server = common::server(Duration::from_secs(3600)).await;
+    server.set_sticky_fault(Some(Fault::Hang));
+    let source = common::source(&server);
+    let error = source.ready(Duration::from_secs(5)).await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            Error::NotReady {
+                last_error: None,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("still unanswered"), "{error}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn ready_returns_at_once_with_a_token() {
+    let server = server(Duration::from_secs(3600)).await;
+    let source = source(&server);
+    source.prefetch().await.unwrap();
+    source.ready(Duration::ZERO).await.unwrap();
+    assert_eq!(server.token_requests(), 1);
+}
+
 #[tokio::test(start_paused = true)]
 async fn dropping_every_handle_ends_the_background_task() {
     let server = server(Duration::from_secs(3600)).await;

@@ -304,7 +304,7 @@ impl TokenSourceBuilder {
     }
 
     /// Builds the source and starts its background task on the current tokio runtime. No
-    /// token is fetched until one is needed (or [`TokenSource::prefetch`] is called).
+    /// token is fetched until one is needed (or [`TokenSource::ready`] is called).
     ///
     /// # Errors
     ///

@@ -7,8 +7,9 @@
 //! # async fn run() -> Result<(), entur_auth::Error> {
 //! let source = TokenSource::builder(TokenEndpoint::entur(Environment::Dev), Credentials::from_env()?)
 //!     .build()?;
-//! // Optional: fail at startup on bad credentials instead of on the first request.
-//! source.prefetch().await?;
+//! // Optional: fail at startup on bad credentials instead of on the first request, riding
+//! // out a token endpoint (or DNS, or sidecar) that is not reachable yet for up to 30 s.
+//! source.ready(std::time::Duration::from_secs(30)).await?;
 //! # Ok(()) }
 //! ```
 //!
@@ -197,14 +198,42 @@ impl TokenSource {
         self.handle.shared.token().await
     }
 
-    /// Fetches a token now if there is none, so that a service can fail at startup on bad
-    /// credentials or an unreachable token endpoint instead of on its first request.
+    /// Fetches a token now if there is none, and fails on the **first** error, transient
+    /// ones included: one refused connection while a pod's network or sidecar is still
+    /// starting fails it. At startup, prefer [`ready`](Self::ready), which rides those out.
     ///
     /// # Errors
     ///
     /// As [`token`](Self::token).
     pub async fn prefetch(&self) -> Result<(), Error> {
         self.token().await.map(drop)
+    }
+
+    /// Waits until a token is there, for at most `deadline`: the call to make at startup, so
+    /// that a service fails there on bad credentials instead of on its first request, and
+    /// does not fail on a token endpoint that is briefly unreachable.
+    ///
+    /// Fetches a token if there is none. Transient failures (unreachable, timeout, 5xx,
+    /// 429, DNS not ready yet) do not end the wait: the background refresher retries them on
+    /// its own backoff (see [`TokenSourceBuilder::backoff`]), and this call waits through its
+    /// retries until one succeeds or `deadline` has passed. It sends no requests of its own,
+    /// and dropping it cancels nothing. `Duration::MAX` waits as long as it takes.
+    ///
+    /// ```no_run
+    /// # async fn run(source: entur_auth::TokenSource) -> Result<(), entur_auth::Error> {
+    /// source.ready(std::time::Duration::from_secs(30)).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// - At once, an error that waiting will not fix: [`Error::Rejected`] (bad
+    ///   credentials), [`Error::NotOAuthRefusal`], [`Error::InvalidResponse`],
+    ///   [`Error::Config`], [`Error::RefresherStopped`].
+    /// - [`Error::NotReady`] when `deadline` passes first: it says how long it waited and
+    ///   holds the last transient failure.
+    pub async fn ready(&self, deadline: Duration) -> Result<(), Error> {
+        self.handle.shared.ready(deadline).await
     }
 
     /// The current token, if a usable one is cached. Never waits, never fetches.
@@ -307,6 +336,40 @@ impl Shared {
             // The sender lives in `self`, which we hold: this never errors.
             let _ = state.changed().await;
         }
+    }
+}
+
+impl Shared {
+    /// See [`TokenSource::ready`].
+    async fn ready(self: &Arc<Self>, deadline: Duration) -> Result<(), Error> {
+        let until = Instant::now().checked_add(deadline);
+        let mut last = None;
+        let wait = async {
+            loop {
+                // Subscribed before the attempt: a change during it wakes the wait below at
+                // once, and the next `token()` reads the outcome.
+                let mut state = self.state.subscribe();
+                match self.token().await {
+                    Ok(_) => return Ok(()),
+                    Err(error) if error.is_transient() => last = Some(error),
+                    Err(error) => return Err(error),
+                }
+                // `token()` fails fast with the last error until a fetch succeeds: wait for
+                // the refresher's next move (a retry starting or ending) before asking again.
+                // The sender lives in `self`, which we hold: this never errors.
+                let _ = state.changed().await;
+            }
+        };
+        let result = match until {
+            Some(until) => tokio::time::timeout_at(until, wait).await,
+            None => Ok(wait.await),
+        };
+        result.unwrap_or_else(|_elapsed| {
+            Err(Error::NotReady {
+                waited: deadline,
+                last_error: last.map(Box::new),
+            })
+        })
     }
 }
 
