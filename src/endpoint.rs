@@ -436,15 +436,7 @@ fn read_success(
         .access_token
         .ok_or_else(|| Error::invalid(status, "the response has no access_token"))?;
     if let Some(kind) = &parsed.token_type {
-        if !kind.eq_ignore_ascii_case("bearer") {
-            return Err(Error::invalid(
-                status,
-                format!(
-                    "token_type is {:?}, only Bearer tokens are supported",
-                    sanitize(kind, 32)
-                ),
-            ));
-        }
+        check_token_type(status, kind)?;
     }
     Ok(Granted {
         access_token,
@@ -506,6 +498,33 @@ fn expires_in(
 fn http_date(headers: &HeaderMap) -> Option<SystemTime> {
     let value = headers.get(DATE)?.to_str().ok()?;
     httpdate::parse_http_date(value.trim()).ok()
+}
+
+/// Token types whose tokens cannot be sent as `Authorization: Bearer`: they need a proof of
+/// possession with every request (RFC 9449 DPoP, the MAC drafts), which this crate does not
+/// make. Every other `token_type` is sent as a bearer: eBay answers `"Application Access
+/// Token"` for tokens its APIs take as `Bearer`, and RFC 6749 section 7.1 leaves the type's
+/// name to the server.
+const PROOF_OF_POSSESSION_TYPES: [&str; 3] = ["dpop", "mac", "pop"];
+
+fn check_token_type(status: StatusCode, kind: &str) -> Result<(), Error> {
+    let kind = kind.trim();
+    if PROOF_OF_POSSESSION_TYPES
+        .iter()
+        .any(|pop| kind.eq_ignore_ascii_case(pop))
+    {
+        return Err(Error::invalid(
+            status,
+            format!(
+                "token_type is {:?}: such tokens need a proof of possession with every request, which entur-auth does not make; ask for bearer tokens (for DPoP, register the client without DPoP binding)",
+                sanitize(kind, 32)
+            ),
+        ));
+    }
+    if !kind.eq_ignore_ascii_case("bearer") {
+        tracing::debug!(token_type = %sanitize(kind, 32), "token_type is not Bearer; sending the token as a bearer, as the server's APIs expect");
+    }
+    Ok(())
 }
 
 /// `Retry-After` in seconds or as an HTTP date (RFC 9110 section 10.2.3).
@@ -714,7 +733,14 @@ mod tests {
         for (body, what) in [
             ("not json", "not a JSON"),
             (r#"{"token_type":"Bearer"}"#, "no access_token"),
-            (r#"{"access_token":"a","token_type":"MAC"}"#, "token_type"),
+            (
+                r#"{"access_token":"a","token_type":"MAC"}"#,
+                "proof of possession",
+            ),
+            (
+                r#"{"access_token":"a","token_type":"DPoP"}"#,
+                "proof of possession",
+            ),
             (r#"{"access_token":"a","expires_in":0}"#, "expires_in"),
             (r#"{"access_token":"a","expires_in":-5}"#, "expires_in"),
             (
