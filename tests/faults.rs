@@ -266,13 +266,12 @@ async fn html_refusal_from_a_gateway() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn token_type_other_than_bearer() {
-    let o = refresh_fails(json(
-        200,
-        r#"{"access_token":"abc","token_type":"MAC","expires_in":60}"#,
-    ))
-    .await;
-    assert_invalid(&o, "only Bearer");
+async fn token_type_that_needs_a_proof_of_possession() {
+    for kind in ["MAC", "DPoP"] {
+        let body = format!(r#"{{"access_token":"abc","token_type":"{kind}","expires_in":60}}"#);
+        let o = refresh_fails(json(200, body)).await;
+        assert_invalid(&o, "proof of possession");
+    }
 }
 
 #[tokio::test(start_paused = true)]
