@@ -5,8 +5,9 @@ use super::*;
 /// The response body type of the [`TestServer`], both over TCP and
 /// in-process.
 ///
-/// Either a complete body sent at once, or a body trickled out one byte at a
-/// time (see [`Fault::Trickle`]).
+/// Either a complete body sent at once, a body trickled out one byte at a
+/// time (see [`Fault::Trickle`]), or a body followed by trailers (see
+/// [`ApiFault::GrpcTrailers`]).
 pub struct TestBody {
     pub(super) inner: BodyInner,
 }
@@ -17,6 +18,10 @@ pub(super) enum BodyInner {
         remaining: Bytes,
         interval: Duration,
         sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    },
+    Trailers {
+        data: Option<Bytes>,
+        trailers: Option<HeaderMap>,
     },
 }
 
@@ -48,9 +53,26 @@ impl TestBody {
         }
     }
 
+    /// A body made of `data` (sent as one frame if not empty), then a frame
+    /// of `trailers`.
+    ///
+    /// Over HTTP/1.1, hyper sends the trailers only to a client that asked
+    /// for them with `TE: trailers`, and only those announced in a `Trailer`
+    /// header of the response.
+    pub fn with_trailers(data: impl Into<Bytes>, trailers: HeaderMap) -> TestBody {
+        TestBody {
+            inner: BodyInner::Trailers {
+                data: Some(data.into()),
+                trailers: Some(trailers),
+            },
+        }
+    }
+
     fn remaining_len(&self) -> usize {
         match &self.inner {
-            BodyInner::Full(data) => data.as_ref().map_or(0, Bytes::len),
+            BodyInner::Full(data) | BodyInner::Trailers { data, .. } => {
+                data.as_ref().map_or(0, Bytes::len)
+            }
             BodyInner::Trickle { remaining, .. } => remaining.len(),
         }
     }
@@ -67,6 +89,7 @@ impl fmt::Debug for TestBody {
         let kind = match &self.inner {
             BodyInner::Full(_) => "full",
             BodyInner::Trickle { .. } => "trickle",
+            BodyInner::Trailers { .. } => "trailers",
         };
         f.debug_struct("TestBody")
             .field("kind", &kind)
@@ -104,14 +127,36 @@ impl Body for TestBody {
                 *sleep = None;
                 Poll::Ready(Some(Ok(Frame::data(remaining.split_to(1)))))
             }
+            BodyInner::Trailers { data, trailers } => {
+                if let Some(data) = data.take().filter(|data| !data.is_empty()) {
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Poll::Ready(
+                    trailers
+                        .take()
+                        .map(|trailers| Ok(Frame::trailers(trailers))),
+                )
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.remaining_len() == 0
+        match &self.inner {
+            BodyInner::Trailers { trailers, .. } => trailers.is_none() && self.remaining_len() == 0,
+            _ => self.remaining_len() == 0,
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.remaining_len() as u64)
+        match &self.inner {
+            // Not exact: an exact size would make hyper send a Content-Length
+            // rather than the chunked encoding that carries trailers.
+            BodyInner::Trailers { .. } => {
+                let mut hint = SizeHint::new();
+                hint.set_lower(self.remaining_len() as u64);
+                hint
+            }
+            _ => SizeHint::with_exact(self.remaining_len() as u64),
+        }
     }
 }

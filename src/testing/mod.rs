@@ -3,7 +3,11 @@
 //! [`TestServer`] runs, on `127.0.0.1` and an ephemeral port, both
 //!
 //! * a token endpoint (`POST /oauth/token`) implementing the OAuth2
-//!   client-credentials grant the way Entur's authorization server does, and
+//!   client-credentials grant the way Entur's authorization server (Auth0)
+//!   does: JSON or form bodies, client credentials in the body or with HTTP
+//!   Basic, and the `audience` parameter required (see
+//!   [`TestServerBuilder::require_audience`]; a [strict RFC 6749
+//!   mode](TestServerBuilder::strict_rfc) is available), and
 //! * a protected API (any method, `/api` and any path under `/api/`) that
 //!   accepts only `Authorization: Bearer <token>` with a token issued by this
 //!   server, not revoked and not expired.
@@ -14,9 +18,21 @@
 //! server and the in-process services run the very same handler, so they
 //! behave identically.
 //!
-//! Faults (errors, delays, hangs, refused connections, slow bodies) can be
-//! injected into the token endpoint with [`TestServer::push_fault`] and
-//! [`TestServer::set_sticky_fault`]. Token expiry is measured with
+//! Tokens are JWTs signed with RS256 and a fixed test key whose public half
+//! is served as a JWK Set at `/.well-known/jwks.json`
+//! ([`TestServer::jwks_url`]), with the metadata at
+//! `/.well-known/openid-configuration`: a resource server of your own can
+//! be tested against it. The key is public (it is in this crate's source)
+//! and must never protect anything real.
+//!
+//! Faults can be injected into the token endpoint ([`Fault`]: errors,
+//! delays, hangs, refused connections, slow bodies; with
+//! [`TestServer::push_fault`] and [`TestServer::set_sticky_fault`]) and into
+//! the API ([`ApiFault`]: 401, 403 `insufficient_scope`, 429, 503, gRPC
+//! statuses in headers or trailers, delays, hangs; with
+//! [`TestServer::push_api_fault`] and [`TestServer::set_sticky_api_fault`]).
+//! Every request is logged, in order, with how it was answered
+//! ([`TestServer::requests_log`]). Token expiry is measured with
 //! [`tokio::time::Instant`], so tests running with a paused clock
 //! (`tokio::time::pause`, `tokio::time::advance`) control it.
 //!
@@ -52,16 +68,15 @@
 //!     serde_json::from_slice(&response.into_body().collect().await?.to_bytes())?;
 //! assert_eq!(json["token_type"], "Bearer");
 //! assert_eq!(server.tokens_issued(), 1);
+//! assert_eq!(server.token_requests_log()[0].jti(), Some("1"));
 //! # Ok(())
 //! # }
 //! ```
 
-use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
-use std::hash::BuildHasher;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::pin::Pin;
@@ -70,21 +85,35 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
-use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
+use http::header::{
+    HeaderName, HeaderValue, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE,
+};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Limited};
 use serde_json::{json, Value};
 use tokio::task::{AbortHandle, JoinSet};
 
+mod api;
 mod body;
+mod builder;
+mod fault;
 mod handler;
+mod log;
+mod service;
+mod signing;
+mod token_endpoint;
 
+use body::BodyInner;
 pub use body::TestBody;
+pub use builder::TestServerBuilder;
+pub use fault::{ApiFault, Fault};
 use handler::{handle, no_store_json};
+pub use log::{Answer, BearerToken, LoggedRequest, RequestKind, TokenState};
+pub use service::{ApiService, ResponseFuture, TokenTransport};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -92,6 +121,14 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 const TOKEN_PATH: &str = "/oauth/token";
 /// Path of the protected API (and prefix, followed by `/`, of its sub-paths).
 const API_PATH: &str = "/api";
+/// Path of the JWK Set.
+const JWKS_PATH: &str = "/.well-known/jwks.json";
+/// Path of the OpenID Connect discovery document.
+const OPENID_CONFIGURATION_PATH: &str = "/.well-known/openid-configuration";
+/// Path of the RFC 8414 authorization server metadata (the same document).
+const OAUTH_METADATA_PATH: &str = "/.well-known/oauth-authorization-server";
+/// The realm of the server's challenges.
+const REALM: &str = "entur-auth-testing";
 /// Largest request body the handler reads; larger ones are answered with 400.
 const MAX_BODY: usize = 1024 * 1024;
 /// Custom claim Entur puts into its access tokens.
@@ -130,219 +167,6 @@ pub struct RecordedRequest {
     pub body: Bytes,
 }
 
-/// A fault injected into the token endpoint with [`TestServer::push_fault`]
-/// or [`TestServer::set_sticky_fault`].
-///
-/// A fault is applied after the request has been counted and recorded.
-#[derive(Clone, Debug)]
-#[non_exhaustive]
-pub enum Fault {
-    /// Answer with this status, body and optional `Retry-After` header value
-    /// (sent verbatim).
-    ///
-    /// The response has `Cache-Control: no-store` and, if the body is not
-    /// empty, `Content-Type: application/json` when the body is valid JSON
-    /// and `text/plain` otherwise.
-    Status {
-        /// Status of the response.
-        status: StatusCode,
-        /// Body of the response.
-        body: String,
-        /// Value of the `Retry-After` header, if any.
-        retry_after: Option<String>,
-    },
-    /// Answer with an arbitrary status, headers and body (for instance
-    /// malformed JSON, a huge body or a strange token).
-    ///
-    /// Exactly the given headers are sent (headers whose name or value is not
-    /// valid HTTP are skipped with a warning).
-    Respond {
-        /// Status of the response.
-        status: StatusCode,
-        /// Headers of the response, as `(name, value)` pairs, in order.
-        headers: Vec<(String, String)>,
-        /// Body of the response.
-        body: Bytes,
-    },
-    /// Wait this long (with [`tokio::time::sleep`], so paused clocks work),
-    /// then answer normally.
-    Delay(Duration),
-    /// Never answer: the response future stays pending forever (over TCP the
-    /// connection is kept open silently).
-    Hang,
-    /// Refuse the connection: the in-process [`TokenTransport`] fails with an
-    /// [`io::Error`] of kind [`io::ErrorKind::ConnectionRefused`]; over TCP
-    /// the connection is closed without an answer.
-    Refuse,
-    /// Process the request normally (so a valid request gets a 200 with a
-    /// valid token response) but send the response body one byte per
-    /// `interval`, as a streamed body (over TCP and in-process).
-    Trickle {
-        /// Time before each byte of the body.
-        interval: Duration,
-    },
-}
-
-impl Fault {
-    /// An RFC 6749 (section 5.2) error response with this status and
-    /// `error` code, i.e. the body
-    /// `{"error": code, "error_description": "injected fault"}`.
-    pub fn oauth_error(status: StatusCode, code: &str) -> Fault {
-        let body = json!({ "error": code, "error_description": "injected fault" });
-        Fault::Status {
-            status,
-            body: body.to_string(),
-            retry_after: None,
-        }
-    }
-
-    /// A response with this status, an empty body and no `Retry-After`.
-    pub fn status(status: StatusCode) -> Fault {
-        Fault::Status {
-            status,
-            body: String::new(),
-            retry_after: None,
-        }
-    }
-}
-
-/// Builder for a [`TestServer`], made by [`TestServer::builder`].
-#[derive(Clone)]
-pub struct TestServerBuilder {
-    lifetime: Duration,
-    client_id: String,
-    client_secret: String,
-    audience: String,
-    clock_offset_secs: i64,
-}
-
-impl Default for TestServerBuilder {
-    /// The defaults: a token lifetime of 60 s, client id `test-client`,
-    /// client secret `test-secret`, audience `https://api.test.entur.io` and
-    /// the server's clock in agreement with this machine's.
-    fn default() -> TestServerBuilder {
-        TestServerBuilder {
-            lifetime: DEFAULT_LIFETIME,
-            client_id: DEFAULT_CLIENT_ID.to_owned(),
-            client_secret: DEFAULT_CLIENT_SECRET.to_owned(),
-            audience: DEFAULT_AUDIENCE.to_owned(),
-            clock_offset_secs: 0,
-        }
-    }
-}
-
-impl fmt::Debug for TestServerBuilder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TestServerBuilder")
-            .field("token_lifetime", &self.lifetime)
-            .field("client_id", &self.client_id)
-            .field("client_secret", &"<redacted>")
-            .field("audience", &self.audience)
-            .field("issuer_clock_offset_secs", &self.clock_offset_secs)
-            .finish()
-    }
-}
-
-impl TestServerBuilder {
-    /// Lifetime of the tokens issued (default 60 s).
-    ///
-    /// The token response's `expires_in` is this lifetime in whole seconds,
-    /// rounded up and at least 1, but the API enforces the exact duration.
-    pub fn token_lifetime(mut self, lifetime: Duration) -> Self {
-        self.lifetime = lifetime;
-        self
-    }
-
-    /// The only client id accepted (default `test-client`).
-    pub fn client_id(mut self, client_id: impl Into<String>) -> Self {
-        self.client_id = client_id.into();
-        self
-    }
-
-    /// The secret of the client (default `test-secret`).
-    pub fn client_secret(mut self, client_secret: impl Into<String>) -> Self {
-        self.client_secret = client_secret.into();
-        self
-    }
-
-    /// The only audience accepted, and the `aud` of the tokens issued
-    /// (default `https://api.test.entur.io`).
-    pub fn audience(mut self, audience: impl Into<String>) -> Self {
-        self.audience = audience.into();
-        self
-    }
-
-    /// How far the token server's wall clock is from this machine's, in
-    /// seconds: positive when the server's clock is ahead, negative when it
-    /// is behind (default 0).
-    ///
-    /// It applies to what the server says about wall-clock time: the `iat`
-    /// and `exp` claims of the tokens it issues, and the `Date` header of
-    /// the token endpoint's answers (not those of [`Fault::Respond`], which
-    /// carry exactly the headers given). What is relative or monotonic is
-    /// unchanged: `expires_in` and the API's own expiry check. Times are
-    /// kept between 1970 and 9999.
-    ///
-    /// ```
-    /// use entur_auth::testing::TestServer;
-    ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> std::io::Result<()> {
-    /// // An authorization server whose clock is two hours behind.
-    /// let server = TestServer::builder()
-    ///     .issuer_clock_offset_secs(-2 * 3600)
-    ///     .start()
-    ///     .await?;
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn issuer_clock_offset_secs(mut self, offset_secs: i64) -> Self {
-        self.clock_offset_secs = offset_secs;
-        self
-    }
-
-    /// Binds `127.0.0.1` on an ephemeral port and spawns the server on the
-    /// current Tokio runtime.
-    ///
-    /// # Panics
-    ///
-    /// If called outside a Tokio runtime.
-    pub async fn start(self) -> io::Result<TestServer> {
-        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
-        let addr = listener.local_addr()?;
-        let origin = format!("http://{addr}");
-        let shared = Arc::new(Shared {
-            addr,
-            token_url: format!("{origin}{TOKEN_PATH}"),
-            api_url: format!("{origin}{API_PATH}"),
-            issuer: origin,
-            client_id: self.client_id,
-            client_secret: self.client_secret,
-            audience: self.audience,
-            clock_offset_secs: self.clock_offset_secs,
-            token_requests: AtomicUsize::new(0),
-            tokens_issued: AtomicUsize::new(0),
-            api_requests: AtomicUsize::new(0),
-            api_rejections: AtomicUsize::new(0),
-            next_jti: AtomicU64::new(1),
-            hasher: RandomState::new(),
-            state: Mutex::new(State {
-                lifetime: self.lifetime,
-                faults: VecDeque::new(),
-                sticky_fault: None,
-                tokens: HashMap::new(),
-                last_token_request: None,
-                last_api_request: None,
-            }),
-        });
-        let accept = tokio::spawn(accept_loop(listener, shared.clone())).abort_handle();
-        tracing::debug!(%addr, "test server started");
-        Ok(TestServer {
-            inner: Arc::new(Inner { shared, accept }),
-        })
-    }
-}
-
 /// An OAuth2 authorization server and a protected API running on loopback.
 ///
 /// A cheap [`Clone`] handle; the server stops when the last clone is dropped.
@@ -360,6 +184,8 @@ impl fmt::Debug for TestServer {
             .field("client_id", &shared.client_id)
             .field("client_secret", &"<redacted>")
             .field("audience", &shared.audience)
+            .field("require_audience", &shared.require_audience)
+            .field("strict_rfc", &shared.strict)
             .field("token_requests", &self.token_requests())
             .field("tokens_issued", &self.tokens_issued())
             .field("api_requests", &self.api_requests())
@@ -398,6 +224,49 @@ impl TestServer {
     /// under it (`/api/...`) is protected too.
     pub fn api_url(&self) -> String {
         self.inner.shared.api_url.clone()
+    }
+
+    /// The issuer, `http://127.0.0.1:PORT`: the `iss` of the tokens, and the
+    /// `issuer` of the metadata at `{issuer}/.well-known/openid-configuration`
+    /// (and `{issuer}/.well-known/oauth-authorization-server`, RFC 8414).
+    pub fn issuer(&self) -> &str {
+        &self.inner.shared.issuer
+    }
+
+    /// The URL of the JWK Set, `http://127.0.0.1:PORT/.well-known/jwks.json`:
+    /// the public key that verifies the tokens' signatures.
+    pub fn jwks_url(&self) -> String {
+        self.inner.shared.jwks_url.clone()
+    }
+
+    /// The JWK Set served at [`jwks_url`](Self::jwks_url): one RSA key,
+    /// `{"keys":[{"kty":"RSA","use":"sig","alg":"RS256","kid":…,"n":…,"e":…}]}`.
+    pub fn jwks(&self) -> Value {
+        self.inner.shared.signer.jwks()
+    }
+
+    /// The `kid` of the signing key, in every token's header and in the JWKS
+    /// (the key's RFC 7638 thumbprint).
+    pub fn key_id(&self) -> &str {
+        self.inner.shared.signer.kid()
+    }
+
+    /// The public key that verifies the tokens' signatures, as a PEM
+    /// `PUBLIC KEY` (SPKI), for JWT libraries that take PEM.
+    ///
+    /// The key pair is a fixed test key, the same for every server: its
+    /// private half is in this crate's source, so it must never protect
+    /// anything real.
+    pub fn public_key_pem(&self) -> &'static str {
+        signing::TEST_PUBLIC_KEY_PEM
+    }
+
+    /// Signs `claims` as this server signs its tokens (RS256, its `kid`), to
+    /// test a resource server of your own with tokens the server would not
+    /// issue: expired, for another audience, without a claim. The server's
+    /// API does not accept them (it accepts only the tokens it issued).
+    pub fn sign_jwt(&self, claims: &Value) -> String {
+        self.inner.shared.signer.sign(claims)
     }
 
     /// The client id accepted by the server.
@@ -446,7 +315,8 @@ impl TestServer {
         self.inner.shared.api_requests.load(Ordering::SeqCst)
     }
 
-    /// How many API requests were answered with 401.
+    /// How many API requests were answered with 401, by the token check or
+    /// by an injected [`ApiFault`].
     pub fn api_rejections(&self) -> usize {
         self.inner.shared.api_rejections.load(Ordering::SeqCst)
     }
@@ -469,6 +339,31 @@ impl TestServer {
         self.inner.shared.state().sticky_fault = fault;
     }
 
+    /// Queues an API fault: each queued fault is applied, in FIFO order, to
+    /// one API request, whatever token it carries. Queued faults take
+    /// precedence over the sticky API fault.
+    ///
+    /// ```
+    /// use entur_auth::testing::{ApiFault, TestServer};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// let server = TestServer::start().await?;
+    /// server.push_api_fault(ApiFault::invalid_token()); // the next request: 401
+    /// server.push_api_fault(ApiFault::too_many_requests(Some(2))); // then 429
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn push_api_fault(&self, fault: ApiFault) {
+        self.inner.shared.state().api_faults.push_back(fault);
+    }
+
+    /// Sets (or clears, with `None`) a fault applied to every API request for
+    /// which no fault is queued by [`push_api_fault`](Self::push_api_fault).
+    pub fn set_sticky_api_fault(&self, fault: Option<ApiFault>) {
+        self.inner.shared.state().sticky_api_fault = fault;
+    }
+
     /// Revokes every token issued so far: the API rejects them from now on.
     pub fn revoke_all(&self) {
         for token in self.inner.shared.state().tokens.values_mut() {
@@ -485,96 +380,48 @@ impl TestServer {
     pub fn last_api_request(&self) -> Option<RecordedRequest> {
         self.inner.shared.state().last_api_request.clone()
     }
-}
 
-/// The future returned by [`TokenTransport`] and [`ApiService`].
-pub type ResponseFuture<E> = Pin<Box<dyn Future<Output = Result<Response<TestBody>, E>> + Send>>;
-
-/// In-process access to a [`TestServer`]'s token endpoint, made by
-/// [`TestServer::token_transport`].
-///
-/// A [`tower_service::Service`] that runs the server's request handler
-/// directly, without TCP; the request is routed by its URI's path only.
-/// [`Fault::Refuse`] makes it fail with an [`io::Error`] of kind
-/// [`io::ErrorKind::ConnectionRefused`]. It keeps working after the
-/// [`TestServer`] has been dropped.
-#[derive(Clone)]
-pub struct TokenTransport {
-    shared: Arc<Shared>,
-}
-
-impl fmt::Debug for TokenTransport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TokenTransport")
-            .field("token_url", &self.shared.token_url)
-            .finish()
-    }
-}
-
-impl<B> tower_service::Service<Request<B>> for TokenTransport
-where
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
-    type Response = Response<TestBody>;
-    type Error = io::Error;
-    type Future = ResponseFuture<io::Error>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), io::Error>> {
-        Poll::Ready(Ok(()))
+    /// Every request in the log, oldest first: token endpoint, API, JWKS,
+    /// metadata and unknown paths, in the order their bodies were read, each
+    /// with how it was answered (see [`LoggedRequest`]).
+    ///
+    /// The log keeps the newest [`request_log_capacity`] entries (10,000 by
+    /// default); [`requests_log_dropped`](Self::requests_log_dropped) counts
+    /// the others.
+    ///
+    /// [`request_log_capacity`]: TestServerBuilder::request_log_capacity
+    pub fn requests_log(&self) -> Vec<LoggedRequest> {
+        self.inner.shared.state().log.entries(None)
     }
 
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        Box::pin(handle(self.shared.clone(), request))
-    }
-}
-
-/// In-process access to a [`TestServer`]'s protected API, made by
-/// [`TestServer::api_service`].
-///
-/// A [`tower_service::Service`] that runs the server's request handler
-/// directly, without TCP; the request is routed by its URI's path only. It
-/// never fails (should a request to the token endpoint meet
-/// [`Fault::Refuse`], it is answered with `502 Bad Gateway`). It keeps
-/// working after the [`TestServer`] has been dropped.
-#[derive(Clone)]
-pub struct ApiService {
-    shared: Arc<Shared>,
-}
-
-impl fmt::Debug for ApiService {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ApiService")
-            .field("api_url", &self.shared.api_url)
-            .finish()
-    }
-}
-
-impl<B> tower_service::Service<Request<B>> for ApiService
-where
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
-    type Response = Response<TestBody>;
-    type Error = Infallible;
-    type Future = ResponseFuture<Infallible>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
+    /// The token endpoint's requests in the log, oldest first.
+    pub fn token_requests_log(&self) -> Vec<LoggedRequest> {
+        self.inner
+            .shared
+            .state()
+            .log
+            .entries(Some(RequestKind::Token))
     }
 
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        let shared = self.shared.clone();
-        Box::pin(async move {
-            Ok(handle(shared, request).await.unwrap_or_else(|error| {
-                no_store_json(
-                    StatusCode::BAD_GATEWAY,
-                    json!({ "error": "bad_gateway", "error_description": error.to_string() }),
-                )
-            }))
-        })
+    /// The API's requests in the log, oldest first, each with the token it
+    /// carried ([`LoggedRequest::bearer`]).
+    pub fn api_requests_log(&self) -> Vec<LoggedRequest> {
+        self.inner
+            .shared
+            .state()
+            .log
+            .entries(Some(RequestKind::Api))
+    }
+
+    /// How many entries the log dropped because it was full.
+    pub fn requests_log_dropped(&self) -> u64 {
+        self.inner.shared.state().log.dropped()
+    }
+
+    /// Empties the log (the counters, the dropped count and
+    /// [`last_token_request`](Self::last_token_request) are kept).
+    pub fn clear_requests_log(&self) {
+        self.inner.shared.state().log.clear();
     }
 }
 
@@ -599,18 +446,22 @@ struct Shared {
     addr: SocketAddr,
     token_url: String,
     api_url: String,
+    jwks_url: String,
     issuer: String,
     client_id: String,
     client_secret: String,
     audience: String,
     /// The server's wall clock minus this machine's, in seconds.
     clock_offset_secs: i64,
+    require_audience: bool,
+    strict: bool,
+    sign_tokens: bool,
+    signer: &'static signing::Signer,
     token_requests: AtomicUsize,
     tokens_issued: AtomicUsize,
     api_requests: AtomicUsize,
     api_rejections: AtomicUsize,
     next_jti: AtomicU64,
-    hasher: RandomState,
     state: Mutex<State>,
 }
 
@@ -618,9 +469,12 @@ struct State {
     lifetime: Duration,
     faults: VecDeque<Fault>,
     sticky_fault: Option<Fault>,
+    api_faults: VecDeque<ApiFault>,
+    sticky_api_fault: Option<ApiFault>,
     tokens: HashMap<String, IssuedToken>,
     last_token_request: Option<RecordedRequest>,
     last_api_request: Option<RecordedRequest>,
+    log: log::RequestLog,
 }
 
 struct IssuedToken {
@@ -699,13 +553,21 @@ impl TestServer {
     }
 
     /// The server's token endpoint with its audience, JSON-encoded and with a 408 meaning
-    /// "the token expired", as Entur's presets are.
+    /// "the token expired", as Entur's presets are. In [strict
+    /// mode](TestServerBuilder::strict_rfc), form-encoded with HTTP Basic instead, as RFC 6749
+    /// asks.
     pub fn endpoint(&self) -> crate::TokenEndpoint {
-        crate::TokenEndpoint::new(&self.token_url())
+        let endpoint = crate::TokenEndpoint::new(&self.token_url())
             .expect("the server's token URL is a valid http URL")
             .audience(self.audience())
-            .encoding(crate::BodyEncoding::Json)
-            .reauth_on_408(true)
+            .reauth_on_408(true);
+        if self.inner.shared.strict {
+            endpoint
+                .encoding(crate::BodyEncoding::Form)
+                .client_auth(crate::ClientAuth::Basic)
+        } else {
+            endpoint.encoding(crate::BodyEncoding::Json)
+        }
     }
 
     /// A [`TokenSourceBuilder`](crate::TokenSourceBuilder) for this server that reaches it

@@ -1,8 +1,8 @@
 //! Tests of the embedded server.
 
-use super::body::*;
-use super::handler::*;
+use super::token_endpoint::*;
 use super::*;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http_body_util::Full;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
@@ -82,8 +82,11 @@ fn claims(token: &str) -> Value {
     let parts: Vec<&str> = token.split('.').collect();
     assert_eq!(parts.len(), 3);
     let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[0]).unwrap()).unwrap();
-    assert_eq!(header, json!({ "alg": "HS256", "typ": "JWT" }));
-    assert_eq!(URL_SAFE_NO_PAD.decode(parts[2]).unwrap().len(), 32);
+    assert_eq!(
+        header,
+        json!({ "alg": "RS256", "typ": "JWT", "kid": signing::signer().kid() })
+    );
+    assert_eq!(URL_SAFE_NO_PAD.decode(parts[2]).unwrap().len(), 256);
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap()
 }
 
@@ -96,6 +99,8 @@ fn public_types_are_send_sync_static() {
     check::<TestBody>();
     check::<Fault>();
     check::<RecordedRequest>();
+    check::<ApiFault>();
+    check::<LoggedRequest>();
     fn check_send<T: Send>() {}
     check_send::<ResponseFuture<io::Error>>();
 }
@@ -601,7 +606,7 @@ async fn dropping_the_server_stops_it() {
 
     // In-process access keeps working.
     let mut transport = transport;
-    let body = r#"{"grant_type":"client_credentials","client_id":"test-client","client_secret":"test-secret"}"#;
+    let body = r#"{"grant_type":"client_credentials","client_id":"test-client","client_secret":"test-secret","audience":"https://api.test.entur.io"}"#;
     let (status, _, _) = in_process(
         &mut transport,
         form_request("/oauth/token", "application/json", body),
@@ -726,4 +731,83 @@ async fn issuer_clock_offset_reaches_tcp_clients_and_is_kept_in_range() {
         let expect = if offset < 0 { 0 } else { 253_402_300_799 };
         assert_eq!((iat, date), (expect, expect));
     }
+}
+
+fn recorded(path: &str) -> RecordedRequest {
+    RecordedRequest {
+        method: Method::GET,
+        uri: path.parse().unwrap(),
+        headers: HeaderMap::new(),
+        body: Bytes::new(),
+    }
+}
+
+#[test]
+fn request_log_is_a_ring_buffer() {
+    let mut log = log::RequestLog::new(2);
+    let seqs: Vec<u64> = (0..3)
+        .map(|index| log.push(RequestKind::Api, recorded(&format!("/{index}")), None))
+        .collect();
+    assert_eq!(seqs, [0, 1, 2]);
+    assert_eq!(log.dropped(), 1);
+    let sent = Answer::Sent {
+        status: StatusCode::OK,
+        error: None,
+        grpc_status: None,
+        injected: false,
+        at: tokio::time::Instant::now(),
+    };
+    // Answers find their entry by number; an evicted one is ignored.
+    log.answered(0, sent.clone(), Some("x".into()));
+    log.answered(2, sent.clone(), Some("7".into()));
+    let entries = log.entries(None);
+    assert_eq!(entries.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(entries[0].answer, Answer::Pending);
+    assert_eq!((&entries[1].answer, entries[1].jti()), (&sent, Some("7")));
+    assert!(log.entries(Some(RequestKind::Token)).is_empty());
+    log.clear();
+    log.answered(2, Answer::Refused, None);
+    assert!(log.entries(None).is_empty());
+    assert_eq!(log.push(RequestKind::Token, recorded("/t"), None), 3);
+
+    let mut none = log::RequestLog::new(0);
+    none.push(RequestKind::Api, recorded("/"), None);
+    none.answered(0, Answer::Refused, None);
+    assert!(none.entries(None).is_empty());
+    assert_eq!(none.dropped(), 1);
+}
+
+#[test]
+fn grpc_messages_are_percent_encoded() {
+    assert_eq!(fault::grpc_message("plain text"), "plain text");
+    assert_eq!(fault::grpc_message("100%\nø"), "100%25%0A%C3%B8");
+}
+
+#[test]
+fn the_log_reads_the_error_of_an_answer() {
+    let with_challenge = |value: &'static str, body: &str| {
+        let mut response = Response::new(TestBody::full(body.to_owned()));
+        response
+            .headers_mut()
+            .insert(WWW_AUTHENTICATE, HeaderValue::from_static(value));
+        match log::summarize(&response, false) {
+            Answer::Sent { error, .. } => error,
+            other => panic!("{other:?}"),
+        }
+    };
+    let body = r#"{"error":"from_body"}"#;
+    assert_eq!(
+        with_challenge(r#"Bearer error="invalid_token""#, body).as_deref(),
+        Some("invalid_token")
+    );
+    assert_eq!(
+        with_challenge(
+            r#"Bearer error_description="no error=here", error=insufficient_scope"#,
+            body
+        )
+        .as_deref(),
+        Some("insufficient_scope")
+    );
+    assert_eq!(with_challenge("Bearer", body).as_deref(), Some("from_body"));
+    assert_eq!(with_challenge("Bearer", "not json"), None);
 }

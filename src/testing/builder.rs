@@ -1,0 +1,249 @@
+//! [`TestServerBuilder`]: how the server behaves.
+
+use super::*;
+
+/// Builder for a [`TestServer`], made by [`TestServer::builder`].
+#[derive(Clone)]
+pub struct TestServerBuilder {
+    lifetime: Duration,
+    client_id: String,
+    client_secret: String,
+    audience: String,
+    clock_offset_secs: i64,
+    require_audience: bool,
+    strict: bool,
+    sign_tokens: bool,
+    log_capacity: usize,
+}
+
+impl Default for TestServerBuilder {
+    /// The defaults: a token lifetime of 60 s, client id `test-client`,
+    /// client secret `test-secret`, audience `https://api.test.entur.io`
+    /// (required, as Entur's Auth0 requires it), the server's clock in
+    /// agreement with this machine's, Entur's leniency (JSON or form bodies,
+    /// credentials in the body or with HTTP Basic) rather than strict RFC
+    /// 6749, and a request log of 10,000 entries.
+    fn default() -> TestServerBuilder {
+        TestServerBuilder {
+            lifetime: DEFAULT_LIFETIME,
+            client_id: DEFAULT_CLIENT_ID.to_owned(),
+            client_secret: DEFAULT_CLIENT_SECRET.to_owned(),
+            audience: DEFAULT_AUDIENCE.to_owned(),
+            clock_offset_secs: 0,
+            require_audience: true,
+            strict: false,
+            sign_tokens: true,
+            log_capacity: log::DEFAULT_LOG_CAPACITY,
+        }
+    }
+}
+
+impl fmt::Debug for TestServerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TestServerBuilder")
+            .field("token_lifetime", &self.lifetime)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"<redacted>")
+            .field("audience", &self.audience)
+            .field("issuer_clock_offset_secs", &self.clock_offset_secs)
+            .field("require_audience", &self.require_audience)
+            .field("strict_rfc", &self.strict)
+            .field("sign_tokens", &self.sign_tokens)
+            .field("request_log_capacity", &self.log_capacity)
+            .finish()
+    }
+}
+
+impl TestServerBuilder {
+    /// Lifetime of the tokens issued (default 60 s).
+    ///
+    /// The token response's `expires_in` is this lifetime in whole seconds,
+    /// rounded up and at least 1, but the API enforces the exact duration.
+    pub fn token_lifetime(mut self, lifetime: Duration) -> Self {
+        self.lifetime = lifetime;
+        self
+    }
+
+    /// The only client id accepted (default `test-client`).
+    pub fn client_id(mut self, client_id: impl Into<String>) -> Self {
+        self.client_id = client_id.into();
+        self
+    }
+
+    /// The secret of the client (default `test-secret`).
+    pub fn client_secret(mut self, client_secret: impl Into<String>) -> Self {
+        self.client_secret = client_secret.into();
+        self
+    }
+
+    /// The only audience accepted, and the `aud` of the tokens issued
+    /// (default `https://api.test.entur.io`).
+    pub fn audience(mut self, audience: impl Into<String>) -> Self {
+        self.audience = audience.into();
+        self
+    }
+
+    /// Whether a token request must name the [audience](Self::audience)
+    /// (default `true`).
+    ///
+    /// When required, as Auth0 (Entur's authorization server) requires it,
+    /// a request without `audience` is refused with `403`
+    /// `{"error":"access_denied","error_description":"No audience parameter
+    /// was provided, and no default audience has been configured"}`, so a
+    /// client that forgets [`TokenEndpoint::audience`](crate::TokenEndpoint::audience)
+    /// fails its tests as it would fail in production. With `false`, the
+    /// server behaves as an Auth0 tenant with a default audience, or as a
+    /// server that knows no audience: a request without one gets a token for
+    /// the configured audience. Either way, another audience is refused with
+    /// `403 access_denied` (`Service not found: …`).
+    ///
+    /// ```
+    /// use entur_auth::testing::TestServer;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let server = TestServer::builder().require_audience(false).start().await?;
+    /// // A plain RFC 6749 endpoint, without an audience, gets tokens.
+    /// let endpoint = entur_auth::TokenEndpoint::new(&server.token_url())?;
+    /// let source = entur_auth::TokenSource::builder(endpoint, server.credentials())
+    ///     .allow_http_loopback(true)
+    ///     .transport(server.token_transport())
+    ///     .build()?;
+    /// source.prefetch().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn require_audience(mut self, required: bool) -> Self {
+        self.require_audience = required;
+        self
+    }
+
+    /// Strict RFC 6749 and RFC 6750 (default `false`: Entur's leniency).
+    ///
+    /// In strict mode the token endpoint
+    ///
+    /// * accepts only `application/x-www-form-urlencoded` bodies (RFC 6749
+    ///   section 4.4.2): JSON is refused with `400 invalid_request`;
+    /// * authenticates the client with HTTP Basic only (section 2.3.1):
+    ///   credentials in the body, or none, are refused with
+    ///   `401 invalid_client` and `WWW-Authenticate: Basic realm="…"`
+    ///   (section 5.2);
+    /// * sends `WWW-Authenticate` with every 401, injected [`Fault::Status`]
+    ///   ones included, and `Pragma: no-cache` with `Cache-Control: no-store`
+    ///   (section 5.1);
+    ///
+    /// and the API
+    ///
+    /// * sends a `Bearer realm="…"` challenge with every 401, injected
+    ///   [`ApiFault::Status`] ones included (RFC 6750 section 3);
+    /// * refuses a request that sends its token more than once (two
+    ///   `Authorization` headers, or one and an `access_token` query
+    ///   parameter) with `400` and `error="invalid_request"` (section 3.1).
+    ///
+    /// [`Fault::Respond`] and [`ApiFault::Respond`] still send exactly the
+    /// headers given. [`TestServer::endpoint`] follows the mode: form bodies
+    /// and HTTP Basic in strict mode.
+    pub fn strict_rfc(mut self, strict: bool) -> Self {
+        self.strict = strict;
+        self
+    }
+
+    /// Whether the tokens are signed (default `true`): RS256 with the test
+    /// key served at [`TestServer::jwks_url`].
+    ///
+    /// Signing costs about a millisecond of CPU per token (RSA-2048); a test
+    /// that issues tens of thousands of tokens and never checks a signature
+    /// can turn it off. The tokens keep their shape (the same header, a
+    /// signature of the same length) but the signature is not valid.
+    pub fn sign_tokens(mut self, sign: bool) -> Self {
+        self.sign_tokens = sign;
+        self
+    }
+
+    /// How many requests the log keeps (default 10,000): beyond, the oldest
+    /// entries are dropped and counted (see [`TestServer::requests_log`] and
+    /// [`TestServer::requests_log_dropped`]). `0` keeps none.
+    ///
+    /// Each entry holds the request's headers and body (up to 1 MiB).
+    pub fn request_log_capacity(mut self, capacity: usize) -> Self {
+        self.log_capacity = capacity;
+        self
+    }
+
+    /// How far the token server's wall clock is from this machine's, in
+    /// seconds: positive when the server's clock is ahead, negative when it
+    /// is behind (default 0).
+    ///
+    /// It applies to what the server says about wall-clock time: the `iat`
+    /// and `exp` claims of the tokens it issues, and the `Date` header of
+    /// the token endpoint's answers (not those of [`Fault::Respond`], which
+    /// carry exactly the headers given). What is relative or monotonic is
+    /// unchanged: `expires_in` and the API's own expiry check. Times are
+    /// kept between 1970 and 9999.
+    ///
+    /// ```
+    /// use entur_auth::testing::TestServer;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// // An authorization server whose clock is two hours behind.
+    /// let server = TestServer::builder()
+    ///     .issuer_clock_offset_secs(-2 * 3600)
+    ///     .start()
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn issuer_clock_offset_secs(mut self, offset_secs: i64) -> Self {
+        self.clock_offset_secs = offset_secs;
+        self
+    }
+
+    /// Binds `127.0.0.1` on an ephemeral port and spawns the server on the
+    /// current Tokio runtime.
+    ///
+    /// # Panics
+    ///
+    /// If called outside a Tokio runtime.
+    pub async fn start(self) -> io::Result<TestServer> {
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let addr = listener.local_addr()?;
+        let origin = format!("http://{addr}");
+        let shared = Arc::new(Shared {
+            addr,
+            token_url: format!("{origin}{TOKEN_PATH}"),
+            api_url: format!("{origin}{API_PATH}"),
+            jwks_url: format!("{origin}{JWKS_PATH}"),
+            issuer: origin,
+            client_id: self.client_id,
+            client_secret: self.client_secret,
+            audience: self.audience,
+            clock_offset_secs: self.clock_offset_secs,
+            require_audience: self.require_audience,
+            strict: self.strict,
+            sign_tokens: self.sign_tokens,
+            signer: signing::signer(),
+            token_requests: AtomicUsize::new(0),
+            tokens_issued: AtomicUsize::new(0),
+            api_requests: AtomicUsize::new(0),
+            api_rejections: AtomicUsize::new(0),
+            next_jti: AtomicU64::new(1),
+            state: Mutex::new(State {
+                lifetime: self.lifetime,
+                faults: VecDeque::new(),
+                sticky_fault: None,
+                api_faults: VecDeque::new(),
+                sticky_api_fault: None,
+                tokens: HashMap::new(),
+                last_token_request: None,
+                last_api_request: None,
+                log: log::RequestLog::new(self.log_capacity),
+            }),
+        });
+        let accept = tokio::spawn(accept_loop(listener, shared.clone())).abort_handle();
+        tracing::debug!(%addr, "test server started");
+        Ok(TestServer {
+            inner: Arc::new(Inner { shared, accept }),
+        })
+    }
+}
