@@ -192,7 +192,7 @@ impl RequestLog {
     pub(super) fn entries(&self, kind: Option<RequestKind>) -> Vec<LoggedRequest> {
         self.entries
             .iter()
-            .filter(|entry| kind.map_or(true, |kind| entry.kind == kind))
+            .filter(|entry| kind.is_none_or(|kind| entry.kind == kind))
             .cloned()
             .collect()
     }
