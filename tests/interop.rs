@@ -12,22 +12,8 @@ mod common;
 use std::time::Duration;
 
 use base64::Engine as _;
-use bytes::Bytes;
 use entur_auth::testing::{Fault, TestServer};
 use entur_auth::{Error, OAuthErrorCode, TokenSource};
-use http::StatusCode;
-
-/// An answer as a server sends it: status, headers, body.
-fn answer(status: u16, headers: &[(&str, &str)], body: &str) -> Fault {
-    Fault::Respond {
-        status: StatusCode::from_u16(status).unwrap(),
-        headers: headers
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect(),
-        body: Bytes::from(body.to_owned()),
-    }
-}
 
 const JSON: (&str, &str) = ("content-type", "application/json;charset=UTF-8");
 
@@ -79,22 +65,24 @@ async fn auth0() {
     let body = format!(
         r#"{{"access_token":"{token}","scope":"read:departures","expires_in":86400,"token_type":"Bearer"}}"#
     );
-    let (header, lifetime) = token_from(answer(200, &[JSON], &body)).await.unwrap();
+    let (header, lifetime) = token_from(Fault::respond(200, &[JSON], body.clone()))
+        .await
+        .unwrap();
     assert_eq!(header, format!("Bearer {token}"));
     assert_eq!(lifetime, Duration::from_secs(86400));
 
     let wrong_secret = r#"{"error":"access_denied","error_description":"Unauthorized"}"#;
-    let error = error_from(answer(401, &[JSON], wrong_secret)).await;
+    let error = error_from(Fault::respond(401, &[JSON], wrong_secret)).await;
     assert_rejected(&error, OAuthErrorCode::AccessDenied);
 
     let wrong_audience = r#"{"error":"access_denied","error_description":"Service not enabled within domain: https://api.example.com"}"#;
-    let error = error_from(answer(403, &[JSON], wrong_audience)).await;
+    let error = error_from(Fault::respond(403, &[JSON], wrong_audience)).await;
     assert_rejected(&error, OAuthErrorCode::AccessDenied);
     assert!(error.to_string().contains("Service not enabled"), "{error}");
 
     let limited =
         r#"{"error":"too_many_requests","error_description":"Global limit has been reached"}"#;
-    let error = error_from(answer(
+    let error = error_from(Fault::respond(
         429,
         &[
             JSON,
@@ -119,7 +107,9 @@ async fn entra_id_v1() {
     let body = format!(
         r#"{{"token_type":"Bearer","expires_in":"3599","ext_expires_in":"3599","expires_on":"1700003599","not_before":"1700000000","resource":"https://graph.microsoft.com","access_token":"{token}"}}"#
     );
-    let (_, lifetime) = token_from(answer(200, &[JSON], &body)).await.unwrap();
+    let (_, lifetime) = token_from(Fault::respond(200, &[JSON], body.clone()))
+        .await
+        .unwrap();
     assert_eq!(lifetime, Duration::from_secs(3599));
 }
 
@@ -131,16 +121,18 @@ async fn entra_id_v2() {
     let body = format!(
         r#"{{"token_type":"Bearer","expires_in":3599,"ext_expires_in":3599,"access_token":"{token}"}}"#
     );
-    let (_, lifetime) = token_from(answer(200, &[JSON], &body)).await.unwrap();
+    let (_, lifetime) = token_from(Fault::respond(200, &[JSON], body.clone()))
+        .await
+        .unwrap();
     assert_eq!(lifetime, Duration::from_secs(3599));
 
     let bad_secret = r#"{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID.","error_codes":[7000215],"timestamp":"2026-11-28 10:00:00Z","trace_id":"0000aaaa-11bb-cccc-dd22-eeeeee333333","correlation_id":"aaaa0000-bb11-2222-33cc-444444dddddd","error_uri":"https://login.microsoftonline.com/error?code=7000215"}"#;
-    let error = error_from(answer(401, &[JSON], bad_secret)).await;
+    let error = error_from(Fault::respond(401, &[JSON], bad_secret)).await;
     assert_rejected(&error, OAuthErrorCode::InvalidClient);
     assert!(error.to_string().contains("AADSTS7000215"), "{error}");
 
     let bad_scope = r#"{"error":"invalid_scope","error_description":"AADSTS1002012: The provided value for scope api://example is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier (application ID URI).","error_codes":[1002012]}"#;
-    let error = error_from(answer(400, &[JSON], bad_scope)).await;
+    let error = error_from(Fault::respond(400, &[JSON], bad_scope)).await;
     assert_rejected(&error, OAuthErrorCode::InvalidScope);
 }
 
@@ -154,11 +146,13 @@ async fn keycloak() {
     let body = format!(
         r#"{{"access_token":"{token}","expires_in":300,"refresh_expires_in":0,"token_type":"Bearer","not-before-policy":0,"scope":"profile email"}}"#
     );
-    let (_, lifetime) = token_from(answer(200, &[JSON], &body)).await.unwrap();
+    let (_, lifetime) = token_from(Fault::respond(200, &[JSON], body.clone()))
+        .await
+        .unwrap();
     assert_eq!(lifetime, Duration::from_secs(300));
 
     let bad_secret = r#"{"error":"unauthorized_client","error_description":"Invalid client or Invalid client credentials"}"#;
-    let error = error_from(answer(401, &[JSON], bad_secret)).await;
+    let error = error_from(Fault::respond(401, &[JSON], bad_secret)).await;
     assert_rejected(&error, OAuthErrorCode::UnauthorizedClient);
 }
 
@@ -172,15 +166,17 @@ async fn okta() {
     let body = format!(
         r#"{{"token_type":"Bearer","expires_in":3600,"access_token":"{token}","scope":"customScope"}}"#
     );
-    let (_, lifetime) = token_from(answer(200, &[JSON], &body)).await.unwrap();
+    let (_, lifetime) = token_from(Fault::respond(200, &[JSON], body.clone()))
+        .await
+        .unwrap();
     assert_eq!(lifetime, Duration::from_secs(3600));
 
     let bad_secret = r#"{"error":"invalid_client","error_description":"The client secret supplied for a confidential client is invalid."}"#;
-    let error = error_from(answer(401, &[JSON], bad_secret)).await;
+    let error = error_from(Fault::respond(401, &[JSON], bad_secret)).await;
     assert_rejected(&error, OAuthErrorCode::InvalidClient);
 
     let no_scope = r#"{"error":"invalid_scope","error_description":"The authorization server resource does not have any configured default scopes, 'scope' must be provided."}"#;
-    let error = error_from(answer(400, &[JSON], no_scope)).await;
+    let error = error_from(Fault::respond(400, &[JSON], no_scope)).await;
     assert_rejected(&error, OAuthErrorCode::InvalidScope);
 }
 
@@ -193,10 +189,12 @@ async fn cognito() {
         r#"{"token_use":"access","scope":"api/read","iat":1700000000,"exp":1700003600,"client_id":"abc"}"#,
     );
     let body = format!(r#"{{"access_token":"{token}","expires_in":3600,"token_type":"Bearer"}}"#);
-    let (_, lifetime) = token_from(answer(200, &[JSON], &body)).await.unwrap();
+    let (_, lifetime) = token_from(Fault::respond(200, &[JSON], body.clone()))
+        .await
+        .unwrap();
     assert_eq!(lifetime, Duration::from_secs(3600));
 
-    let error = error_from(answer(
+    let error = error_from(Fault::respond(
         400,
         &[JSON, ("www-authenticate", r#"Basic realm="cognito""#)],
         r#"{"error":"invalid_client"}"#,
@@ -215,11 +213,13 @@ async fn cognito() {
 async fn google() {
     let token = "ya29.c.c0ASRK0GZ-Ab_cdEf12.ghIJ-kl_3mNoPqrSTUvw";
     let body = format!(r#"{{"access_token":"{token}","expires_in":3599,"token_type":"Bearer"}}"#);
-    let (header, lifetime) = token_from(answer(200, &[JSON], &body)).await.unwrap();
+    let (header, lifetime) = token_from(Fault::respond(200, &[JSON], body.clone()))
+        .await
+        .unwrap();
     assert_eq!(header, format!("Bearer {token}"));
     assert_eq!(lifetime, Duration::from_secs(3599));
 
-    let error = error_from(answer(
+    let error = error_from(Fault::respond(
         400,
         &[JSON],
         r#"{"error":"invalid_grant","error_description":"Invalid JWT Signature."}"#,
@@ -236,12 +236,14 @@ async fn ory_hydra() {
     let body = format!(
         r#"{{"access_token":"{token}","expires_in":3599,"scope":"","token_type":"bearer"}}"#
     );
-    let (header, lifetime) = token_from(answer(200, &[JSON], &body)).await.unwrap();
+    let (header, lifetime) = token_from(Fault::respond(200, &[JSON], body.clone()))
+        .await
+        .unwrap();
     assert_eq!(header, format!("Bearer {token}"));
     assert_eq!(lifetime, Duration::from_secs(3599));
 
     let wrong_method = r#"{"error":"invalid_client","error_description":"Client authentication failed (e.g., unknown client, no client authentication included, or unsupported authentication method). The OAuth 2.0 Client supports client authentication method 'client_secret_basic', but method 'client_secret_post' was requested."}"#;
-    let error = error_from(answer(401, &[JSON], wrong_method)).await;
+    let error = error_from(Fault::respond(401, &[JSON], wrong_method)).await;
     assert_rejected(&error, OAuthErrorCode::InvalidClient);
     assert!(error.to_string().contains("client_secret_basic"), "{error}");
 }
@@ -257,15 +259,19 @@ async fn spring_authorization_server() {
     let body = format!(
         r#"{{"access_token":"{token}","scope":"message.read message.write","token_type":"Bearer","expires_in":299}}"#
     );
-    let (_, lifetime) = token_from(answer(200, &[JSON], &body)).await.unwrap();
+    let (_, lifetime) = token_from(Fault::respond(200, &[JSON], body.clone()))
+        .await
+        .unwrap();
     assert_eq!(lifetime, Duration::from_secs(299));
 
     // Without `expires_in`, the JWT's exp − iat decides, whatever type `scope` has.
     let body = format!(r#"{{"access_token":"{token}","token_type":"Bearer"}}"#);
-    let (_, lifetime) = token_from(answer(200, &[JSON], &body)).await.unwrap();
+    let (_, lifetime) = token_from(Fault::respond(200, &[JSON], body.clone()))
+        .await
+        .unwrap();
     assert_eq!(lifetime, Duration::from_secs(299));
 
-    let error = error_from(answer(
+    let error = error_from(Fault::respond(
         401,
         &[JSON, ("www-authenticate", "Basic")],
         r#"{"error":"invalid_client"}"#,
@@ -284,11 +290,13 @@ async fn ebay() {
     let body = format!(
         r#"{{"access_token":"{token}","expires_in":7200,"token_type":"Application Access Token"}}"#
     );
-    let (header, lifetime) = token_from(answer(200, &[JSON], &body)).await.unwrap();
+    let (header, lifetime) = token_from(Fault::respond(200, &[JSON], body.clone()))
+        .await
+        .unwrap();
     assert_eq!(header, format!("Bearer {token}"));
     assert_eq!(lifetime, Duration::from_secs(7200));
 
-    let error = error_from(answer(
+    let error = error_from(Fault::respond(
         401,
         &[JSON],
         r#"{"error":"invalid_client","error_description":"client authentication failed"}"#,
@@ -306,11 +314,13 @@ async fn salesforce() {
     let body = format!(
         r#"{{"access_token":"{token}","signature":"c2lnbmF0dXJl=","scope":"api","instance_url":"https://example.my.salesforce.com","id":"https://login.salesforce.com/id/00D5g000004XXXXEAA/0055g00000AbCdEAAV","token_type":"Bearer","issued_at":"1700000000000"}}"#
     );
-    let (header, lifetime) = token_from(answer(200, &[JSON], &body)).await.unwrap();
+    let (header, lifetime) = token_from(Fault::respond(200, &[JSON], body.clone()))
+        .await
+        .unwrap();
     assert_eq!(header, format!("Bearer {token}"));
     assert_eq!(lifetime, Duration::from_secs(600), "the configured default");
 
-    let error = error_from(answer(
+    let error = error_from(Fault::respond(
         400,
         &[JSON],
         r#"{"error":"invalid_grant","error_description":"no client credentials user enabled"}"#,

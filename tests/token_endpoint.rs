@@ -10,22 +10,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use entur_auth::testing::Fault;
-use http::StatusCode;
-
-/// An answer with exactly these headers and body.
-fn respond(status: u16, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Fault {
-    Fault::Respond {
-        status: StatusCode::from_u16(status).unwrap(),
-        headers: headers
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect(),
-        body: body.into(),
-    }
-}
 
 fn json(status: u16, body: impl Into<String>) -> Fault {
-    respond(
+    Fault::respond(
         status,
         &[("content-type", "application/json")],
         Bytes::from(body.into()),
@@ -78,7 +65,7 @@ async fn json_bodies_starting_with_a_byte_order_mark_are_read() {
         b"\r\n",
     ]
     .concat();
-    server.push_fault(respond(
+    server.push_fault(Fault::respond(
         200,
         &[("content-type", "application/json; charset=utf-8")],
         ok,
@@ -98,7 +85,7 @@ async fn json_bodies_starting_with_a_byte_order_mark_are_read() {
         br#" {"error":"invalid_client","error_description":"no"}"#,
     ]
     .concat();
-    server.push_fault(respond(
+    server.push_fault(Fault::respond(
         401,
         &[("content-type", "application/json")],
         refused,
@@ -201,7 +188,7 @@ async fn basic_unencoded_sends_the_raw_credentials() {
 #[tokio::test(start_paused = true)]
 async fn a_basic_challenge_to_a_body_secret_says_to_use_basic() {
     let server = server(Duration::from_secs(60)).await;
-    server.push_fault(respond(
+    server.push_fault(Fault::respond(
         400,
         &[
             ("content-type", "application/json"),

@@ -82,6 +82,23 @@ impl Fault {
             retry_after: None,
         }
     }
+
+    /// [`Fault::Respond`] from plain values: exactly these headers and body, for replaying
+    /// what a real server sends.
+    ///
+    /// # Panics
+    ///
+    /// If `status` is not a valid HTTP status code (100 to 999).
+    pub fn respond(status: u16, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Fault {
+        Fault::Respond {
+            status: StatusCode::from_u16(status).expect("a status code from 100 to 999"),
+            headers: headers
+                .iter()
+                .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+                .collect(),
+            body: body.into(),
+        }
+    }
 }
 
 /// A fault injected into the protected API with [`TestServer::push_api_fault`] or
