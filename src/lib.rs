@@ -43,6 +43,8 @@
 //! - `shared-store`: `store`, one token shared by a fleet through a [`store::TokenStore`],
 //!   encrypted at rest.
 //! - `redis`: `store::RedisStore`, the token store on Redis.
+//! - `tonic`: `tonic::EnturAuthInterceptor`, the same tokens for tonic clients built with
+//!   `with_interceptor`.
 //!
 //! Besides the refresher task on your runtime, the crate starts one thread per process,
 //! `entur-auth-watchdog`, asleep until its next deadline: it notices a refresher whose
@@ -76,6 +78,9 @@ pub mod store;
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod testing;
 pub mod token;
+#[cfg(feature = "tonic")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
+pub mod tonic;
 
 /// The README's code blocks, compiled as doc tests.
 #[cfg(doctest)]

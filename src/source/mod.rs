@@ -306,6 +306,37 @@ impl TokenSource {
     pub(crate) fn reauth_on_408(&self) -> bool {
         self.handle.shared.settings.reauth_on_408
     }
+
+    /// For callers that cannot wait (the tonic interceptor): with no usable token, starts
+    /// the fetch as [`token`](Self::token) does (waking the refresher, or taking it over on
+    /// this caller's runtime if it stopped), and returns without waiting for it.
+    ///
+    /// # Errors
+    ///
+    /// As [`token`](Self::token) without the wait: the last fetch's error while no fetch has
+    /// succeeded since (nothing is started: the refresher retries on its own schedule), or
+    /// [`Error::RefresherStopped`] when the refresher stopped and this call is not made on a
+    /// tokio runtime that could take it over.
+    #[cfg(feature = "tonic")]
+    pub(crate) fn start_fetch(&self) -> Result<(), Error> {
+        let shared = &self.handle.shared;
+        let mut state = shared.state.borrow().clone();
+        if state.stopped.is_some() {
+            shared.take_over()?;
+            state = shared.state.borrow().clone();
+        }
+        if shared.cell.load().is_some() {
+            return Ok(());
+        }
+        if let Some(error) = state.last_error {
+            return Err(error);
+        }
+        if !state.fetching {
+            shared.signals.load().wake.notify_one();
+            shared.probe_waiters();
+        }
+        Ok(())
+    }
 }
 
 impl Shared {
