@@ -45,6 +45,9 @@
 //! - `redis`: `store::RedisStore`, the token store on Redis.
 //! - `tonic`: `tonic::EnturAuthInterceptor`, the same tokens for tonic clients built with
 //!   `with_interceptor`.
+//! - `reqwest`: `reqwest::EnturAuthMiddleware`, the same token source for reqwest clients
+//!   through reqwest-middleware 0.5 (reqwest 0.13). It enables no TLS of reqwest's: your
+//!   client chooses it.
 //!
 //! Besides the refresher task on your runtime, the crate starts one thread per process,
 //! `entur-auth-watchdog`, asleep until its next deadline: it notices a refresher whose
@@ -69,6 +72,9 @@ pub mod error;
 pub mod error_for_status;
 pub mod layer;
 pub mod replay;
+#[cfg(feature = "reqwest")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+pub mod reqwest;
 pub mod retry;
 pub mod source;
 #[cfg(feature = "shared-store")]

@@ -1,0 +1,239 @@
+//! The same token source for [reqwest](https://docs.rs/reqwest) clients: [`EnturAuthMiddleware`],
+//! a [`reqwest_middleware::Middleware`] that sets `Authorization: Bearer <token>` (and
+//! `ET-Client-Name`), drops a token the API refuses and replays the request once with a new
+//! one. Feature `reqwest`; built on reqwest-middleware 0.5 and reqwest 0.13.
+//!
+//! ```no_run
+//! use entur_auth::reqwest::EnturAuthMiddleware;
+//! use entur_auth::{ClientName, Credentials, Environment, TokenEndpoint, TokenSource};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let source = TokenSource::builder(TokenEndpoint::entur(Environment::Dev), Credentials::from_env()?)
+//!     .build()?;
+//! let api = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+//!     .with(EnturAuthMiddleware::new(source).client_name(ClientName::new("acme-ticketing")?))
+//!     .build();
+//! let response = api.get("https://api.dev.entur.io/some/api").send().await?;
+//! println!("{}", response.status());
+//! # Ok(()) }
+//! ```
+//!
+//! # What it does, per request
+//!
+//! - Sets `Authorization` to the current token's prebuilt header value and, when configured,
+//!   `ET-Client-Name`. With no usable token yet, the request waits on the one fetch shared
+//!   by every caller of the source ([`TokenSource::token`]).
+//! - Refuses a request to `http://` on a host that is not loopback with
+//!   [`Error::CleartextRefused`] before anything is sent (no DNS lookup, no connection);
+//!   [`EnturAuthMiddleware::allow_plain_http`] lifts the check.
+//! - Reads the answer as [`EnturAuth`](crate::EnturAuth) does: a 401 (but not one whose
+//!   Bearer challenge says `insufficient_scope`), and a 408 when the source's endpoint says a
+//!   408 means "token expired" ([`TokenEndpoint::reauth_on_408`](crate::TokenEndpoint::reauth_on_408),
+//!   on for Entur's presets), drops the token that request carried
+//!   ([`TokenSource::invalidate`]) and stamps a [`Refusal`] on the response's extensions.
+//! - Replays the request once, with the new token, if a new token is coming
+//!   ([`Invalidation::replaced`]) and the request can be cloned
+//!   ([`reqwest::Request::try_clone`]: not when its body is a stream). A second refusal is
+//!   returned as it is, with [`ReplayOutcome::Replayed`]. A refused stream is returned with
+//!   [`ReplayOutcome::NotReplayable`]; its token is dropped all the same, so the next request
+//!   carries the new one.
+//!
+//! Forced refreshes back off as they do for the tower layer (see
+//! [`TokenSource::invalidate`]): an API that refuses every token costs a bounded number of
+//! token requests, and while refreshes back off nothing is replayed.
+//!
+//! # Errors
+//!
+//! A token that cannot be had, and a refused cleartext request, come out as
+//! [`reqwest_middleware::Error::Middleware`] wrapping an [`entur_auth::Error`](Error); get the
+//! variant back with `downcast_ref`:
+//!
+//! ```
+//! # async fn run(api: reqwest_middleware::ClientWithMiddleware) {
+//! match api.get("http://api.entur.io/journey-planner/v3").send().await {
+//!     Err(reqwest_middleware::Error::Middleware(error)) => {
+//!         match error.downcast_ref::<entur_auth::Error>() {
+//!             Some(entur_auth::Error::CleartextRefused { host, .. }) => eprintln!("not over http: {host}"),
+//!             Some(error) if error.is_transient() => eprintln!("token endpoint down, retry later: {error}"),
+//!             Some(error) => eprintln!("fix the configuration: {error}"),
+//!             None => eprintln!("another middleware failed: {error}"),
+//!         }
+//!     }
+//!     Err(error) => eprintln!("reqwest failed: {error}"),
+//!     Ok(response) => println!("{}", response.status()),
+//! }
+//! # }
+//! ```
+//!
+//! The API's own answers (a 401 after the replay, a 403) are responses, not errors, as
+//! reqwest returns them; `Response::error_for_status` turns them into reqwest errors.
+//!
+//! # Where it goes in the chain, and what reqwest does below it
+//!
+//! Middlewares run in the order they were added. Put `EnturAuthMiddleware` after (inside) a
+//! retry middleware such as `reqwest-retry`'s, so that every attempt reads the current
+//! token. Below the middleware, the reqwest client follows redirects (up to 10 by default);
+//! it removes `Authorization` when a redirect leaves the request's host, port or scheme. A
+//! reqwest request timeout (`RequestBuilder::timeout`) applies to each attempt; the wait for
+//! a token is bounded by the source's
+//! [`fetch_timeout`](crate::TokenSourceBuilder::fetch_timeout).
+
+use std::sync::Arc;
+
+use ::reqwest::header::AUTHORIZATION;
+use ::reqwest::{Request, Response};
+use http::{Extensions, HeaderValue};
+use reqwest_middleware::{Middleware, Next};
+
+use crate::config::ClientName;
+use crate::error::Error;
+use crate::layer::{Refusal, ReplayOutcome, ET_CLIENT_NAME};
+use crate::source::{registry, Invalidation, TokenSource};
+use crate::token::AccessToken;
+
+/// A [`reqwest_middleware::Middleware`] that authenticates requests with tokens from a
+/// shared [`TokenSource`]; see the [module docs](self).
+///
+/// Cheap to clone; clones share the token source, and so do the tower layers made from the
+/// same source: one token, one background task, for every client.
+#[derive(Clone, Debug)]
+pub struct EnturAuthMiddleware {
+    source: TokenSource,
+    client_name: Option<HeaderValue>,
+    allow_plain_http: bool,
+    reauth_on_408: bool,
+}
+
+impl EnturAuthMiddleware {
+    /// A middleware that authorizes requests with tokens from `source`.
+    pub fn new(source: TokenSource) -> Self {
+        Self {
+            reauth_on_408: source.reauth_on_408(),
+            source,
+            client_name: None,
+            allow_plain_http: false,
+        }
+    }
+
+    /// Also sets `ET-Client-Name: <name>` on every request, as Entur requires.
+    pub fn client_name(mut self, name: ClientName) -> Self {
+        self.client_name = Some(name.header_value().clone());
+        self
+    }
+
+    /// Allows sending the bearer token over plain `http://` to hosts that are not loopback.
+    /// Default `false`: such requests fail with [`Error::CleartextRefused`] and nothing is
+    /// sent. Allow it only when the network path is protected otherwise (a sidecar proxy, a
+    /// service mesh with mTLS).
+    pub fn allow_plain_http(mut self, allow: bool) -> Self {
+        self.allow_plain_http = allow;
+        self
+    }
+
+    /// The token source.
+    pub fn source(&self) -> &TokenSource {
+        &self.source
+    }
+
+    /// A usable token: the cached one, or the one shared fetch.
+    async fn token(&self) -> Result<Arc<AccessToken>, Error> {
+        match self.source.current() {
+            Some(token) => Ok(token),
+            None => self.source.token().await,
+        }
+    }
+
+    /// Acts on an answer to a request that carried `token`, as
+    /// [`EnturAuth`](crate::EnturAuth)'s response future does: a refusal drops the token and
+    /// is stamped on the response; an accepted token on probation ends the forced-refresh
+    /// backoff. Returns what the source did with a refused token.
+    fn inspect(&self, response: &mut Response, token: &AccessToken) -> Option<Invalidation> {
+        let refused =
+            crate::classify::refusal(response.status(), response.headers(), self.reauth_on_408);
+        let Some(reason) = refused else {
+            if token.on_probation() {
+                if let Some(shared) = registry::lookup(self.source.key()) {
+                    shared.accepted(token.id());
+                }
+            }
+            return None;
+        };
+        let invalidation = self.source.invalidate(token.id());
+        response.extensions_mut().insert(Refusal {
+            token: token.id(),
+            reason,
+            invalidation,
+            replay: ReplayOutcome::NotAttempted,
+        });
+        Some(invalidation)
+    }
+}
+
+#[async_trait::async_trait]
+impl Middleware for EnturAuthMiddleware {
+    async fn handle(
+        &self,
+        mut request: Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<Response> {
+        let url = request.url();
+        if url.scheme() == "http" && !self.allow_plain_http {
+            let host = url.host_str().unwrap_or_default();
+            if !crate::config::is_loopback(host) {
+                return Err(reqwest_middleware::Error::middleware(
+                    Error::CleartextRefused {
+                        host: crate::error::sanitize(host, 100),
+                    },
+                ));
+            }
+        }
+        if let Some(name) = &self.client_name {
+            request.headers_mut().insert(ET_CLIENT_NAME, name.clone());
+        }
+        let token = self
+            .token()
+            .await
+            .map_err(reqwest_middleware::Error::middleware)?;
+        request
+            .headers_mut()
+            .insert(AUTHORIZATION, token.header_value().clone());
+        // A copy for the replay, made before the request is consumed; `None` for a stream.
+        let replay = request.try_clone();
+        let mut response = next.clone().run(request, extensions).await?;
+        let Some(invalidation) = self.inspect(&mut response, &token) else {
+            return Ok(response);
+        };
+        if !invalidation.replaced() {
+            // Forced refreshes are backing off: the same token would go again.
+            return Ok(response);
+        }
+        let Some(mut replay) = replay else {
+            set_replay(&mut response, ReplayOutcome::NotReplayable);
+            return Ok(response);
+        };
+        tracing::debug!("token refused; replaying with a fresh token");
+        // The refused answer is dropped here; the replay's answer, or the fetch's error
+        // (which says more than the refusal would), is what the caller gets.
+        drop(response);
+        let token = self
+            .source
+            .token()
+            .await
+            .map_err(reqwest_middleware::Error::middleware)?;
+        replay
+            .headers_mut()
+            .insert(AUTHORIZATION, token.header_value().clone());
+        let mut response = next.run(replay, extensions).await?;
+        if self.inspect(&mut response, &token).is_some() {
+            set_replay(&mut response, ReplayOutcome::Replayed);
+        }
+        Ok(response)
+    }
+}
+
+fn set_replay(response: &mut Response, outcome: ReplayOutcome) {
+    if let Some(refusal) = response.extensions_mut().get_mut::<Refusal>() {
+        refusal.replay = outcome;
+    }
+}
