@@ -528,7 +528,7 @@ impl fmt::Display for Error {
             }
             Self::CleartextRefused { host } => write!(
                 f,
-                "refused to send the bearer token over plain http:// to {host}: it would cross the network in cleartext; use https://, or, if this host is reached over a network you trust (a sidecar, a mesh with mTLS), allow it with EnturAuthLayer::allow_plain_http(true)"
+                "refused to send the bearer token over plain http:// to {host}: it would cross the network in cleartext; use https://, or, if this host is reached over a network you trust (a sidecar, a mesh with mTLS), allow it with EnturAuthLayer::allow_plain_http(true) (reqwest: EnturAuthMiddleware::allow_plain_http(true))"
             ),
             Self::RefresherStopped { reason } => {
                 write!(f, "the token refresher is not running: {reason}")
