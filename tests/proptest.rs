@@ -397,7 +397,7 @@ proptest! {
         }
         let mut payload = b64url(Value::Object(claims).to_string().as_bytes());
         if padded {
-            while payload.len() % 4 != 0 {
+            while !payload.len().is_multiple_of(4) {
                 payload.push('=');
             }
         }
