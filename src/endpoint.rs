@@ -36,6 +36,8 @@ pub(crate) struct RawResponse {
 pub(crate) type Transport = BoxCloneSyncService<Request<TokenRequestBody>, RawResponse, BoxError>;
 
 /// Erases any tower HTTP service into a [`Transport`] that reads at most `cap` body bytes.
+/// A failure to reach the token endpoint (to connect, or to read the answer) becomes
+/// [`Error::Unavailable`] naming the request's host.
 pub(crate) fn erase<S, B>(service: S, cap: usize) -> Transport
 where
     S: Service<Request<TokenRequestBody>, Response = Response<B>> + Clone + Send + Sync + 'static,
@@ -45,9 +47,15 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    let service = service
-        .map_err(Into::into)
-        .and_then(move |response: Response<B>| async move {
+    let service = tower::service_fn(move |request: Request<TokenRequestBody>| {
+        let host = host_of(request.uri());
+        // `oneshot` waits for this clone to be ready before calling it.
+        let service = service.clone();
+        async move {
+            let response = service
+                .oneshot(request)
+                .await
+                .map_err(|e| at_host(e.into(), &host))?;
             let (parts, body) = response.into_parts();
             let body = match Limited::new(body, cap).collect().await {
                 Ok(collected) => collected.to_bytes(),
@@ -58,15 +66,52 @@ where
                     )
                     .into())
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(at_host(e, &host)),
             };
             Ok(RawResponse {
                 status: parts.status,
                 headers: parts.headers,
                 body,
             })
-        });
+        }
+    });
     BoxCloneSyncService::new(service)
+}
+
+/// `host[:port]` of a token URL, for messages: never the user name or password.
+fn host_of(uri: &Uri) -> Option<String> {
+    let host = uri.host()?;
+    Some(match uri.port_u16() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    })
+}
+
+/// A transport failure as [`Error::Unavailable`] at `host`; our own errors keep their
+/// variant (a proxy's answer, the size cap) and gain the host if they are `Unavailable`.
+fn at_host(error: BoxError, host: &Option<String>) -> BoxError {
+    let error = match error.downcast::<Error>() {
+        Ok(ours) => *ours,
+        Err(other) => Error::unavailable(None, None, Some(Arc::from(other))),
+    };
+    Box::new(match error {
+        Error::Unavailable {
+            status,
+            retry_after,
+            cause,
+            code,
+            description,
+            host: None,
+        } => Error::Unavailable {
+            status,
+            retry_after,
+            cause,
+            code,
+            description,
+            host: host.clone(),
+        },
+        other => other,
+    })
 }
 
 /// The parts of a token request that never change: built once, cloned per fetch.
@@ -297,6 +342,7 @@ pub(crate) fn read_response(
                 cause: None,
                 code,
                 description,
+                host: None,
             })
         }
         (400..=499, Some(oauth)) => Err(oauth_error(oauth)),
@@ -348,6 +394,7 @@ fn oauth_error(
             cause: None,
             code: Some(code),
             description,
+            host: None,
         };
     }
     Error::Rejected {

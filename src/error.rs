@@ -27,6 +27,16 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 ///
 /// Neither `Display` nor `Debug` ever contains the client secret or a token. The error is
 /// cheap to clone: every caller waiting on one failed fetch receives the same error.
+///
+/// # `Display` and `source()`
+///
+/// `Display` is the whole story in one line: what happened, where (the token endpoint's
+/// host, for a network failure), why (the messages of the underlying transport error, each
+/// once, repeats removed) and what to do. So [`source`](std::error::Error::source) returns
+/// `None`: an error reporter that prints an error and then its sources (anyhow's `{:#}`,
+/// eyre, a `tracing` field) shows each cause once, not once here and again below. The
+/// transport error itself is still there, in `Unavailable`'s `cause`, and the failure behind
+/// `NotReady` in its `last_error`.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum Error {
@@ -64,6 +74,9 @@ pub enum Error {
         code: Option<OAuthErrorCode>,
         /// The server's `error_description`, shortened and with control characters removed.
         description: Option<String>,
+        /// The token URL's host (and port, when the URL has one) that could not be reached,
+        /// for a network failure. Never a user name or password.
+        host: Option<String>,
     },
     /// The token endpoint, or more likely a gateway in front of it (a WAF, CDN or proxy),
     /// refused the request (400, 401 or 403) with something that is not an OAuth2 error: an
@@ -336,6 +349,7 @@ impl Error {
             cause,
             code: None,
             description: None,
+            host: None,
         }
     }
 
@@ -449,14 +463,15 @@ impl fmt::Display for Error {
                 cause,
                 code,
                 description,
+                host,
             } => {
+                f.write_str("token endpoint ")?;
+                if let Some(host) = host {
+                    write!(f, "{host} ")?;
+                }
                 match status {
-                    Some(status) => write!(
-                        f,
-                        "token endpoint unavailable (answered {}",
-                        status.as_u16()
-                    )?,
-                    None => f.write_str("token endpoint unreachable")?,
+                    Some(status) => write!(f, "unavailable (answered {}", status.as_u16())?,
+                    None => f.write_str("unreachable")?,
                 }
                 if status.is_some() {
                     if let Some(code) = code {
@@ -467,7 +482,7 @@ impl fmt::Display for Error {
                     }
                     f.write_str(")")?;
                 }
-                let cause = cause.as_ref().map(|c| innermost(c.as_ref()));
+                let cause = cause.as_ref().map(|c| chain(c.as_ref()));
                 if let Some(cause) = &cause {
                     write!(f, " ({cause})")?;
                 }
@@ -478,7 +493,10 @@ impl fmt::Display for Error {
                 if cause.is_some_and(|c| c.contains("certificate")) {
                     f.write_str("the token endpoint's TLS certificate was not accepted; if it comes from a private CA, add the CA with TokenSourceBuilder::extra_root_certificate_pem")
                 } else {
-                    f.write_str("check network access to the token URL if this persists")
+                    match host {
+                        Some(host) => write!(f, "check network access to {host} (DNS, firewall, proxy) if this persists"),
+                        None => f.write_str("check network access to the token URL if this persists"),
+                    }
                 }
             }
             Self::Timeout { after } => write!(
@@ -541,20 +559,9 @@ impl fmt::Display for Error {
     }
 }
 
-impl std::error::Error for Error {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Self::Unavailable {
-                cause: Some(cause), ..
-            } => Some(cause.as_ref()),
-            Self::NotReady {
-                last_error: Some(last),
-                ..
-            } => Some(last.as_ref()),
-            _ => None,
-        }
-    }
-}
+/// `source()` is `None`: `Display` already says everything, causes included (see
+/// [`Error`]'s documentation).
+impl std::error::Error for Error {}
 
 /// Says what happened to a refused token and what to do, from the [`Refusal`] the auth layer
 /// and the replay recorded.
@@ -612,16 +619,26 @@ fn seconds(duration: Duration) -> String {
     }
 }
 
-/// The deepest message of an error chain: for a TLS or connection failure, the part that
-/// says what went wrong ("invalid peer certificate: UnknownIssuer", "Connection refused").
-fn innermost(error: &(dyn std::error::Error + 'static)) -> String {
+/// The messages of an error chain, outermost first, each once: a message that an outer one
+/// already contains (hyper's and hyper-util's errors repeat their cause's text, and an
+/// `io::Error` wraps another error's message) is left out. For a TLS or connection failure
+/// this ends with the part that says what went wrong ("invalid peer certificate:
+/// UnknownIssuer", "Connection refused").
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut messages = vec![error.to_string()];
     let mut current = error;
-    let mut messages = vec![current.to_string()];
     while let Some(next) = current.source() {
         current = next;
-        messages.push(current.to_string());
+        let message = current.to_string();
+        if message.is_empty() || messages.iter().any(|m| m.contains(&message)) {
+            continue;
+        }
+        match messages.last_mut() {
+            // The inner one repeats the outer one and says more: keep only the inner one.
+            Some(last) if message.contains(last.as_str()) => *last = message,
+            _ => messages.push(message),
+        }
     }
-    messages.dedup();
     messages.join(": ")
 }
 
@@ -683,6 +700,104 @@ mod tests {
         assert!(e.is_transient());
         assert_eq!(e.retry_after(), Some(Duration::from_secs(7)));
         assert!(e.to_string().contains("503"), "{e}");
+    }
+
+    /// An error with a message and a source, as transports nest them.
+    #[derive(Debug)]
+    struct Nested(&'static str, Option<Box<Nested>>);
+
+    impl fmt::Display for Nested {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Nested {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|e| e as _)
+        }
+    }
+
+    /// hyper-util's shape: an outer message, one that repeats the cause, the cause.
+    fn refused() -> Nested {
+        Nested(
+            "client error (Connect)",
+            Some(Box::new(Nested(
+                "tcp connect error: Connection refused (os error 111)",
+                Some(Box::new(Nested("Connection refused (os error 111)", None))),
+            ))),
+        )
+    }
+
+    /// What an error reporter prints: the error, then each source.
+    fn report(error: &(dyn std::error::Error + 'static)) -> String {
+        let mut text = error.to_string();
+        let mut next = error.source();
+        while let Some(e) = next {
+            text.push_str("\ncaused by: ");
+            text.push_str(&e.to_string());
+            next = e.source();
+        }
+        text
+    }
+
+    #[test]
+    fn a_rendered_chain_says_the_cause_once() {
+        let unreachable = Error::Unavailable {
+            status: None,
+            retry_after: None,
+            cause: Some(Arc::new(refused())),
+            code: None,
+            description: None,
+            host: Some("partner.dev.entur.org".into()),
+        };
+        let text = report(&unreachable);
+        assert_eq!(text.matches("Connection refused").count(), 1, "{text}");
+        assert_eq!(text.matches("tcp connect error").count(), 1, "{text}");
+        assert!(
+            text.starts_with("token endpoint partner.dev.entur.org unreachable (client error (Connect): tcp connect error: Connection refused (os error 111))"),
+            "{text}"
+        );
+        assert!(
+            text.contains("check network access to partner.dev.entur.org"),
+            "{text}"
+        );
+
+        let not_ready = Error::NotReady {
+            waited: Duration::from_secs(30),
+            last_error: Some(Box::new(unreachable)),
+        };
+        let text = report(&not_ready);
+        assert_eq!(text.matches("Connection refused").count(), 1, "{text}");
+        assert!(text.contains("partner.dev.entur.org"), "{text}");
+        assert!(!text.contains('\n'), "{text}");
+    }
+
+    #[test]
+    fn chain_drops_repeats_either_way_round() {
+        // The outer message repeats the inner one.
+        let e = Nested(
+            "error trying to connect: dns error: no such host",
+            Some(Box::new(Nested(
+                "dns error: no such host",
+                Some(Box::new(Nested("no such host", None))),
+            ))),
+        );
+        assert_eq!(
+            chain(&e),
+            "error trying to connect: dns error: no such host"
+        );
+        // The inner message repeats the outer one and says more.
+        let e = Nested(
+            "tcp connect error",
+            Some(Box::new(Nested("tcp connect error: timed out", None))),
+        );
+        assert_eq!(chain(&e), "tcp connect error: timed out");
+        // Distinct messages are all kept, in order.
+        assert_eq!(
+            chain(&refused()),
+            "client error (Connect): tcp connect error: Connection refused (os error 111)"
+        );
     }
 
     #[test]
