@@ -418,6 +418,12 @@ impl fmt::Debug for TokenSource {
 }
 
 /// A snapshot of a [`TokenSource`], from [`TokenSource::status`].
+///
+/// Its `Display` is one line for a log or a health endpoint, never with a secret or a token,
+/// e.g. `fresh: token #3 usable for 64799 s, refresh in 48599 s; 1 fetch, 0 failed`. With the
+/// `serde` feature it implements `Serialize`: the fields below, durations in milliseconds
+/// (`usable_for_ms`, `refresh_in_ms`, `retry_in_ms`), `health` as its word, `serving` as
+/// [`Health::is_serving`], the token as its number and the last error as its message.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct Status {
@@ -445,7 +451,35 @@ pub struct Status {
 }
 
 /// The state of a [`TokenSource`] in one word.
+///
+/// `Display` (and, with the `serde` feature, `Serialize`) gives the word in lower case:
+/// `idle`, `fresh`, `refreshing`, `degraded`, `fetching`, `failing`, `stopped`.
+///
+/// # Readiness and liveness
+///
+/// A readiness probe should report ready exactly while a token is being sent,
+/// [`is_serving`](Self::is_serving): `Fresh`, `Refreshing` and `Degraded`.
+///
+/// | state | requests get a token | ready | |
+/// |---|---|---|---|
+/// | `Idle` | not yet | no | sources fetch lazily: nothing is fetched until a request (or [`TokenSource::ready`]) asks. Call `ready(deadline)` at startup, before the probe is served: a probe waiting for a token that only traffic would fetch never becomes ready |
+/// | `Fetching` | they wait for it | no | the first fetch, or one after the token was retired |
+/// | `Fresh` | yes | yes | |
+/// | `Refreshing` | yes | yes | the refresh of a token that is still valid is under way |
+/// | `Degraded` | yes | yes | the refresh failed and is retried with backoff; the current token is still valid and still sent (Entur's leave about six hours). Alert if it lasts |
+/// | `Failing` | no: they fail fast | no | no valid token and the last fetch failed; [`Status::last_error`] says why |
+/// | `Stopped` | no | no | the refresher is not running; the next caller on a tokio runtime takes it over |
+///
+/// Leave liveness out of it: restarting the process fixes neither an authorization server
+/// outage nor wrong credentials, and every restart costs a token request (Entur counts them
+/// against a quota). `Stopped` that lasts is the one state a restart may cure: a runtime
+/// nobody drives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize),
+    serde(rename_all = "lowercase")
+)]
 #[non_exhaustive]
 pub enum Health {
     /// No token yet and none asked for (sources fetch lazily).
@@ -467,8 +501,123 @@ pub enum Health {
 }
 
 impl Health {
-    /// `true` while a usable token is being sent.
+    /// `true` while a usable token is being sent: `Fresh`, `Refreshing` or `Degraded`. The
+    /// answer for a readiness probe; see [the table](Self#readiness-and-liveness).
     pub fn is_serving(self) -> bool {
         matches!(self, Self::Fresh | Self::Refreshing | Self::Degraded)
+    }
+
+    /// The state as one lower-case word, as `Display` writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Idle => "idle",
+            Self::Fresh => "fresh",
+            Self::Refreshing => "refreshing",
+            Self::Degraded => "degraded",
+            Self::Fetching => "fetching",
+            Self::Failing => "failing",
+            Self::Stopped => "stopped",
+        }
+    }
+}
+
+impl fmt::Display for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: ", self.health)?;
+        match (self.token, self.usable_for) {
+            (Some(token), Some(usable_for)) => {
+                write!(f, "token {token} usable for {}", Secs(usable_for))?
+            }
+            (Some(token), None) => write!(f, "token {token}")?,
+            (None, _) if self.health == Health::Idle => f.write_str(
+                "no token yet (fetched on the first request, or by TokenSource::ready)",
+            )?,
+            (None, _) => f.write_str("no token")?,
+        }
+        match (self.fetching, self.token.is_some(), self.refresh_in) {
+            (true, true, _) => f.write_str(", refresh under way")?,
+            (true, false, _) => f.write_str(", fetch under way")?,
+            // Once a refresh failed, the retry below is what comes next.
+            (false, true, Some(refresh_in)) if self.last_error.is_none() => {
+                write!(f, ", refresh in {}", Secs(refresh_in))?
+            }
+            _ => {}
+        }
+        if let Some(retry_in) = self.retry_in {
+            write!(f, "; retry in {}", Secs(retry_in))?;
+        }
+        if let Some(error) = &self.last_error {
+            // One line whatever the error says.
+            f.write_str("; last error: ")?;
+            for c in error.to_string().chars().filter(|c| !c.is_control()) {
+                fmt::Write::write_char(f, c)?;
+            }
+        }
+        write!(
+            f,
+            "; {} fetch{}, {} failed",
+            self.fetch_attempts,
+            if self.fetch_attempts == 1 { "" } else { "es" },
+            self.fetch_failures
+        )?;
+        if self.forced_refreshes_in_a_row > 0 {
+            write!(
+                f,
+                "; {} forced refresh{} in a row (the API refused new tokens)",
+                self.forced_refreshes_in_a_row,
+                if self.forced_refreshes_in_a_row == 1 {
+                    ""
+                } else {
+                    "es"
+                }
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// A duration for a status line: whole seconds from 10 s up, else with one decimal.
+struct Secs(Duration);
+
+impl fmt::Display for Secs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0 >= Duration::from_secs(10) {
+            write!(f, "{} s", self.0.as_secs())
+        } else {
+            write!(f, "{:.1} s", self.0.as_secs_f64())
+        }
+    }
+}
+
+#[cfg(feature = "serde")]
+#[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
+impl serde::Serialize for Status {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+
+        let millis =
+            |d: Option<Duration>| d.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let mut s = serializer.serialize_struct("Status", 11)?;
+        s.serialize_field("health", &self.health)?;
+        s.serialize_field("serving", &self.health.is_serving())?;
+        s.serialize_field("token", &self.token.map(TokenId::get))?;
+        s.serialize_field("usable_for_ms", &millis(self.usable_for))?;
+        s.serialize_field("refresh_in_ms", &millis(self.refresh_in))?;
+        s.serialize_field("fetching", &self.fetching)?;
+        s.serialize_field("retry_in_ms", &millis(self.retry_in))?;
+        s.serialize_field(
+            "last_error",
+            &self.last_error.as_ref().map(ToString::to_string),
+        )?;
+        s.serialize_field("fetch_attempts", &self.fetch_attempts)?;
+        s.serialize_field("fetch_failures", &self.fetch_failures)?;
+        s.serialize_field("forced_refreshes_in_a_row", &self.forced_refreshes_in_a_row)?;
+        s.end()
     }
 }
