@@ -48,6 +48,8 @@
 //! - `reqwest`: `reqwest::EnturAuthMiddleware`, the same token source for reqwest clients
 //!   through reqwest-middleware 0.5 (reqwest 0.13). It enables no TLS of reqwest's: your
 //!   client chooses it.
+//! - `serde`: `Deserialize` for [`Config`] (configuration files), `Serialize` for
+//!   [`Health`] and [`Status`] (health endpoints).
 //!
 //! Besides the refresher task on your runtime, the crate starts one thread per process,
 //! `entur-auth-watchdog`, asleep until its next deadline: it notices a refresher whose
@@ -94,7 +96,8 @@ pub mod tonic;
 pub struct ReadmeDoctests;
 
 pub use config::{
-    BodyEncoding, ClientAuth, ClientName, ClientSecret, Credentials, Environment, TokenEndpoint,
+    BodyEncoding, ClientAuth, ClientName, ClientSecret, Config, Credentials, Environment,
+    TokenEndpoint,
 };
 pub use endpoint::TokenRequestBody;
 pub use error::{BoxError, Error, OAuthErrorCode};

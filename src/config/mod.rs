@@ -22,10 +22,14 @@
 //! # Ok::<(), entur_auth::Error>(())
 //! ```
 
+mod loader;
+
 use std::fmt;
 use std::str::FromStr;
 
 use http::{HeaderValue, Uri};
+
+pub use self::loader::Config;
 
 use crate::error::Error;
 
@@ -370,26 +374,6 @@ impl Credentials {
             client_id: client_id.into(),
             client_secret: ClientSecret::new(client_secret),
         }
-    }
-
-    /// Credentials from the environment variables `ENTUR_CLIENT_ID` and `ENTUR_CLIENT_SECRET`.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] naming the variable that is missing or empty.
-    pub fn from_env() -> Result<Self, Error> {
-        let read = |name: &str| {
-            match std::env::var(name) {
-            Ok(value) if !value.trim().is_empty() => Ok(value.trim().to_owned()),
-            _ => Err(Error::config(format!(
-                "environment variable {name} is not set: set ENTUR_CLIENT_ID and ENTUR_CLIENT_SECRET to the credentials Entur issued"
-            ))),
-        }
-        };
-        Ok(Self::new(
-            read("ENTUR_CLIENT_ID")?,
-            read("ENTUR_CLIENT_SECRET")?,
-        ))
     }
 
     /// The client id.
