@@ -1,4 +1,5 @@
-//! Quick start: authenticated requests through `EnturAuthLayer`.
+//! Quick start: authenticated requests through `EnturAuthLayer`, configured with
+//! `entur_auth::Config`.
 //!
 //! ```text
 //! cargo run --example quickstart
@@ -8,12 +9,15 @@
 //! API on 127.0.0.1 with 3-second tokens, and shows tokens being fetched, sent and refreshed
 //! ahead of expiry for about 10 seconds.
 //!
-//! With `ENTUR_CLIENT_ID` and `ENTUR_CLIENT_SECRET` set (and optionally `ENTUR_ENVIRONMENT`:
-//! dev, staging or production, default dev; `ET_CLIENT_NAME`: `<company>-<application>`), it
-//! authenticates against Entur and calls the partner API URL given as the first argument:
+//! With `ENTUR_CLIENT_ID` and `ENTUR_CLIENT_SECRET` (or `ENTUR_CLIENT_SECRET_FILE`) set, it
+//! authenticates against Entur and calls the partner API URL given as the first argument.
+//! `ENTUR_ENVIRONMENT` (dev, staging or production) and `ET_CLIENT_NAME`
+//! (`<company>-<application>`) default to `dev` and `entur_auth-quickstart` here; a program of
+//! your own calls `Config::from_env()`, which asks for them. The other variables
+//! (`ENTUR_AUDIENCE`, `ENTUR_TOKEN_URL`, `ENTUR_TOKEN_BODY`) are read as `Config` documents.
 //!
 //! ```text
-//! ENTUR_CLIENT_ID=… ENTUR_CLIENT_SECRET=… ET_CLIENT_NAME=acme-ticketing \
+//! ENTUR_CLIENT_ID=… ENTUR_CLIENT_SECRET=… ENTUR_ENVIRONMENT=dev ET_CLIENT_NAME=acme-ticketing \
 //!   cargo run --example quickstart -- https://api.dev.entur.io/<some partner API path>
 //! ```
 
@@ -22,10 +26,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use entur_auth::testing::TestServer;
-use entur_auth::{
-    BoxError, ClientName, Credentials, EnturAuthLayer, Environment, TokenEndpoint, TokenId,
-    TokenSource,
-};
+use entur_auth::{BoxError, Config, Environment, TokenId};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -63,14 +64,19 @@ async fn demo() -> Result<(), BoxError> {
     );
     println!();
 
-    // The same stack as against Entur; only the endpoint and credentials differ.
-    let source = TokenSource::builder(server.endpoint(), server.credentials())
-        .allow_http_loopback(true) // plain http is allowed for loopback test servers only
-        .build()?;
+    // The same configuration call as against Entur; only the variables differ. The token URL
+    // is plain http, which Config accepts for loopback hosts only.
+    let config = Config::from_lookup(|name| match name {
+        "ENTUR_CLIENT_ID" => Some(server.client_id().to_owned()),
+        "ENTUR_CLIENT_SECRET" => Some(server.client_secret().to_owned()),
+        "ENTUR_TOKEN_URL" => Some(server.token_url()),
+        "ENTUR_AUDIENCE" => Some(server.audience().to_owned()),
+        "ET_CLIENT_NAME" => Some("acme-quickstart".to_owned()),
+        _ => None,
+    })?;
+    let (source, layer) = config.build()?;
     let http = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let mut api = ServiceBuilder::new()
-        .layer(EnturAuthLayer::new(source.clone()).client_name(ClientName::new("acme-quickstart")?))
-        .service(http);
+    let mut api = ServiceBuilder::new().layer(layer).service(http);
 
     let start = Instant::now();
     let (mut requests, mut ok) = (0u32, 0u32);
@@ -134,27 +140,35 @@ async fn demo() -> Result<(), BoxError> {
     Ok(())
 }
 
-/// Entur for real: credentials from the environment, the API URL from the command line.
+/// Entur for real: the configuration from the environment, the API URL from the command line.
 async fn against_entur() -> Result<(), BoxError> {
-    let environment: Environment = std::env::var("ENTUR_ENVIRONMENT")
-        .unwrap_or_else(|_| "dev".into())
-        .parse()?;
-    let client_name = ClientName::new(
-        &std::env::var("ET_CLIENT_NAME").unwrap_or_else(|_| "entur_auth-quickstart".into()),
-    )?;
+    // Config::from_env() with two defaults for this example: your program would not have them.
+    let config = Config::from_lookup(|name| {
+        std::env::var(name).ok().or_else(|| match name {
+            "ENTUR_ENVIRONMENT" if std::env::var_os("ENTUR_TOKEN_URL").is_none() => {
+                Some("dev".to_owned())
+            }
+            "ET_CLIENT_NAME" => Some("entur_auth-quickstart".to_owned()),
+            _ => None,
+        })
+    })?;
     let Some(url) = std::env::args().nth(1) else {
+        let audience = config
+            .environment()
+            .map_or("https://api.dev.entur.io", Environment::audience);
         return Err(format!(
-            "give the partner API URL to call, e.g. `cargo run --example quickstart -- {}/…`",
-            environment.audience()
+            "give the partner API URL to call, e.g. `cargo run --example quickstart -- {audience}/…`"
         )
         .into());
     };
-    let source = TokenSource::builder(TokenEndpoint::entur(environment), Credentials::from_env()?)
-        .build()?;
-    println!(
-        "Authenticating against Entur {environment} ({})…",
-        environment.partner_token_url()
-    );
+    let (source, layer) = config.build()?;
+    match config.environment() {
+        Some(environment) => println!(
+            "Authenticating against Entur {environment} ({})…",
+            config.endpoint().url()
+        ),
+        None => println!("Authenticating at {}…", config.endpoint().url()),
+    }
     // Waits through transient failures for up to 30 s; fails at once on bad credentials.
     source.ready(Duration::from_secs(30)).await?;
     println!("Token fetched; calling {url}");
@@ -165,9 +179,7 @@ async fn against_entur() -> Result<(), BoxError> {
         .enable_http1()
         .build();
     let client = Client::builder(TokioExecutor::new()).build::<_, Full<Bytes>>(https);
-    let mut api = ServiceBuilder::new()
-        .layer(EnturAuthLayer::new(source).client_name(client_name))
-        .service(client);
+    let mut api = ServiceBuilder::new().layer(layer).service(client);
     let request = http::Request::get(url.as_str()).body(Full::default())?;
     let response = api.ready().await?.call(request).await?;
     let status = response.status();
