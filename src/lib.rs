@@ -50,6 +50,8 @@
 //!   client chooses it.
 //! - `serde`: `Deserialize` for [`Config`] (configuration files), `Serialize` for
 //!   [`Health`] and [`Status`] (health endpoints).
+//! - `metrics`: `metrics`, token requests, refusals, replays, the shared store and health on
+//!   the `metrics` crate's facade, for any exporter.
 //!
 //! Besides the refresher task on your runtime, the crate starts one thread per process,
 //! `entur-auth-watchdog`, asleep until its next deadline: it notices a refresher whose
@@ -73,6 +75,9 @@ mod endpoint;
 pub mod error;
 pub mod error_for_status;
 pub mod layer;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
 pub mod replay;
 #[cfg(feature = "reqwest")]
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
@@ -104,7 +109,8 @@ pub use error::{BoxError, Error, OAuthErrorCode};
 pub use layer::{EnturAuth, EnturAuthLayer, Refusal, ReplayOutcome, SentToken, ET_CLIENT_NAME};
 pub use replay::ReplayLayer;
 pub use source::{
-    FetchOutcome, Health, Invalidation, Status, TokenSource, TokenSourceBuilder, WeakTokenSource,
+    FetchOutcome, Health, Invalidation, Status, TokenOrigin, TokenSource, TokenSourceBuilder,
+    WeakTokenSource,
 };
 pub use token::{AccessToken, TokenId};
 

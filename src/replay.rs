@@ -174,6 +174,7 @@ where
                 request: Some(request),
                 service: self.auth.clone(),
                 token: None,
+                labels: Labels::default(),
             })
         });
         ResponseFuture {
@@ -190,6 +191,35 @@ struct Second<S, B> {
     request: Option<Request<B>>,
     service: S,
     token: Option<crate::layer::future::TokenFuture>,
+    /// The refusing source's metric labels, once a refusal is seen.
+    labels: Labels,
+}
+
+/// The labels of a refusing source's metrics, carried through the replay; nothing without
+/// the `metrics` feature.
+#[cfg(feature = "metrics")]
+type Labels = Option<crate::metrics::SourceLabels>;
+#[cfg(not(feature = "metrics"))]
+type Labels = ();
+
+/// The labels of the source whose token `response` refused. Runs on refusals only.
+#[cfg(feature = "metrics")]
+#[cold]
+fn labels_of<B>(response: &Response<B>) -> Labels {
+    let key = response
+        .extensions()
+        .get::<crate::layer::future::RefusedBy>()?
+        .0;
+    Some(crate::source::registry::lookup(key)?.metric_labels())
+}
+
+/// Counts what became of a refused request.
+#[cfg(feature = "metrics")]
+#[cold]
+fn record(labels: &Labels, outcome: crate::metrics::Replay) {
+    if let Some(labels) = labels {
+        crate::metrics::replay(labels, outcome);
+    }
 }
 
 pin_project! {
@@ -220,6 +250,7 @@ pin_project! {
         Replayed {
             #[pin]
             future: S::Future,
+            labels: Labels,
         },
     }
 }
@@ -236,17 +267,31 @@ where
             match this.state.as_mut().project() {
                 StateProj::First { future, replay } => {
                     let mut response = ready!(future.poll(cx))?;
-                    let Some(refusal) = response.extensions_mut().get_mut::<Refusal>() else {
+                    let Some(&refusal) = response.extensions().get::<Refusal>() else {
                         return Poll::Ready(Ok(response));
                     };
+                    #[cfg(feature = "metrics")]
+                    let labels = labels_of(&response);
                     if !refusal.invalidation.replaced() {
                         // Forced refreshes are backing off: the same token would go again.
+                        #[cfg(feature = "metrics")]
+                        if let crate::Invalidation::RateLimited { .. } = refusal.invalidation {
+                            record(&labels, crate::metrics::Replay::RateLimited);
+                        }
                         return Poll::Ready(Ok(response));
                     }
                     let Some(mut replay) = replay.take() else {
-                        refusal.replay = ReplayOutcome::NotReplayable;
+                        if let Some(refusal) = response.extensions_mut().get_mut::<Refusal>() {
+                            refusal.replay = ReplayOutcome::NotReplayable;
+                        }
+                        #[cfg(feature = "metrics")]
+                        record(&labels, crate::metrics::Replay::NotReplayable);
                         return Poll::Ready(Ok(response));
                     };
+                    #[cfg(feature = "metrics")]
+                    {
+                        replay.labels = labels;
+                    }
                     tracing::debug!(reason = ?refusal.reason, "token refused; replaying with a fresh token");
                     let source = replay.service.source().clone();
                     replay.token = Some(Box::pin(async move { source.token().await }));
@@ -259,17 +304,36 @@ where
                         let _ = ready!(token.as_mut().poll(cx));
                         replay.token = None;
                     }
-                    ready!(replay.service.poll_ready(cx))?;
+                    if let Err(error) = ready!(replay.service.poll_ready(cx)) {
+                        #[cfg(feature = "metrics")]
+                        record(&replay.labels, crate::metrics::Replay::Failed);
+                        return Poll::Ready(Err(error));
+                    }
                     let Some(request) = replay.request.take() else {
                         return Poll::Ready(Err(
                             "replay ResponseFuture polled after completion".into()
                         ));
                     };
                     let future = replay.service.call(request);
-                    this.state.set(State::Replayed { future });
+                    let labels = std::mem::take(&mut replay.labels);
+                    this.state.set(State::Replayed { future, labels });
                 }
-                StateProj::Replayed { future } => {
-                    let mut response = ready!(future.poll(cx))?;
+                StateProj::Replayed { future, labels } => {
+                    let result = ready!(future.poll(cx));
+                    #[cfg(feature = "metrics")]
+                    record(
+                        labels,
+                        match &result {
+                            Err(_) => crate::metrics::Replay::Failed,
+                            Ok(response) if response.extensions().get::<Refusal>().is_some() => {
+                                crate::metrics::Replay::Refused
+                            }
+                            Ok(_) => crate::metrics::Replay::Accepted,
+                        },
+                    );
+                    #[cfg(not(feature = "metrics"))]
+                    let _ = labels;
+                    let mut response = result?;
                     if let Some(refusal) = response.extensions_mut().get_mut::<Refusal>() {
                         refusal.replay = ReplayOutcome::Replayed;
                     }

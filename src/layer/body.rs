@@ -81,9 +81,9 @@ impl<B: Body> Body for ResponseBody<B> {
 #[cold]
 #[inline(never)]
 fn trailers_seen(trailers: &HeaderMap, watch: Watch) {
-    if let Decision::Reauthenticate(_) = classify::classify_trailers(trailers) {
+    if let Decision::Reauthenticate(reason) = classify::classify_trailers(trailers) {
         if let Some(shared) = registry::lookup(watch.key) {
-            let outcome = shared.invalidate(watch.token);
+            let outcome = shared.invalidate_because(watch.token, Some(reason));
             tracing::debug!(token = %watch.token, ?outcome, "gRPC UNAUTHENTICATED in the trailers");
         }
     }

@@ -19,6 +19,12 @@ use crate::source::registry::{self, SourceKey};
 use crate::source::Invalidation;
 use crate::token::{AccessToken, TokenId};
 
+/// Which source the token of a refused answer came from, next to the [`Refusal`]: the
+/// replay layer labels its metrics with it. Set on refusals only.
+#[cfg(feature = "metrics")]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RefusedBy(pub(crate) SourceKey);
+
 /// A boxed wait for the source's token.
 pub(crate) type TokenFuture = Pin<Box<dyn Future<Output = Result<Arc<AccessToken>, Error>> + Send>>;
 
@@ -157,7 +163,7 @@ fn inspect<B>(response: &mut Response<B>, sent: Sent) {
     match classify::refusal(response.status(), response.headers(), sent.reauth_on_408) {
         Some(reason) => {
             let invalidation = match &shared {
-                Some(shared) => shared.invalidate(token),
+                Some(shared) => shared.invalidate_because(token, Some(reason)),
                 None => Invalidation::SourceGone,
             };
             response.extensions_mut().insert(Refusal {
@@ -166,6 +172,8 @@ fn inspect<B>(response: &mut Response<B>, sent: Sent) {
                 invalidation,
                 replay: ReplayOutcome::NotAttempted,
             });
+            #[cfg(feature = "metrics")]
+            response.extensions_mut().insert(RefusedBy(sent.key));
         }
         None if sent.probation => {
             if let Some(shared) = shared {

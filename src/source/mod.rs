@@ -134,22 +134,43 @@ impl Drop for Shared {
 /// A hook called after every token request; see [`TokenSourceBuilder::on_fetch`].
 pub(crate) type FetchHook = Arc<dyn Fn(&FetchOutcome<'_>) + Send + Sync>;
 
-/// What one token request came to, handed to the hook set with
+/// What one attempt to obtain a token came to, handed to the hook set with
 /// [`TokenSourceBuilder::on_fetch`] (for metrics). Never contains a secret: the token's
 /// `Debug` is redacted.
+///
+/// With a [shared store](TokenSourceBuilder::shared_store), a token may come from the store
+/// instead of a token request: [`origin`](Self::origin) says which. Count only
+/// [`TokenOrigin::TokenEndpoint`] outcomes as token requests, or a fleet's count grows with
+/// its size.
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct FetchOutcome<'a> {
     /// The new token, or why there is none.
     pub result: Result<&'a AccessToken, &'a Error>,
+    /// Where the token came from. A failure is always a token request's
+    /// ([`TokenOrigin::TokenEndpoint`]): a store that is down or slow never fails a
+    /// fetch, the source then asks the token endpoint alone.
+    pub origin: TokenOrigin,
     /// 1 for the first attempt after a success, counting up while attempts fail.
     pub attempt: u32,
-    /// How long the request took.
+    /// How long the attempt took: the token request, or for an adopted token the reads of
+    /// the store.
     pub took: Duration,
     /// After a failure: how long until the next attempt.
     pub retry_in: Option<Duration>,
     /// Whether a usable token is being sent meanwhile.
     pub serving_token: bool,
+}
+
+/// Where a token in a [`FetchOutcome`] came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TokenOrigin {
+    /// A token request to the authorization server.
+    TokenEndpoint,
+    /// Adopted from the fleet's [shared store](TokenSourceBuilder::shared_store), where
+    /// another source (in this process or another) published it: no token request was sent.
+    SharedStore,
 }
 
 #[derive(Clone, Debug)]
@@ -173,6 +194,21 @@ struct FetchState {
     last_error: Option<Error>,
     retry_at: Option<Instant>,
     stopped: Option<Stopped>,
+}
+
+impl FetchState {
+    /// The state in one word, given whether a usable token is cached.
+    fn health(&self, has_token: bool) -> Health {
+        match (has_token, self.fetching, self.last_error.is_some()) {
+            _ if self.stopped.is_some() => Health::Stopped,
+            (true, _, true) => Health::Degraded,
+            (true, true, false) => Health::Refreshing,
+            (true, false, false) => Health::Fresh,
+            (false, _, true) => Health::Failing,
+            (false, true, false) => Health::Fetching,
+            (false, false, false) => Health::Idle,
+        }
+    }
 }
 
 impl TokenSource {
@@ -268,16 +304,8 @@ impl TokenSource {
         let state = shared.state.borrow().clone();
         let now = Instant::now();
         let token = shared.cell.load();
-        let health = match (token.is_some(), state.fetching, state.last_error.is_some()) {
-            _ if state.stopped.is_some() => Health::Stopped,
-            (true, _, true) => Health::Degraded,
-            (true, true, false) => Health::Refreshing,
-            (true, false, false) => Health::Fresh,
-            (false, _, true) => Health::Failing,
-            (false, true, false) => Health::Fetching,
-            (false, false, false) => Health::Idle,
-        };
-        Status {
+        let health = state.health(token.is_some());
+        let status = Status {
             health,
             token: token.as_ref().map(|t| t.id()),
             usable_for: token
@@ -292,7 +320,11 @@ impl TokenSource {
             fetch_attempts: shared.attempts.load(Ordering::Relaxed),
             fetch_failures: shared.failures.load(Ordering::Relaxed),
             forced_refreshes_in_a_row: shared.reauth().streak,
-        }
+        };
+        // A cheap moment to bring the gauges up to date (no work is done per request).
+        #[cfg(feature = "metrics")]
+        crate::metrics::source_state(&shared.metric_labels(), health, status.usable_for);
+        status
     }
 
     pub(crate) fn cell(&self) -> &Arc<ArcSwapOption<AccessToken>> {
@@ -342,6 +374,8 @@ impl TokenSource {
 impl Shared {
     fn publish(&self, change: impl FnOnce(&mut FetchState)) {
         self.state.send_modify(change);
+        #[cfg(feature = "metrics")]
+        self.record_state();
     }
 
     pub(crate) async fn token(self: &Arc<Self>) -> Result<Arc<AccessToken>, Error> {

@@ -73,7 +73,28 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// See [`TokenSource::invalidate`](super::TokenSource::invalidate): a refusal learnt of
+    /// directly.
     pub(crate) fn invalidate(&self, rejected: TokenId) -> Invalidation {
+        self.invalidate_because(rejected, None)
+    }
+
+    /// Drops `rejected`, which the API refused for `reason`, if it is still the current token,
+    /// and starts a fetch (unless forced refreshes are backing off).
+    pub(crate) fn invalidate_because(
+        &self,
+        rejected: TokenId,
+        reason: Option<crate::classify::Reauth>,
+    ) -> Invalidation {
+        let action = self.drop_refused(rejected);
+        #[cfg(feature = "metrics")]
+        crate::metrics::refusal(&self.metric_labels(), reason, action);
+        #[cfg(not(feature = "metrics"))]
+        let _ = reason;
+        action
+    }
+
+    fn drop_refused(&self, rejected: TokenId) -> Invalidation {
         let current = self.cell.load();
         let Some(token) = current.as_ref().filter(|t| t.id() == rejected) else {
             return Invalidation::AlreadyReplaced;

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use tower::ServiceExt;
 use tracing::Instrument;
 
-use super::{FetchOutcome, FetchState, Shared, Signals};
+use super::{FetchOutcome, FetchState, Shared, Signals, TokenOrigin};
 use crate::endpoint;
 use crate::error::Error;
 use crate::token::{AccessToken, Issued};
@@ -25,6 +25,9 @@ impl Shared {
     /// Hands an outcome to the user's hook; a panicking hook is logged, never fatal to the
     /// refresher.
     fn report(&self, outcome: FetchOutcome<'_>) {
+        // Units and help texts, for a recorder installed after the source was built.
+        #[cfg(feature = "metrics")]
+        crate::metrics::describe();
         if let Some(hook) = &self.on_fetch {
             let call = AssertUnwindSafe(|| hook(&outcome));
             if std::panic::catch_unwind(call).is_err() {
@@ -33,16 +36,35 @@ impl Shared {
         }
     }
 
+    /// The labels of this source's metrics.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn metric_labels(&self) -> crate::metrics::SourceLabels {
+        crate::metrics::SourceLabels::new(self.request.url(), self.credentials.client_id())
+    }
+
+    /// Brings the source's gauges (health, how long the token will still be sent) up to date.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn record_state(&self) {
+        let token = self.cell.load();
+        let health = self.state.borrow().health(token.is_some());
+        let usable_for = token
+            .as_ref()
+            .map(|t| t.usable_until().saturating_duration_since(Instant::now()));
+        crate::metrics::source_state(&self.metric_labels(), health, usable_for);
+    }
+
     /// Drops `token` from the cell if it is still there.
     fn retire(&self, token: &Arc<AccessToken>) {
         let previous = self.cell.compare_and_swap(token, None);
         if previous.as_ref().is_some_and(|p| Arc::ptr_eq(p, token)) {
             tracing::debug!(token = ?token.id(), "token retired at the end of its usable lifetime");
+            #[cfg(feature = "metrics")]
+            self.record_state();
         }
     }
 
     /// A new token: from the fleet's shared store when there is one, else fetched.
-    async fn obtain(&self, jitter_sample: f64) -> Result<AccessToken, Error> {
+    async fn obtain(&self, jitter_sample: f64) -> Result<(AccessToken, TokenOrigin), Error> {
         #[cfg(feature = "shared-store")]
         if let Some(fleet) = &self.fleet {
             let current = self.cell.load_full();
@@ -58,11 +80,26 @@ impl Shared {
                 )
                 .await;
         }
-        self.fetch(jitter_sample).await
+        let token = self.fetch(jitter_sample).await?;
+        Ok((token, TokenOrigin::TokenEndpoint))
+    }
+
+    /// One token request, counted in the metrics.
+    async fn fetch(&self, jitter_sample: f64) -> Result<AccessToken, Error> {
+        #[cfg(feature = "metrics")]
+        let started = Instant::now();
+        let result = self.request_token(jitter_sample).await;
+        #[cfg(feature = "metrics")]
+        crate::metrics::token_request(
+            &self.metric_labels(),
+            result.as_ref().map(drop),
+            started.elapsed(),
+        );
+        result
     }
 
     /// One token request, with the fetch timeout around all of it.
-    async fn fetch(&self, jitter_sample: f64) -> Result<AccessToken, Error> {
+    async fn request_token(&self, jitter_sample: f64) -> Result<AccessToken, Error> {
         self.attempts.fetch_add(1, Ordering::Relaxed);
         let request = self.request.to_request();
         let sent_at = Instant::now();
@@ -87,7 +124,13 @@ impl Shared {
             sent_wall,
             server_date: granted.server_date,
         };
-        AccessToken::from_issued(issued, &self.settings.lifecycle, jitter_sample)
+        let token = AccessToken::from_issued(issued, &self.settings.lifecycle, jitter_sample)?;
+        // A token whose lifetime was shorter than the request for it took cannot be used: a
+        // failed request (and never published to a shared store).
+        if Instant::now() >= token.usable_until() {
+            return Err(unusable_on_arrival(&token, sent_at.elapsed()));
+        }
+        Ok(token)
     }
 
     fn backoff(&self, error: &Error, failures: u32, rng: &mut fastrand::Rng) -> Duration {
@@ -106,6 +149,19 @@ impl Shared {
             None => delay,
         }
     }
+}
+
+/// The error for a token that arrived already past its usable time.
+fn unusable_on_arrival(token: &AccessToken, took: Duration) -> Error {
+    let lifetime = token.expires_at() - token.issued_at();
+    Error::invalid(
+        http::StatusCode::OK,
+        format!(
+            "the token arrived already past its usable time: its lifetime ({:.1} s) is barely longer than the token request took ({:.1} s); retrying on the slow schedule (check the token endpoint's latency, or a lifetime this short)",
+            lifetime.as_secs_f64(),
+            took.as_secs_f64()
+        ),
+    )
 }
 
 /// `now + delay`, saturating far in the future instead of overflowing.
@@ -188,6 +244,10 @@ impl Refresher {
         let shared = self.shared.clone();
         let signals = self.signals.clone();
         shared.beat();
+        // The refresher woke (a refresh, a retirement, demand, a probe): a cheap moment to
+        // bring the gauges up to date.
+        #[cfg(feature = "metrics")]
+        shared.record_state();
         if self.panics >= MAX_PANICS_IN_A_ROW {
             // Timers keep panicking: answer demand only.
             tokio::select! {
@@ -261,7 +321,7 @@ impl Refresher {
         };
         let took = started.elapsed();
         match result {
-            Ok(token) => self.succeeded(token, attempt, took, &span),
+            Ok((token, origin)) => self.succeeded(token, origin, attempt, took, &span),
             Err(error) => self.failed(error, attempt, took, &span),
         }
     }
@@ -269,24 +329,17 @@ impl Refresher {
     fn succeeded(
         &mut self,
         token: AccessToken,
+        origin: TokenOrigin,
         attempt: u32,
         took: Duration,
         span: &tracing::Span,
     ) {
         // A token whose lifetime was shorter than the request for it took cannot be used:
         // storing it would only retire it again at once, and waiting callers would start
-        // the next fetch without any backoff. It is a failed fetch.
+        // the next fetch without any backoff. It is a failed fetch. (`fetch` checks this
+        // on arrival; this catches the time spent publishing to a shared store.)
         if Instant::now() >= token.usable_until() {
-            let lifetime = token.expires_at() - token.issued_at();
-            let error = Error::invalid(
-                http::StatusCode::OK,
-                format!(
-                    "the token arrived already past its usable time: its lifetime ({:.1} s) is barely longer than the token request took ({:.1} s); retrying on the slow schedule (check the token endpoint's latency, or a lifetime this short)",
-                    lifetime.as_secs_f64(),
-                    took.as_secs_f64()
-                ),
-            );
-            return self.failed(error, attempt, took, span);
+            return self.failed(unusable_on_arrival(&token, took), attempt, took, span);
         }
         let shared = &self.shared;
         let token = Arc::new(token);
@@ -296,14 +349,26 @@ impl Refresher {
         if shared.reauth().streak > 0 {
             token.start_probation();
         }
-        tracing::info!(
-            parent: span,
-            token = %token.id(),
-            lifetime_s = lifetime.as_secs_f64(),
-            refresh_in_s = (token.refresh_at() - token.issued_at()).as_secs_f64(),
-            took_ms = took.as_millis() as u64,
-            "access token fetched"
-        );
+        let refresh_in_s = (token.refresh_at() - token.issued_at()).as_secs_f64();
+        let took_ms = took.as_millis() as u64;
+        match origin {
+            TokenOrigin::TokenEndpoint => tracing::info!(
+                parent: span,
+                token = %token.id(),
+                lifetime_s = lifetime.as_secs_f64(),
+                refresh_in_s,
+                took_ms,
+                "access token fetched"
+            ),
+            TokenOrigin::SharedStore => tracing::info!(
+                parent: span,
+                token = %token.id(),
+                lifetime_s = lifetime.as_secs_f64(),
+                refresh_in_s,
+                took_ms,
+                "access token adopted from the shared store"
+            ),
+        }
         shared.cell.store(Some(token.clone()));
         shared.watch_token(&token);
         self.failures = 0;
@@ -311,6 +376,7 @@ impl Refresher {
         shared.publish(|s| *s = FetchState::default());
         shared.report(FetchOutcome {
             result: Ok(&token),
+            origin,
             attempt,
             took,
             retry_in: None,
@@ -337,6 +403,7 @@ impl Refresher {
         );
         shared.report(FetchOutcome {
             result: Err(&error),
+            origin: TokenOrigin::TokenEndpoint,
             attempt,
             took,
             retry_in: Some(delay),
@@ -360,6 +427,8 @@ impl Refresher {
         let error = Error::internal(
             "the token refresher panicked (a bug: please report it); it retries on the slow schedule",
         );
+        #[cfg(feature = "metrics")]
+        crate::metrics::token_request_panicked(&self.shared.metric_labels());
         let span = tracing::Span::current();
         self.failed(error, self.failures + 1, Duration::ZERO, &span);
     }

@@ -53,6 +53,7 @@ use tokio::time::Instant;
 
 use crate::config::{Credentials, TokenEndpoint};
 use crate::error::{BoxError, Error};
+use crate::source::TokenOrigin;
 use crate::token::{AccessToken, Lifecycle};
 
 /// Where a fleet of token sources shares its token: a key-value store with expiring entries
@@ -112,6 +113,8 @@ pub(crate) struct Fleet {
     holder: String,
     settings: StoreSettings,
     lock_ttl: Duration,
+    #[cfg(feature = "metrics")]
+    labels: crate::metrics::SourceLabels,
 }
 
 impl fmt::Debug for Fleet {
@@ -188,6 +191,8 @@ impl Fleet {
             holder,
             settings,
             lock_ttl: fetch_timeout + Duration::from_secs(2),
+            #[cfg(feature = "metrics")]
+            labels: crate::metrics::SourceLabels::new(endpoint.url(), credentials.client_id()),
         }
     }
 
@@ -204,7 +209,7 @@ impl Fleet {
         lifecycle: &Lifecycle,
         jitter: f64,
         fetch: F,
-    ) -> Result<AccessToken, Error>
+    ) -> Result<(AccessToken, TokenOrigin), Error>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<AccessToken, Error>>,
@@ -212,39 +217,58 @@ impl Fleet {
         let deadline = Instant::now() + self.lock_ttl * 2;
         loop {
             match self.look(current, refused, lifecycle, jitter).await {
-                Look::Adopted(token) => {
-                    tracing::debug!(token = %token.id(), "adopted the fleet's token from the store");
-                    return Ok(token);
-                }
-                Look::Unavailable => return self.fetch_and_publish(&fetch, false).await,
+                Look::Adopted(token) => return Ok((token, TokenOrigin::SharedStore)),
+                Look::Unavailable => return self.fetch_alone(&fetch, "unavailable").await,
                 Look::Nothing => {}
             }
             let op = self
                 .store
                 .try_lock(&self.lock_key, &self.holder, self.lock_ttl);
-            match self.call(op).await {
+            match self.call("lock", op).await {
                 Some(true) => {
                     // Another replica may have published between our look and the lock.
                     if let Look::Adopted(token) =
                         self.look(current, refused, lifecycle, jitter).await
                     {
                         let op = self.store.unlock(&self.lock_key, &self.holder);
-                        self.call(op).await;
-                        tracing::debug!(token = %token.id(), "adopted the fleet's token from the store");
-                        return Ok(token);
+                        self.call("unlock", op).await;
+                        return Ok((token, TokenOrigin::SharedStore));
                     }
                     return self.fetch_and_publish(&fetch, true).await;
                 }
                 Some(false) if Instant::now() < deadline => {
                     tokio::time::sleep(self.settings.poll).await;
                 }
-                // Store down, or the holder never published: fetch for ourselves.
-                _ => return self.fetch_and_publish(&fetch, false).await,
+                // The holder never published: fetch for ourselves.
+                Some(false) => return self.fetch_alone(&fetch, "lock_wait").await,
+                // Store down: fetch for ourselves.
+                None => return self.fetch_alone(&fetch, "unavailable").await,
             }
         }
     }
 
-    async fn fetch_and_publish<F, Fut>(&self, fetch: &F, locked: bool) -> Result<AccessToken, Error>
+    /// Fetches without the fleet lock, because of `reason` (a label of the fallbacks metric).
+    async fn fetch_alone<F, Fut>(
+        &self,
+        fetch: &F,
+        reason: &'static str,
+    ) -> Result<(AccessToken, TokenOrigin), Error>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<AccessToken, Error>>,
+    {
+        #[cfg(feature = "metrics")]
+        crate::metrics::store_fallback(&self.labels, reason);
+        #[cfg(not(feature = "metrics"))]
+        let _ = reason;
+        self.fetch_and_publish(fetch, false).await
+    }
+
+    async fn fetch_and_publish<F, Fut>(
+        &self,
+        fetch: &F,
+        locked: bool,
+    ) -> Result<(AccessToken, TokenOrigin), Error>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<AccessToken, Error>>,
@@ -255,9 +279,9 @@ impl Fleet {
         }
         if locked {
             let op = self.store.unlock(&self.lock_key, &self.holder);
-            self.call(op).await;
+            self.call("unlock", op).await;
         }
-        result
+        result.map(|token| (token, TokenOrigin::TokenEndpoint))
     }
 
     /// A newer usable token in the store: when this replica has one, the stored one must be
@@ -269,8 +293,28 @@ impl Fleet {
         lifecycle: &Lifecycle,
         jitter: f64,
     ) -> Look {
+        let look = self.look_inner(current, refused, lifecycle, jitter).await;
+        #[cfg(feature = "metrics")]
+        crate::metrics::store_lookup(
+            &self.labels,
+            match look {
+                Look::Adopted(_) => "hit",
+                Look::Nothing => "miss",
+                Look::Unavailable => "unavailable",
+            },
+        );
+        look
+    }
+
+    async fn look_inner(
+        &self,
+        current: Option<&AccessToken>,
+        refused: &(dyn Fn(&AccessToken) -> bool + Sync),
+        lifecycle: &Lifecycle,
+        jitter: f64,
+    ) -> Look {
         let op = self.store.get(&self.token_key);
-        let Some(entry) = self.call(op).await else {
+        let Some(entry) = self.call("get", op).await else {
             return Look::Unavailable;
         };
         let Some(stored) = entry.and_then(|bytes| self.open(&bytes)) else {
@@ -316,14 +360,26 @@ impl Fleet {
             return;
         };
         let op = self.store.set(&self.token_key, sealed, ttl);
-        if self.call(op).await.is_some() {
+        if self.call("set", op).await.is_some() {
             tracing::debug!(token = %token.id(), "published the token to the fleet's store");
         }
     }
 
-    /// Runs a store call with the timeout; `None` (logged) when the store is unavailable.
-    async fn call<T>(&self, op: BoxFuture<'_, Result<T, BoxError>>) -> Option<T> {
-        match tokio::time::timeout(self.settings.op_timeout, op).await {
+    /// Runs a store call (`operation`, a label of the errors metric) with the timeout; `None`
+    /// (logged) when the store is unavailable.
+    async fn call<T>(
+        &self,
+        operation: &'static str,
+        op: BoxFuture<'_, Result<T, BoxError>>,
+    ) -> Option<T> {
+        let result = tokio::time::timeout(self.settings.op_timeout, op).await;
+        #[cfg(feature = "metrics")]
+        if !matches!(result, Ok(Ok(_))) {
+            crate::metrics::store_error(&self.labels, operation, result.is_err());
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = operation;
+        match result {
             Ok(Ok(value)) => Some(value),
             Ok(Err(error)) => {
                 tracing::warn!(%error, "token store unavailable; fetching for this replica");
