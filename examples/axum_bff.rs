@@ -10,6 +10,10 @@
 //! and never sees a token. The upstream is the embedded protected API on 127.0.0.1; the
 //! example starts the BFF on 127.0.0.1, sends it a few requests itself, checks that no answer
 //! carries a token, prints the answers and exits 0. No network beyond loopback, no credentials.
+//!
+//! The BFF also serves its metrics on `GET /metrics` for Prometheus (the crate's feature
+//! `metrics`, rendered by `metrics-exporter-prometheus`): after the upstream refuses a token
+//! once, the example scrapes it and checks the token requests, the refusal and the replay.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -22,6 +26,7 @@ use axum::Router;
 use bytes::Bytes;
 use entur_auth::error_for_status::ErrorForStatusLayer;
 use entur_auth::layer::ResponseBody;
+use entur_auth::testing::ApiFault;
 use entur_auth::testing::TestServer;
 use entur_auth::{BoxError, ClientName, EnturAuthLayer, TokenSource, ET_CLIENT_NAME};
 use http::header::{AUTHORIZATION, CONTENT_TYPE};
@@ -30,6 +35,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tower::util::BoxCloneSyncService;
 use tower::{ServiceBuilder, ServiceExt};
 
@@ -43,6 +49,10 @@ struct AppState {
     upstream: Upstream,
     /// Base URL of the protected upstream API.
     api_url: Arc<str>,
+    /// For `/metrics`: the source, whose `status()` brings its gauges up to date, and the
+    /// Prometheus recorder's handle, which renders the scrape.
+    source: TokenSource,
+    prometheus: PrometheusHandle,
 }
 
 #[tokio::main]
@@ -57,6 +67,20 @@ async fn main() -> ExitCode {
 }
 
 async fn run() -> Result<(), BoxError> {
+    // Metrics: a Prometheus recorder, installed for this process before anything records.
+    // Token request durations as a histogram with buckets (the exporter's default is a
+    // summary); the handle renders the scrape in the `/metrics` handler, so no exporter
+    // listener is started.
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(entur_auth::metrics::TOKEN_REQUEST_DURATION.to_owned()),
+            &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+        )?
+        .build_recorder();
+    let prometheus = recorder.handle();
+    metrics::set_global_recorder(recorder)?;
+    entur_auth::metrics::describe();
+
     // Upstream: the embedded authorization server and protected API.
     let upstream_server = TestServer::builder()
         .token_lifetime(Duration::from_secs(60))
@@ -82,11 +106,14 @@ async fn run() -> Result<(), BoxError> {
     let state = AppState {
         upstream: BoxCloneSyncService::new(upstream),
         api_url: upstream_server.api_url().into(),
+        source: source.clone(),
+        prometheus,
     };
 
     // The BFF itself.
     let app = Router::new()
         .route("/departures/{stop}", get(departures))
+        .route("/metrics", get(metrics_text))
         .with_state(state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let bff = listener.local_addr()?;
@@ -155,8 +182,74 @@ async fn run() -> Result<(), BoxError> {
     {
         return Err("upstream did not get the BFF's one token".into());
     }
+
+    // Upstream refuses the BFF's token once (revoked, say): the BFF drops it, fetches a new
+    // one and replays; the end user gets the departures all the same.
+    upstream_server.push_api_fault(ApiFault::invalid_token());
+    let uri = format!("http://{bff}/departures/NSR:StopPlace:337");
+    let response = user
+        .request(Request::get(&uri).body(Full::default())?)
+        .await?;
+    println!();
+    println!(
+        "upstream refused the token once; GET /departures/NSR:StopPlace:337 → {}",
+        response.status()
+    );
+    if response.status() != StatusCode::OK {
+        return Err(format!("the BFF answered {} after a refusal", response.status()).into());
+    }
+
+    // What Prometheus would scrape.
+    let response = user
+        .request(Request::get(format!("http://{bff}/metrics")).body(Full::default())?)
+        .await?;
+    let scrape = String::from_utf8(response.into_body().collect().await?.to_bytes().to_vec())?;
+    println!();
+    println!("GET /metrics (the entur_auth series, without help texts, buckets and zeros):");
+    for line in scrape
+        .lines()
+        .filter(|l| l.starts_with("entur_auth") && !l.contains("_bucket") && !l.ends_with(" 0"))
+    {
+        println!("    {line}");
+    }
+    // Two token requests (the first token, the one after the refusal), one refusal that
+    // started a fetch, one replay whose new token was accepted.
+    let source_labels = format!(
+        r#"server_address="127.0.0.1",oauth_client_id="{}""#,
+        upstream_server.client_id()
+    );
+    for expected in [
+        format!(r#"entur_auth_token_requests{{{source_labels},outcome="success"}} 2"#),
+        format!(
+            r#"entur_auth_token_refusals{{{source_labels},reason="http_401",action="started"}} 1"#
+        ),
+        format!(r#"entur_auth_replays{{{source_labels},outcome="accepted"}} 1"#),
+        format!(r#"entur_auth_source_health{{{source_labels},state="fresh"}} 1"#),
+        format!(
+            r#"entur_auth_token_request_duration_count{{{source_labels},outcome="success"}} 2"#
+        ),
+    ] {
+        if !scrape.lines().any(|line| line == expected) {
+            return Err(format!("/metrics lacks `{expected}`:\n{scrape}").into());
+        }
+    }
+    if !scrape.contains("entur_auth_token_request_duration_bucket{") {
+        return Err("token request durations are not a histogram".into());
+    }
     serving.abort();
     Ok(())
+}
+
+/// `GET /metrics`: the Prometheus text format.
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    // A cheap read that also brings the token source's gauges (health, how long the token
+    // will still be sent) up to date for this scrape.
+    let _ = state.source.status();
+    (
+        [(CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.prometheus.render(),
+    )
+        .into_response()
 }
 
 /// `GET /departures/{stop}`: the upstream's JSON, and nothing of the upstream's headers.
