@@ -250,8 +250,9 @@ impl TokenSourceBuilder {
         self
     }
 
-    /// Calls `hook` after every token request with its [`FetchOutcome`]: to feed your own
-    /// metrics (fetch count, failures by kind, latency). It runs on the refresher task: keep
+    /// Calls `hook` after every token request, and after every token adopted from a shared
+    /// store (`FetchOutcome::origin` tells them apart), with its [`FetchOutcome`]: to feed your
+    /// own metrics (fetch count, failures by kind, latency). It runs on the refresher task: keep
     /// it quick. A panic in it is caught and logged.
     ///
     /// The source owns the hook: a hook that holds a [`TokenSource`] would keep the source
