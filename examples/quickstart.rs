@@ -6,8 +6,9 @@
 //! ```
 //!
 //! With no credentials in the environment it starts the embedded authorization server and
-//! API on 127.0.0.1 with 3-second tokens, and shows tokens being fetched, sent and refreshed
-//! ahead of expiry for about 10 seconds.
+//! API on 127.0.0.1 with 3-second tokens and sends a request every 125 ms for about 10
+//! seconds: tokens fetched, sent and refreshed ahead of expiry, and, half-way, every token
+//! revoked by the server: the one refused request is replayed with a new token and succeeds.
 //!
 //! With `ENTUR_CLIENT_ID` and `ENTUR_CLIENT_SECRET` (or `ENTUR_CLIENT_SECRET_FILE`) set, it
 //! authenticates against Entur and calls the partner API URL given as the first argument.
@@ -76,32 +77,61 @@ async fn demo() -> Result<(), BoxError> {
     })?;
     let (source, layer) = config.build()?;
     let http = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let mut api = ServiceBuilder::new().layer(layer).service(http);
+    // with_replay(): a request the API refuses (401) is sent once more with a new token.
+    let mut api = ServiceBuilder::new()
+        .layer(layer.with_replay())
+        .service(http);
+    println!("Printing every token change, every refusal and one request in 8.");
 
     let start = Instant::now();
     let (mut requests, mut ok) = (0u32, 0u32);
     let mut last_token: Option<TokenId> = None;
+    let mut revoked = false;
+    let mut rejections_seen = 0;
     while start.elapsed() < Duration::from_secs(10) {
+        if !revoked && start.elapsed() >= Duration::from_secs(6) {
+            // As an authorization server does when a client's access is withdrawn or its
+            // secret rotated: the token in hand is refused from now on.
+            server.revoke_all();
+            revoked = true;
+            println!(
+                "[{:>5.2} s] the server revokes every token it has issued",
+                start.elapsed().as_secs_f64()
+            );
+        }
         let url = format!(
             "{}/stop-places/NSR:StopPlace:{}",
             server.api_url(),
             58366 + requests
         );
         let request = http::Request::get(url).body(Full::default())?;
+        let sent_with = source.current().map(|token| token.id());
         let response = api.ready().await?.call(request).await?;
         requests += 1;
         let status = response.status();
         if status.is_success() {
             ok += 1;
         }
+        // The embedded API counts the tokens it refuses: a request that needed a replay.
+        let refused = server.api_rejections() > rejections_seen;
+        rejections_seen = server.api_rejections();
         let token = source.current();
         let token_id = token.as_ref().map(|t| t.id());
+        if refused {
+            println!(
+                "[{:>5.2} s] GET …/stop-places → 401 for token {}: the layer dropped it, fetched token {} and replayed the request → {}",
+                start.elapsed().as_secs_f64(),
+                sent_with.map_or_else(|| "?".to_owned(), |id| id.to_string()),
+                token_id.map_or_else(|| "?".to_owned(), |id| id.to_string()),
+                status,
+            );
+        }
         if token_id != last_token {
             if let Some(token) = &token {
-                let verb = if last_token.is_none() {
-                    "fetched"
-                } else {
-                    "refreshed ahead of expiry"
+                let verb = match last_token {
+                    None => "fetched",
+                    Some(_) if refused => "fetched after the refusal",
+                    Some(_) => "refreshed ahead of expiry",
                 };
                 println!(
                     "[{:>5.2} s] token {} {verb}: valid {:.1} s, next refresh in {:.1} s",
@@ -116,12 +146,12 @@ async fn demo() -> Result<(), BoxError> {
             }
             last_token = token_id;
         }
-        if requests % 8 == 1 {
+        if requests % 8 == 1 && !refused {
             println!(
                 "[{:>5.2} s] GET …/stop-places → {} (sent with Authorization: Bearer <token {}> and ET-Client-Name)",
                 start.elapsed().as_secs_f64(),
                 status,
-                token_id.expect("a request succeeded, so a token exists"),
+                token_id.map_or_else(|| "?".to_owned(), |id| id.to_string()),
             );
         }
         tokio::time::sleep(Duration::from_millis(125)).await;
@@ -136,7 +166,17 @@ async fn demo() -> Result<(), BoxError> {
     if ok != requests {
         return Err(format!("{} requests failed", requests - ok).into());
     }
-    println!("Every request carried an unexpired token; tokens were refreshed in the background.");
+    // Once, or not at all if a refresh ahead of expiry replaced the token in the instant
+    // between the revocation and the next request.
+    if server.api_rejections() > 1 {
+        return Err(format!(
+            "expected the revoked token to be refused once, it was refused {} times",
+            server.api_rejections()
+        )
+        .into());
+    }
+    println!("Every request succeeded: tokens were refreshed in the background, and the one");
+    println!("request sent with a revoked token was replayed with a new one.");
     Ok(())
 }
 
