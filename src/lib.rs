@@ -95,11 +95,6 @@ pub mod token;
 #[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
 pub mod tonic;
 
-/// The README's code blocks, compiled as doc tests.
-#[cfg(doctest)]
-#[doc = include_str!("../README.md")]
-pub struct ReadmeDoctests;
-
 pub use config::{
     BodyEncoding, ClientAuth, ClientName, ClientSecret, Config, Credentials, Environment,
     TokenEndpoint,

@@ -4,12 +4,13 @@
 //!
 //! ```no_run
 //! use entur_auth::{EnturAuthLayer, TokenSource};
-//! use metrics_exporter_prometheus::PrometheusBuilder;
 //! use tower::ServiceBuilder;
 //!
-//! # async fn run<S>(source: TokenSource, client: S) -> Result<(), Box<dyn std::error::Error>> {
-//! // Any `metrics` recorder; this one renders the Prometheus text format.
-//! let prometheus = PrometheusBuilder::new().install_recorder()?;
+//! # fn run<S, R>(source: TokenSource, client: S, recorder: R) -> Result<(), Box<dyn std::error::Error>>
+//! # where R: metrics::Recorder + Sync + 'static {
+//! // Any `metrics` recorder: metrics-exporter-prometheus's renders the Prometheus text format
+//! // (the README's "Metrics" section shows it, with the `/metrics` handler).
+//! metrics::set_global_recorder(recorder)?;
 //! entur_auth::metrics::describe(); // units and help texts, before the first token request
 //!
 //! let api = ServiceBuilder::new()
@@ -18,8 +19,7 @@
 //!
 //! // In the `/metrics` handler: `status()` brings the source's gauges up to date.
 //! let _ = source.status();
-//! let text = prometheus.render();
-//! # let _ = (api, text); Ok(()) }
+//! # let _ = api; Ok(()) }
 //! ```
 //!
 //! Nothing is recorded per request: counters move on the refresher's work (token requests,

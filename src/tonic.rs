@@ -4,24 +4,25 @@
 //! ```no_run
 //! use entur_auth::tonic::EnturAuthInterceptor;
 //! use entur_auth::{ClientName, Credentials, Environment, TokenEndpoint, TokenSource};
-//! use tonic::transport::Endpoint;
-//! use tonic_health::pb::health_client::HealthClient;
-//! use tonic_health::pb::HealthCheckRequest;
+//! use tonic::service::interceptor::InterceptedService;
 //!
-//! # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! # async fn run<Channel>(channel: Channel) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 //! let source = TokenSource::builder(TokenEndpoint::entur(Environment::Dev), Credentials::from_env()?)
 //!     .build()?;
 //! // The interceptor cannot wait: fetch the first token at startup.
 //! source.ready(std::time::Duration::from_secs(30)).await?;
 //!
 //! let auth = EnturAuthInterceptor::new(source).client_name(ClientName::new("acme-grpc")?);
-//! let channel = Endpoint::from_static("https://grpc.example.com").connect().await?;
-//! let mut client = HealthClient::with_interceptor(channel, auth.clone());
+//! // What a generated client's `with_interceptor(channel, auth.clone())` builds around a
+//! // `tonic::transport::Channel` (the README shows a whole call with tonic-health's client).
+//! let service = InterceptedService::new(channel, auth.clone());
 //!
 //! // `observe` drops the token when the server answers UNAUTHENTICATED: the next call
 //! // carries a new one.
-//! let response = auth.observe(client.check(HealthCheckRequest::default()).await)?;
-//! # let _ = response; Ok(()) }
+//! let answer: Result<tonic::Response<()>, tonic::Status> =
+//!     Err(tonic::Status::unauthenticated("token revoked"));
+//! assert!(auth.observe(answer).is_err());
+//! # let _ = service; Ok(()) }
 //! ```
 //!
 //! # The interceptor or the layer
@@ -48,7 +49,7 @@
 //! [`arc_swap::Cache`]), one reference-count increment of the token's prebuilt, sensitive
 //! header value, inserted into the call's metadata as it is (no `MetadataValue` is built),
 //! and one load of an atomic shared by the interceptor's clones (stored to only when the
-//! token changes). No lock, and no allocation: `tests/interceptor.rs` counts the
+//! token changes). No lock, and no allocation: `integration/tests/interceptor.rs` counts the
 //! allocations of a call through a generated client and `InterceptedService`, the same with
 //! this interceptor as with one that does nothing. The metadata tonic hands an interceptor
 //! already holds tonic's own headers, so the two inserts fit; on an empty `MetadataMap`

@@ -1,8 +1,6 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
-pub mod tls;
-
 use std::time::Duration;
 
 use bytes::Bytes;

@@ -2,7 +2,7 @@
 //! usual pattern, with the client's type `HealthClient<InterceptedService<Channel, _>>`.
 //!
 //! ```text
-//! cargo run --example tonic_interceptor
+//! cargo run --features tonic --example tonic_interceptor
 //! ```
 //!
 //! It starts the embedded authorization server and, on 127.0.0.1, a tonic server serving the

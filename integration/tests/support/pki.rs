@@ -1,6 +1,8 @@
 //! A private CA made in the test, and the embedded server's token endpoint served over HTTPS
 //! with a certificate from it, on 127.0.0.1.
 
+#![allow(dead_code)]
+
 use std::sync::Arc;
 
 use entur_auth::testing::TestServer;

@@ -1,18 +1,21 @@
 //! TLS for real: an HTTPS token endpoint on 127.0.0.1 with a certificate from a private CA
 //! made in the test.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
+#[path = "support/pki.rs"]
+mod pki;
 
 use std::time::Duration;
 
-use common::tls::{self, private_ca, Pki};
 use common::*;
 use entur_auth::testing::TestServer;
 use entur_auth::{Error, TokenEndpoint, TokenSource};
+use pki::{private_ca, Pki};
 
 /// Serves the embedded server's token endpoint over HTTPS on 127.0.0.1; returns the token URL.
 async fn https_token_endpoint(server: &TestServer, pki: &Pki) -> String {
-    let port = tls::https_token_endpoint(server, pki).await;
+    let port = pki::https_token_endpoint(server, pki).await;
     format!("https://127.0.0.1:{port}/oauth/token")
 }
 

@@ -4,6 +4,7 @@
 //! values of the rendered scrape after a known sequence.
 #![cfg(feature = "metrics")]
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::convert::Infallible;

@@ -4,6 +4,7 @@
 //! refusals reported with `refused` and `observe`, a stopped refresher, and the allocations
 //! of a call (a counting allocator, as in tests/alloc.rs).
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};

@@ -8,7 +8,10 @@
 //! through the process environment, so these tests run in parallel without racing on it.
 #![cfg(feature = "rustls")]
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
+#[path = "support/pki.rs"]
+mod pki;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -18,11 +21,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::tls::{self, private_ca, Pki};
 use common::*;
 use entur_auth::testing::TestServer;
 use entur_auth::{Error, TokenEndpoint, TokenSource, TokenSourceBuilder};
 use http::StatusCode;
+use pki::{private_ca, Pki};
 use tracing_subscriber::layer::SubscriberExt;
 
 const USER: &str = "entur-proxy-user";
@@ -120,7 +123,7 @@ impl Endpoint {
     async fn start() -> Endpoint {
         let server = server(Duration::from_secs(60)).await;
         let pki = private_ca();
-        let port = tls::https_token_endpoint(&server, &pki).await;
+        let port = pki::https_token_endpoint(&server, &pki).await;
         Endpoint { server, pki, port }
     }
 

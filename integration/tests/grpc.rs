@@ -2,6 +2,7 @@
 //! `UNAUTHENTICATED` costs one re-authentication and one replay; `PERMISSION_DENIED` is not
 //! retried.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::future::Future;
