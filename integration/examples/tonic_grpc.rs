@@ -13,27 +13,20 @@
 //! one re-authentication: the server's trailers-only answer carries `grpc-status: 16` in its
 //! headers, which the auth layer reads. No network beyond loopback, no credentials; exits 0.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use entur_auth::buffer::BufferRequestLayer;
-use entur_auth::testing::{ApiService, TestServer};
+use entur_auth::testing::TestServer;
 use entur_auth::{BoxError, ClientName, EnturAuthLayer, TokenSource};
-use http::header::AUTHORIZATION;
-use http::{HeaderMap, StatusCode};
-use http_body_util::{BodyExt, Empty, Full};
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Endpoint, Server};
-use tonic::{Code, Status};
+use entur_auth_integration::grpc::BearerCheck;
+use http_body_util::Full;
+use tonic::transport::Endpoint;
+use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
-use tower::{Layer, Service, ServiceBuilder, ServiceExt};
+use tower::ServiceBuilder;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -51,16 +44,8 @@ async fn run() -> Result<(), BoxError> {
     println!("embedded token endpoint {}", auth.token_url());
 
     // The gRPC server: the health service behind the bearer check.
-    let (_reporter, health) = tonic_health::server::health_reporter();
-    let check = CheckBearerLayer::new(&auth);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let serving = tokio::spawn(
-        Server::builder()
-            .layer(check.clone())
-            .add_service(health)
-            .serve_with_incoming(TcpIncoming::from(listener)),
-    );
+    let check = BearerCheck::new(&auth).printing();
+    let addr = check.serve_health().await?;
     println!("gRPC health server      http://{addr}\n");
 
     // The client: the channel in the auth stack. tonic sends streaming bodies; the buffer
@@ -125,7 +110,6 @@ async fn run() -> Result<(), BoxError> {
     if auth.token_requests() != tokens_after {
         return Err("an accepted token was fetched again".into());
     }
-    serving.abort();
     Ok(())
 }
 
@@ -142,118 +126,4 @@ where
         return Err(format!("the server is {status:?}").into());
     }
     Ok(status)
-}
-
-// Server side: the bearer check.
-//
-// Why not a tonic `Interceptor`: interceptors are synchronous, while whether a token is valid
-// (issued by the authorization server, not revoked, not expired) is known only to the
-// authorization server's side, and asking it is asynchronous. A synchronous interceptor would
-// need a copy of the accepted tokens filled from somewhere; filling it from the client's
-// token source would make the server trust the client's own view of its token and test
-// nothing. So the check is a small async tower middleware around the tonic server
-// (`Server::builder().layer(..)`, tonic's way to do async work per call). It asks the
-// embedded server's protected API in-process, with the call's own `Authorization` header,
-// and answers a trailers-only `UNAUTHENTICATED` when that API refuses it. Revocation is
-// then real: `TestServer::revoke_all()`.
-
-/// Checks the bearer token of every call with the embedded authorization server.
-#[derive(Clone)]
-struct CheckBearerLayer {
-    api: ApiService,
-    api_url: Arc<str>,
-    calls: Arc<AtomicUsize>,
-}
-
-impl CheckBearerLayer {
-    fn new(server: &TestServer) -> Self {
-        Self {
-            api: server.api_service(),
-            api_url: server.api_url().into(),
-            calls: Arc::default(),
-        }
-    }
-
-    /// Calls that reached the server.
-    fn calls(&self) -> usize {
-        self.calls.load(Ordering::SeqCst)
-    }
-
-    /// The `jti` of the call's token if the authorization server accepts it, or why not.
-    async fn verdict(&self, headers: &HeaderMap) -> Result<String, String> {
-        let mut ask = http::Request::get(format!("{}/grpc-check", self.api_url))
-            .body(Empty::<Bytes>::new())
-            .expect("a valid URL");
-        if let Some(value) = headers.get(AUTHORIZATION) {
-            ask.headers_mut().insert(AUTHORIZATION, value.clone());
-        }
-        let answer = match self.api.clone().oneshot(ask).await {
-            Ok(answer) => answer,
-            Err(never) => match never {},
-        };
-        let accepted = answer.status() == StatusCode::OK;
-        let body = answer.into_body().collect().await.map(|b| b.to_bytes());
-        let json: serde_json::Value =
-            serde_json::from_slice(&body.unwrap_or_default()).unwrap_or_default();
-        let field = |name: &str| json[name].as_str().unwrap_or("?").to_owned();
-        if accepted {
-            Ok(field("jti"))
-        } else {
-            Err(field("error_description"))
-        }
-    }
-}
-
-impl<S> Layer<S> for CheckBearerLayer {
-    type Service = CheckBearer<S>;
-    fn layer(&self, inner: S) -> CheckBearer<S> {
-        CheckBearer {
-            inner,
-            check: self.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-struct CheckBearer<S> {
-    inner: S,
-    check: CheckBearerLayer,
-}
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
-impl<S, B, ResB> Service<http::Request<B>> for CheckBearer<S>
-where
-    S: Service<http::Request<B>, Response = http::Response<ResB>> + Clone + Send + 'static,
-    S::Future: Send,
-    B: Send + 'static,
-    ResB: Default,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<S::Response, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        // The ready service goes into the future; this one keeps a fresh clone.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let check = self.check.clone();
-        Box::pin(async move {
-            let call = check.calls.fetch_add(1, Ordering::SeqCst) + 1;
-            match check.verdict(request.headers()).await {
-                Ok(jti) => {
-                    println!("  gRPC server: call {call}, token jti {jti}: accepted");
-                    inner.call(request).await
-                }
-                Err(reason) => {
-                    println!("  gRPC server: call {call}: UNAUTHENTICATED ({reason})");
-                    Ok(Status::unauthenticated(reason).into_http())
-                }
-            }
-        })
-    }
 }

@@ -14,28 +14,18 @@
 //! tower layer (`examples/tonic_grpc.rs`), the interceptor does not replay the refused call:
 //! the caller sees the `UNAUTHENTICATED`. No network beyond loopback, no credentials; exits 0.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use entur_auth::testing::{ApiService, TestServer};
+use entur_auth::testing::TestServer;
 use entur_auth::tonic::EnturAuthInterceptor;
 use entur_auth::{BoxError, ClientName, TokenSource};
-use http::header::AUTHORIZATION;
-use http::StatusCode;
-use http_body_util::Empty;
+use entur_auth_integration::grpc::BearerCheck;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Channel, Endpoint, Server};
+use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
-use tower::{Layer, Service, ServiceExt};
 
 type Client = HealthClient<InterceptedService<Channel, EnturAuthInterceptor>>;
 
@@ -55,16 +45,8 @@ async fn run() -> Result<(), BoxError> {
     println!("embedded token endpoint {}", auth_server.token_url());
 
     // The gRPC server: the health service behind the bearer check.
-    let (_reporter, health) = tonic_health::server::health_reporter();
-    let check = CheckBearerLayer::new(&auth_server);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let serving = tokio::spawn(
-        Server::builder()
-            .layer(check.clone())
-            .add_service(health)
-            .serve_with_incoming(TcpIncoming::from(listener)),
-    );
+    let check = BearerCheck::new(&auth_server).printing();
+    let addr = check.serve_health().await?;
     println!("gRPC health server      http://{addr}\n");
 
     // The client: a plain channel and the interceptor. Keep a clone of the interceptor next
@@ -125,7 +107,6 @@ async fn run() -> Result<(), BoxError> {
     if tokens_after != tokens_before + 1 || calls_after - calls_before != 2 {
         return Err("expected one refused call, one re-authentication, one accepted call".into());
     }
-    serving.abort();
     Ok(())
 }
 
@@ -134,100 +115,4 @@ async fn run() -> Result<(), BoxError> {
 async fn check_health(client: &mut Client, auth: &EnturAuthInterceptor) -> Result<(), Status> {
     auth.observe(client.check(HealthCheckRequest::default()).await)
         .map(drop)
-}
-
-// Server side: the bearer check of `examples/tonic_grpc.rs` (see there why it is a tower
-// layer and not a tonic interceptor), shortened.
-
-/// Checks the bearer token of every call with the embedded authorization server.
-#[derive(Clone)]
-struct CheckBearerLayer {
-    api: ApiService,
-    api_url: Arc<str>,
-    calls: Arc<AtomicUsize>,
-}
-
-impl CheckBearerLayer {
-    fn new(server: &TestServer) -> Self {
-        Self {
-            api: server.api_service(),
-            api_url: server.api_url().into(),
-            calls: Arc::default(),
-        }
-    }
-
-    /// Calls that reached the server.
-    fn calls(&self) -> usize {
-        self.calls.load(Ordering::SeqCst)
-    }
-
-    async fn accepts(&self, authorization: Option<&http::HeaderValue>) -> bool {
-        let mut ask = http::Request::get(format!("{}/grpc-check", self.api_url))
-            .body(Empty::<Bytes>::new())
-            .expect("a valid URL");
-        if let Some(value) = authorization {
-            ask.headers_mut().insert(AUTHORIZATION, value.clone());
-        }
-        match self.api.clone().oneshot(ask).await {
-            Ok(answer) => answer.status() == StatusCode::OK,
-            Err(never) => match never {},
-        }
-    }
-}
-
-impl<S> Layer<S> for CheckBearerLayer {
-    type Service = CheckBearer<S>;
-    fn layer(&self, inner: S) -> CheckBearer<S> {
-        CheckBearer {
-            inner,
-            check: self.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-struct CheckBearer<S> {
-    inner: S,
-    check: CheckBearerLayer,
-}
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
-impl<S, B, ResB> Service<http::Request<B>> for CheckBearer<S>
-where
-    S: Service<http::Request<B>, Response = http::Response<ResB>> + Clone + Send + 'static,
-    S::Future: Send,
-    B: Send + 'static,
-    ResB: Default,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<S::Response, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        // The ready service goes into the future; this one keeps a fresh clone.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let check = self.check.clone();
-        Box::pin(async move {
-            let call = check.calls.fetch_add(1, Ordering::SeqCst) + 1;
-            let client_name = request
-                .headers()
-                .get("et-client-name")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("-")
-                .to_owned();
-            if check.accepts(request.headers().get(AUTHORIZATION)).await {
-                println!("  gRPC server: call {call} from {client_name}: accepted");
-                inner.call(request).await
-            } else {
-                println!("  gRPC server: call {call} from {client_name}: UNAUTHENTICATED");
-                Ok(Status::unauthenticated("invalid, expired or revoked bearer token").into_http())
-            }
-        })
-    }
 }

@@ -5,6 +5,8 @@
 //! small: `cargo run --example quickstart` compiles none of these crates, while `cargo test
 //! --all-features` in the repository's root still builds and runs everything here.
 
+pub mod grpc;
+
 /// The README's code blocks, compiled as doc tests here, where every crate they use is a
 /// dependency; with every feature (`cargo test --all-features`), which its tonic, reqwest and
 /// Redis code needs.

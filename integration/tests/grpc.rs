@@ -5,23 +5,19 @@
 #[path = "../../tests/common/mod.rs"]
 mod common;
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use entur_auth::buffer::{BufferRequest, BufferRequestLayer};
 use entur_auth::error_for_status::{ErrorForStatus, ErrorForStatusLayer};
 use entur_auth::retry::ReauthPolicy;
-use entur_auth::testing::{ApiService, TestServer};
+use entur_auth::testing::TestServer;
 use entur_auth::{EnturAuth, EnturAuthLayer, Error, TokenSource};
-use http::header::AUTHORIZATION;
-use http::{HeaderValue, StatusCode};
-use http_body_util::{Empty, Full};
+use entur_auth_integration::grpc::BearerCheck;
+use http_body_util::Full;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Endpoint, Server};
 use tonic::{Code, Status};
@@ -30,7 +26,7 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 use tower::retry::Retry;
 use tower::util::MapRequest;
-use tower::{Layer, Service, ServiceBuilder, ServiceExt};
+use tower::{Layer, ServiceBuilder};
 
 type ToTonic = fn(http::Request<Full<Bytes>>) -> http::Request<tonic::body::Body>;
 
@@ -70,21 +66,9 @@ fn check_request() -> HealthCheckRequest {
 
 /// The health service behind a bearer check that asks the embedded server's protected API
 /// (issued, not revoked, not expired); the bearer of every call is recorded.
-async fn serve_checked(server: &TestServer) -> (SocketAddr, CheckBearerLayer) {
-    let check = CheckBearerLayer {
-        api: server.api_service(),
-        api_url: server.api_url().into(),
-        seen: Arc::default(),
-        refuse_next: Arc::default(),
-    };
-    let (_reporter, health) = tonic_health::server::health_reporter();
-    let (listener, addr) = listener().await;
-    tokio::spawn(
-        Server::builder()
-            .layer(check.clone())
-            .add_service(health)
-            .serve_with_incoming(TcpIncoming::from(listener)),
-    );
+async fn serve_checked(server: &TestServer) -> (SocketAddr, BearerCheck) {
+    let check = BearerCheck::new(server);
+    let addr = check.serve_health().await.unwrap();
     (addr, check)
 }
 
@@ -122,7 +106,7 @@ async fn unauthenticated_once_costs_one_reauth_and_one_replay() {
 
     let response = client.check(check_request()).await.unwrap();
     assert_eq!(response.into_inner().status(), ServingStatus::Serving);
-    assert_eq!(check.seen().len(), 1);
+    assert_eq!(check.authorizations().len(), 1);
     assert_eq!(server.token_requests(), 1);
 
     server.revoke_all();
@@ -134,7 +118,7 @@ async fn unauthenticated_once_costs_one_reauth_and_one_replay() {
         "the caller sees the success"
     );
     assert_eq!(server.token_requests(), 2, "exactly one re-authentication");
-    let seen = check.seen();
+    let seen = check.authorizations();
     assert_eq!(
         seen.len(),
         3,
@@ -152,7 +136,10 @@ async fn unauthenticated_once_costs_one_reauth_and_one_replay() {
 
     let response = client.check(check_request()).await.unwrap();
     assert_eq!(response.into_inner().status(), ServingStatus::Serving);
-    assert_eq!((check.seen().len(), server.token_requests()), (4, 2));
+    assert_eq!(
+        (check.authorizations().len(), server.token_requests()),
+        (4, 2)
+    );
 }
 
 #[tokio::test]
@@ -165,7 +152,7 @@ async fn a_call_without_a_token_is_refused_by_the_check() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
-    assert_eq!(check.seen(), vec![None]);
+    assert_eq!(check.authorizations(), vec![None]);
 }
 
 #[tokio::test]
@@ -214,11 +201,11 @@ async fn unauthenticated_for_a_token_fetched_by_the_call_itself_costs_one_reauth
     let server = common::server(Duration::from_secs(3600)).await;
     let source = common::source(&server);
     let (addr, check) = serve_checked(&server).await;
-    check.refuse_next.store(true, Ordering::SeqCst);
+    check.refuse_next();
     let mut client = HealthClient::new(stack(&source, channel(addr).await));
 
     let response = client.check(check_request()).await;
-    let seen = check.seen();
+    let seen = check.authorizations();
     assert_eq!(seen.len(), 2, "one refused call and one replay");
     assert!(seen[0] != seen[1], "the replay carried a new token");
     assert_eq!(server.token_requests(), 2, "exactly one re-authentication");
@@ -226,85 +213,4 @@ async fn unauthenticated_for_a_token_fetched_by_the_call_itself_costs_one_reauth
         response.unwrap().into_inner().status(),
         ServingStatus::Serving
     );
-}
-
-// --- server-side bearer check ---
-
-/// Asks the embedded server's protected API whether each call's bearer is valid (tonic
-/// interceptors are synchronous; this check must await that API, so it is a tower layer).
-#[derive(Clone)]
-struct CheckBearerLayer {
-    api: ApiService,
-    api_url: Arc<str>,
-    seen: Arc<Mutex<Vec<Option<HeaderValue>>>>,
-    /// Refuses the next call whatever its token, as a server that revoked it would.
-    refuse_next: Arc<AtomicBool>,
-}
-
-impl CheckBearerLayer {
-    /// The `Authorization` header of every call that reached the server, in order.
-    fn seen(&self) -> Vec<Option<HeaderValue>> {
-        self.seen.lock().unwrap().clone()
-    }
-
-    async fn accepts(&self, authorization: Option<HeaderValue>) -> bool {
-        let mut ask = http::Request::get(format!("{}/grpc-check", self.api_url))
-            .body(Empty::<Bytes>::new())
-            .unwrap();
-        if let Some(value) = authorization {
-            ask.headers_mut().insert(AUTHORIZATION, value);
-        }
-        match self.api.clone().oneshot(ask).await {
-            Ok(answer) => answer.status() == StatusCode::OK,
-            Err(never) => match never {},
-        }
-    }
-}
-
-impl<S> Layer<S> for CheckBearerLayer {
-    type Service = CheckBearer<S>;
-    fn layer(&self, inner: S) -> CheckBearer<S> {
-        CheckBearer {
-            inner,
-            check: self.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-struct CheckBearer<S> {
-    inner: S,
-    check: CheckBearerLayer,
-}
-
-impl<S, B, ResB> Service<http::Request<B>> for CheckBearer<S>
-where
-    S: Service<http::Request<B>, Response = http::Response<ResB>> + Clone + Send + 'static,
-    S::Future: Send,
-    B: Send + 'static,
-    ResB: Default,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let check = self.check.clone();
-        Box::pin(async move {
-            let authorization = request.headers().get(AUTHORIZATION).cloned();
-            check.seen.lock().unwrap().push(authorization.clone());
-            let refuse = check.refuse_next.swap(false, Ordering::SeqCst);
-            if !refuse && check.accepts(authorization).await {
-                inner.call(request).await
-            } else {
-                Ok(Status::unauthenticated("invalid, expired or revoked bearer token").into_http())
-            }
-        })
-    }
 }

@@ -15,30 +15,29 @@ use std::future::{ready, Future};
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use entur_auth::testing::{ApiService, Fault, TestServer};
+use entur_auth::testing::{Fault, TestServer};
 use entur_auth::tonic::EnturAuthInterceptor;
 use entur_auth::{ClientName, Health, Invalidation, TokenSource};
+use entur_auth_integration::grpc::BearerCheck;
 use futures_util::task::noop_waker_ref;
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderValue, StatusCode};
 use http_body::Frame;
-use http_body_util::Empty;
 use tokio::sync::mpsc;
 use tonic::metadata::MetadataMap;
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Channel, Endpoint, Server};
+use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
-use tower::{Layer, Service, ServiceExt};
+use tower::Service;
 
 type Client = HealthClient<InterceptedService<Channel, EnturAuthInterceptor>>;
 
@@ -442,109 +441,11 @@ async fn serving(client: &mut Client) {
 }
 
 /// The health service behind a bearer check that asks the embedded server's protected API
-/// (issued, not revoked, not expired), recording the metadata of every call (as in
-/// tests/grpc.rs).
-async fn serve_checked(server: &TestServer) -> (SocketAddr, CheckBearerLayer) {
-    let check = CheckBearerLayer {
-        api: server.api_service(),
-        api_url: server.api_url().into(),
-        seen: Arc::default(),
-    };
-    let (_reporter, health) = tonic_health::server::health_reporter();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        Server::builder()
-            .layer(check.clone())
-            .add_service(health)
-            .serve_with_incoming(TcpIncoming::from(listener)),
-    );
+/// (issued, not revoked, not expired), recording the metadata of every call.
+async fn serve_checked(server: &TestServer) -> (SocketAddr, BearerCheck) {
+    let check = BearerCheck::new(server);
+    let addr = check.serve_health().await.unwrap();
     (addr, check)
-}
-
-/// What the server saw of one call.
-#[derive(Clone, Debug)]
-struct Seen {
-    authorization: Option<HeaderValue>,
-    client_name: Option<HeaderValue>,
-}
-
-#[derive(Clone)]
-struct CheckBearerLayer {
-    api: ApiService,
-    api_url: Arc<str>,
-    seen: Arc<Mutex<Vec<Seen>>>,
-}
-
-impl CheckBearerLayer {
-    fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
-    }
-
-    async fn accepts(&self, authorization: Option<HeaderValue>) -> bool {
-        let mut ask = http::Request::get(format!("{}/grpc-check", self.api_url))
-            .body(Empty::<Bytes>::new())
-            .unwrap();
-        if let Some(value) = authorization {
-            ask.headers_mut().insert(AUTHORIZATION, value);
-        }
-        match self.api.clone().oneshot(ask).await {
-            Ok(answer) => answer.status() == StatusCode::OK,
-            Err(never) => match never {},
-        }
-    }
-}
-
-impl<S> Layer<S> for CheckBearerLayer {
-    type Service = CheckBearer<S>;
-    fn layer(&self, inner: S) -> CheckBearer<S> {
-        CheckBearer {
-            inner,
-            check: self.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-struct CheckBearer<S> {
-    inner: S,
-    check: CheckBearerLayer,
-}
-
-impl<S, B, ResB> Service<http::Request<B>> for CheckBearer<S>
-where
-    S: Service<http::Request<B>, Response = http::Response<ResB>> + Clone + Send + 'static,
-    S::Future: Send,
-    B: Send + 'static,
-    ResB: Default,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let check = self.check.clone();
-        Box::pin(async move {
-            let headers = request.headers();
-            let authorization = headers.get(AUTHORIZATION).cloned();
-            let client_name = headers.get("et-client-name").cloned();
-            check.seen.lock().unwrap().push(Seen {
-                authorization: authorization.clone(),
-                client_name,
-            });
-            if check.accepts(authorization).await {
-                inner.call(request).await
-            } else {
-                Ok(Status::unauthenticated("invalid, expired or revoked bearer token").into_http())
-            }
-        })
-    }
 }
 
 // --- counting allocations ---
