@@ -17,7 +17,10 @@ use serde::Deserialize;
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceExt};
 
-use crate::config::{BodyEncoding, ClientAuth, Credentials, TokenEndpoint};
+use crate::config::{
+    AssertionSettings, BodyEncoding, ClientAuth, ClientSecret, CredentialKind, Credentials,
+    TokenEndpoint,
+};
 use crate::error::{sanitize, BoxError, Error, OAuthErrorCode};
 
 /// The body type of token requests; a transport plugged in with
@@ -114,51 +117,156 @@ fn at_host(error: BoxError, host: &Option<String>) -> BoxError {
     })
 }
 
-/// The parts of a token request that never change: built once, cloned per fetch.
+/// The parts of a token request that do not depend on the credentials: built once; each
+/// fetch adds the credentials (a fresh assertion for key-based ones).
 #[derive(Clone)]
 pub(crate) struct TokenRequest {
     url: Uri,
     client_auth: ClientAuth,
     user_agent: HeaderValue,
-    content_type: HeaderValue,
-    basic: Option<HeaderValue>,
-    body: Bytes,
+    encoding: BodyEncoding,
+    /// audience, scope and extra parameters, in that order.
+    params: Vec<(String, String)>,
+    assertion: AssertionSettings,
 }
+
+/// The registered claims an assertion sets itself.
+const REGISTERED_CLAIMS: [&str; 6] = ["iss", "sub", "aud", "iat", "exp", "jti"];
 
 impl TokenRequest {
     /// # Errors
     ///
-    /// [`Error::Config`] when the credentials cannot be sent the configured way, or the
-    /// `User-Agent` is not a valid header value.
-    pub(crate) fn new(endpoint: &TokenEndpoint, credentials: &Credentials) -> Result<Self, Error> {
+    /// [`Error::Config`] when the `User-Agent` is not a valid header value, or the assertion
+    /// settings are out of range.
+    pub(crate) fn new(endpoint: &TokenEndpoint) -> Result<Self, Error> {
         let user_agent = user_agent(endpoint.user_agent_value())?;
-        let mut fields: Vec<(&str, &str)> = vec![("grant_type", "client_credentials")];
-        let basic = match endpoint.client_auth_method() {
-            ClientAuth::Body => {
-                fields.push(("client_id", credentials.client_id()));
-                fields.push(("client_secret", credentials.client_secret().expose()));
-                None
-            }
-            ClientAuth::Basic => Some(basic_header(credentials, true)),
-            ClientAuth::BasicUnencoded => {
-                if credentials.client_id().contains(':') {
-                    return Err(Error::config(
-                        "the client_id contains ':', which HTTP Basic without form-encoding (ClientAuth::BasicUnencoded) cannot carry: the server would split the id there; use ClientAuth::Basic or ClientAuth::Body",
-                    ));
-                }
-                Some(basic_header(credentials, false))
-            }
-        };
+        let mut params = Vec::new();
         if let Some(audience) = endpoint.audience_value() {
-            fields.push(("audience", audience));
+            params.push(("audience".to_owned(), audience.to_owned()));
         }
         if let Some(scope) = endpoint.scope_value() {
-            fields.push(("scope", scope));
+            params.push(("scope".to_owned(), scope.to_owned()));
         }
-        for (name, value) in endpoint.params() {
+        params.extend(endpoint.params().iter().cloned());
+        let assertion = endpoint.assertion_settings().clone();
+        if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&assertion.lifetime) {
+            return Err(Error::config(format!(
+                "assertion_lifetime is {:?}: it must be between 1 s and 10 minutes (a fresh assertion is signed for every token request; servers accept short ones: Maskinporten at most 120 s)",
+                assertion.lifetime
+            )));
+        }
+        if let Some((name, _)) = assertion
+            .claims
+            .iter()
+            .find(|(name, _)| REGISTERED_CLAIMS.contains(&name.as_str()))
+        {
+            return Err(Error::config(format!(
+                "assertion_claim {name:?} is set by the assertion itself: use TokenEndpoint::assertion_audience for aud, assertion_lifetime for exp, assertion_subject for sub"
+            )));
+        }
+        Ok(Self {
+            url: endpoint.url().clone(),
+            client_auth: endpoint.client_auth_method(),
+            user_agent,
+            encoding: endpoint.body_encoding(),
+            params,
+            assertion,
+        })
+    }
+
+    /// Whether `credentials` can be sent to this endpoint.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] when the credentials cannot be sent the configured way.
+    pub(crate) fn check(&self, credentials: &Credentials) -> Result<(), Error> {
+        match (&credentials.kind, self.client_auth) {
+            (CredentialKind::Secret(_), ClientAuth::BasicUnencoded)
+                if credentials.client_id().contains(':') =>
+            {
+                Err(Error::config(
+                    "the client_id contains ':', which HTTP Basic without form-encoding (ClientAuth::BasicUnencoded) cannot carry: the server would split the id there; use ClientAuth::Basic or ClientAuth::Body",
+                ))
+            }
+            (
+                CredentialKind::Secret(_),
+                method @ (ClientAuth::PrivateKeyJwt | ClientAuth::JwtBearer | ClientAuth::TlsClientAuth),
+            ) => Err(Error::config(format!(
+                "the token endpoint is set to ClientAuth::{method:?} but the credentials are a client secret: use Credentials::private_key_jwt, Credentials::jwt_bearer or Credentials::tls_client_auth, or ClientAuth::Body or Basic"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    pub(crate) fn url(&self) -> &Uri {
+        &self.url
+    }
+
+    /// How a request with `credentials` authenticates the client.
+    pub(crate) fn client_auth(&self, credentials: &Credentials) -> ClientAuth {
+        match credentials.kind {
+            CredentialKind::Secret(_) => self.client_auth,
+            _ => credentials.method(),
+        }
+    }
+
+    /// The request for one fetch, and the text to keep out of any error (the secret, or
+    /// the assertion signed for this request).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] when the signer fails.
+    pub(crate) async fn build(
+        &self,
+        credentials: &Credentials,
+    ) -> Result<(Request<TokenRequestBody>, String), Error> {
+        let mut fields: Vec<(&str, &str)> = Vec::with_capacity(self.params.len() + 4);
+        let mut basic = None;
+        let assertion;
+        let secret = match &credentials.kind {
+            CredentialKind::Secret(secret) => {
+                fields.push(("grant_type", "client_credentials"));
+                match self.client_auth {
+                    ClientAuth::Basic => basic = Some(basic_header(credentials, secret, true)),
+                    ClientAuth::BasicUnencoded => {
+                        basic = Some(basic_header(credentials, secret, false))
+                    }
+                    _ => {
+                        fields.push(("client_id", credentials.client_id()));
+                        fields.push(("client_secret", secret.expose()));
+                    }
+                }
+                secret.expose().to_owned()
+            }
+            CredentialKind::PrivateKeyJwt(signer) => {
+                assertion = self.sign(signer.as_ref(), credentials, true).await?;
+                fields.push(("grant_type", "client_credentials"));
+                fields.push(("client_id", credentials.client_id()));
+                fields.push((
+                    "client_assertion_type",
+                    crate::assertion::CLIENT_ASSERTION_TYPE,
+                ));
+                fields.push(("client_assertion", &assertion));
+                assertion.clone()
+            }
+            CredentialKind::JwtBearer(signer) => {
+                assertion = self
+                    .sign(signer.as_ref(), credentials, self.assertion.subject)
+                    .await?;
+                fields.push(("grant_type", crate::assertion::JWT_BEARER_GRANT));
+                fields.push(("assertion", &assertion));
+                assertion.clone()
+            }
+            CredentialKind::TlsClientAuth => {
+                fields.push(("grant_type", "client_credentials"));
+                fields.push(("client_id", credentials.client_id()));
+                String::new()
+            }
+        };
+        for (name, value) in &self.params {
             fields.push((name, value));
         }
-        let (content_type, body) = match endpoint.body_encoding() {
+        let (content_type, body) = match self.encoding {
             BodyEncoding::Json => {
                 let map: serde_json::Map<String, serde_json::Value> = fields
                     .iter()
@@ -180,37 +288,34 @@ impl TokenRequest {
                 )
             }
         };
-        Ok(Self {
-            url: endpoint.url().clone(),
-            client_auth: endpoint.client_auth_method(),
-            user_agent,
-            content_type,
-            basic,
-            body: Bytes::from(body),
-        })
-    }
-
-    pub(crate) fn url(&self) -> &Uri {
-        &self.url
-    }
-
-    /// How the request authenticates the client.
-    pub(crate) fn client_auth(&self) -> ClientAuth {
-        self.client_auth
-    }
-
-    pub(crate) fn to_request(&self) -> Request<TokenRequestBody> {
-        let mut request = Request::new(Full::new(self.body.clone()));
+        let mut request = Request::new(Full::new(Bytes::from(body)));
         *request.method_mut() = Method::POST;
         *request.uri_mut() = self.url.clone();
         let headers = request.headers_mut();
-        headers.insert(CONTENT_TYPE, self.content_type.clone());
+        headers.insert(CONTENT_TYPE, content_type);
         headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
         headers.insert(USER_AGENT, self.user_agent.clone());
-        if let Some(basic) = &self.basic {
-            headers.insert(AUTHORIZATION, basic.clone());
+        if let Some(basic) = basic {
+            headers.insert(AUTHORIZATION, basic);
         }
-        request
+        Ok((request, secret))
+    }
+
+    async fn sign(
+        &self,
+        signer: &dyn crate::assertion::Signer,
+        credentials: &Credentials,
+        subject: bool,
+    ) -> Result<String, Error> {
+        let url = self.url.to_string();
+        let claims = crate::assertion::Claims {
+            issuer: credentials.client_id(),
+            subject: subject.then_some(credentials.client_id()),
+            audience: self.assertion.audience.as_deref().unwrap_or(&url),
+            lifetime: self.assertion.lifetime,
+            extra: &self.assertion.claims,
+        };
+        crate::assertion::sign(signer, &claims).await
     }
 }
 
@@ -231,7 +336,11 @@ fn user_agent(value: &str) -> Result<HeaderValue, Error> {
 
 /// `Basic base64(id ":" secret)`. With `form_encode`, RFC 6749 section 2.3.1: both parts
 /// form-urlencoded first; without, as they are (RFC 7617).
-fn basic_header(credentials: &Credentials, form_encode: bool) -> HeaderValue {
+fn basic_header(
+    credentials: &Credentials,
+    secret: &ClientSecret,
+    form_encode: bool,
+) -> HeaderValue {
     let encode = |s: &str| {
         if form_encode {
             form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>()
@@ -242,7 +351,7 @@ fn basic_header(credentials: &Credentials, form_encode: bool) -> HeaderValue {
     let pair = format!(
         "{}:{}",
         encode(credentials.client_id()),
-        encode(credentials.client_secret().expose())
+        encode(secret.expose())
     );
     let value = format!(
         "Basic {}",
@@ -613,6 +722,30 @@ mod tests {
         }
     }
 
+    /// A request and the credentials it is built with, as the source prepares them.
+    struct Prepared(TokenRequest, Credentials);
+
+    impl Prepared {
+        /// The request for a secret (signing nothing, so ready at once).
+        fn to_request(&self) -> Request<TokenRequestBody> {
+            use futures_util::FutureExt as _;
+            self.0
+                .build(&self.1)
+                .now_or_never()
+                .expect("a secret needs no signing")
+                .unwrap()
+                .0
+        }
+    }
+
+    impl TokenRequest {
+        fn new_for(endpoint: &TokenEndpoint, credentials: &Credentials) -> Result<Prepared, Error> {
+            let request = TokenRequest::new(endpoint)?;
+            request.check(credentials)?;
+            Ok(Prepared(request, credentials.clone()))
+        }
+    }
+
     /// The answer read for a client that sends its secret in the body.
     fn read_response(response: &RawResponse, secret: &str) -> Result<Granted, Error> {
         super::read_response(response, secret, ClientAuth::Body)
@@ -626,7 +759,7 @@ mod tests {
     #[tokio::test]
     async fn entur_dev_request_is_the_documented_json_post() {
         let creds = Credentials::new("Q2xpZW50X0lE", "super secret");
-        let req = TokenRequest::new(&TokenEndpoint::entur(Environment::Dev), &creds)
+        let req = TokenRequest::new_for(&TokenEndpoint::entur(Environment::Dev), &creds)
             .unwrap()
             .to_request();
         assert_eq!(req.method(), Method::POST);
@@ -660,7 +793,9 @@ mod tests {
             .scope("read write")
             .param("resource", "urn:x");
         let creds = Credentials::new("id", "a&b=c");
-        let req = TokenRequest::new(&endpoint, &creds).unwrap().to_request();
+        let req = TokenRequest::new_for(&endpoint, &creds)
+            .unwrap()
+            .to_request();
         assert_eq!(
             req.headers()[CONTENT_TYPE],
             "application/x-www-form-urlencoded"
@@ -689,7 +824,9 @@ mod tests {
             .unwrap()
             .client_auth(ClientAuth::Basic);
         let creds = Credentials::new("my client", "p+ss:wörd");
-        let req = TokenRequest::new(&endpoint, &creds).unwrap().to_request();
+        let req = TokenRequest::new_for(&endpoint, &creds)
+            .unwrap()
+            .to_request();
         let header = req.headers()[AUTHORIZATION].clone();
         assert!(header.is_sensitive());
         let encoded = header.to_str().unwrap().strip_prefix("Basic ").unwrap();
@@ -707,7 +844,7 @@ mod tests {
         let endpoint = TokenEndpoint::new("https://auth.example.com/token").unwrap();
         let creds = Credentials::new("id", "s");
         let ua = |value: &str| {
-            TokenRequest::new(&endpoint.clone().user_agent(value), &creds)
+            TokenRequest::new_for(&endpoint.clone().user_agent(value), &creds)
                 .map(|r| r.to_request().headers()[USER_AGENT].clone())
         };
         assert_eq!(
@@ -736,7 +873,9 @@ mod tests {
             .unwrap()
             .client_auth(ClientAuth::BasicUnencoded);
         let creds = Credentials::new("my client", "p+ss:w/rd=%41ö");
-        let req = TokenRequest::new(&endpoint, &creds).unwrap().to_request();
+        let req = TokenRequest::new_for(&endpoint, &creds)
+            .unwrap()
+            .to_request();
         let header = req.headers()[AUTHORIZATION].clone();
         assert!(header.is_sensitive());
         let expect = base64::engine::general_purpose::STANDARD.encode("my client:p+ss:w/rd=%41ö");
@@ -747,7 +886,7 @@ mod tests {
         let plain = Credentials::new("client-1.a_b*", "S3cret-._*");
         let header = |auth| {
             let endpoint = endpoint.clone().client_auth(auth);
-            TokenRequest::new(&endpoint, &plain)
+            TokenRequest::new_for(&endpoint, &plain)
                 .unwrap()
                 .to_request()
                 .headers()[AUTHORIZATION]
@@ -758,7 +897,7 @@ mod tests {
             header(ClientAuth::BasicUnencoded)
         );
         // A ':' in the id would move the split: refused at build.
-        let err = TokenRequest::new(&endpoint, &Credentials::new("a:b", "s"))
+        let err = TokenRequest::new_for(&endpoint, &Credentials::new("a:b", "s"))
             .err()
             .unwrap();
         assert!(matches!(err, Error::Config { .. }));

@@ -301,6 +301,15 @@ impl OAuthErrorCode {
             ClientAuth::BasicUnencoded if client_refused => {
                 "check client_id and client_secret; if they are right, the server may URL-decode HTTP Basic credentials as RFC 6749 section 2.3.1 says (ClientAuth::Basic), or want them in the body (ClientAuth::Body)"
             }
+            ClientAuth::PrivateKeyJwt if client_refused => {
+                "check client_id, that the public key registered for the client is this private key's (and its kid), the assertion audience the server expects (TokenEndpoint::assertion_audience: its token URL or issuer), and that this machine's clock is right"
+            }
+            ClientAuth::JwtBearer if client_refused || matches!(self, Self::InvalidGrant) => {
+                "check the client id (the assertion's iss), that the key registered for the client is this one (and its kid), the assertion audience (TokenEndpoint::assertion_audience: Maskinporten wants its issuer), the scope the client may ask for, and that this machine's clock is right (Maskinporten allows 10 s)"
+            }
+            ClientAuth::TlsClientAuth if client_refused => {
+                "check client_id and that the TLS client certificate is the one registered for the client (TokenSourceBuilder::client_certificate_files), and that it has not expired"
+            }
             _ => self.advice(),
         }
     }

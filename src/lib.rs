@@ -65,6 +65,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod assertion;
 pub mod buffer;
 mod challenge;
 pub mod classify;
@@ -97,7 +98,7 @@ pub mod tonic;
 
 pub use config::{
     BodyEncoding, ClientAuth, ClientName, ClientSecret, Config, Credentials, Environment,
-    TokenEndpoint,
+    MaskinportenEnvironment, TokenEndpoint,
 };
 pub use endpoint::TokenRequestBody;
 pub use error::{BoxError, Error, OAuthErrorCode};

@@ -96,7 +96,12 @@ fn secret_from_file(path: &str) -> Result<String, Error> {
             ("ENTUR_CLIENT_SECRET_FILE", Some(path)),
         ],
     ))?;
-    Ok(config.credentials()?.client_secret().expose().to_owned())
+    Ok(config
+        .credentials()?
+        .client_secret()
+        .unwrap()
+        .expose()
+        .to_owned())
 }
 
 fn file_refused(content: &[u8]) -> String {
@@ -130,7 +135,12 @@ fn entur_environment_gives_the_preset_endpoint_and_the_client_name() {
         "acme-ticketing"
     );
     assert_eq!(
-        config.credentials().unwrap().client_secret().expose(),
+        config
+            .credentials()
+            .unwrap()
+            .client_secret()
+            .unwrap()
+            .expose(),
         SECRET
     );
     assert!(!format!("{config:?}").contains(SECRET), "{config:?}");
@@ -586,12 +596,22 @@ mod file {
         assert!(!format!("{config:?}").contains(SECRET), "{config:?}");
         // Read when the credentials are made, so that a rotated file is picked up.
         assert_eq!(
-            config.credentials().unwrap().client_secret().expose(),
+            config
+                .credentials()
+                .unwrap()
+                .client_secret()
+                .unwrap()
+                .expose(),
             SECRET
         );
         std::fs::write(&secret.0, "rotated\n").unwrap();
         assert_eq!(
-            config.credentials().unwrap().client_secret().expose(),
+            config
+                .credentials()
+                .unwrap()
+                .client_secret()
+                .unwrap()
+                .expose(),
             "rotated"
         );
     }

@@ -234,7 +234,7 @@ async fn no_debug_or_display_output_contains_the_secret_or_a_token() {
 
     outputs.extend([
         format!("{:?}", server.credentials()),
-        format!("{}", server.credentials().client_secret()),
+        format!("{}", server.credentials().client_secret().unwrap()),
         format!("{:?}", server.endpoint()),
         format!("{source:?}"),
         format!("{layer:?}"),

@@ -159,3 +159,117 @@ async fn secrets_and_tokens_never_leak() {
         }
     }
 }
+
+const RSA_KEY: &str = include_str!("fixtures/test-only-client-rsa.key.pem");
+const RSA_PUB: &str = include_str!("fixtures/test-only-client-rsa.pub.pem");
+
+/// No private key material and no assertion (nor its signature) appears in logs at TRACE
+/// level, in `Debug`, or in errors: through fetches, refreshes, refused assertions and a
+/// server that echoes what it was sent.
+#[tokio::test(start_paused = true)]
+async fn private_keys_and_assertions_never_leak() {
+    use entur_auth::assertion::PrivateKey;
+    use entur_auth::{Credentials, TokenSource};
+
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::registry().with(
+        tracing_subscriber::fmt::layer()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+                !meta.target().starts_with("entur_auth::testing")
+            })),
+    );
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let server = TestServer::builder()
+        .client_public_key_pem(RSA_PUB)
+        .token_lifetime(Duration::from_secs(20))
+        .start()
+        .await
+        .unwrap();
+    let key = || {
+        PrivateKey::from_pem(RSA_KEY.as_bytes())
+            .unwrap()
+            .key_id("k1")
+    };
+    let builder = |endpoint: entur_auth::TokenEndpoint| {
+        TokenSource::builder(
+            endpoint,
+            Credentials::private_key_jwt(server.client_id(), key()),
+        )
+        .allow_http_loopback(true)
+        .transport(server.token_transport())
+    };
+    let mut texts = vec![
+        format!("{:?}", key()),
+        format!("{:?}", Credentials::private_key_jwt("c", key())),
+        format!("{:?}", Credentials::jwt_bearer("c", key())),
+        format!("{:?}", builder(server.endpoint())),
+    ];
+    let source = builder(server.endpoint()).build().unwrap();
+    let mut api = ServiceBuilder::new()
+        .layer(EnturAuthLayer::new(source.clone()))
+        .service(server.api_service());
+    for _ in 0..50 {
+        assert_eq!(
+            send(&mut api, api_request(&server, "/a")).await.unwrap(),
+            StatusCode::OK
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    // Refused assertions: another audience; and a server that echoes the request body.
+    let refused = builder(server.endpoint().assertion_audience("https://elsewhere"))
+        .build()
+        .unwrap();
+    let error = refused.prefetch().await.unwrap_err();
+    texts.extend(chain(&error));
+    server.push_fault(Fault::Status {
+        status: StatusCode::BAD_REQUEST,
+        body: r#"{"error":"invalid_client","error_description":"ECHO"}"#.to_owned(),
+        retry_after: None,
+    });
+    server.revoke_all();
+    if let Err(error) = send(&mut api, api_request(&server, "/a")).await {
+        texts.extend(chain(error.as_ref()));
+    }
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    texts.push(format!("{:?}", source.status()));
+    texts.push(format!("{source:?}"));
+
+    let assertions: Vec<String> = server
+        .token_requests_log()
+        .iter()
+        .filter_map(|entry| {
+            let params: serde_json::Value = serde_json::from_slice(&entry.request.body).ok()?;
+            params["client_assertion"].as_str().map(str::to_owned)
+        })
+        .collect();
+    assert!(assertions.len() >= 3, "{}", assertions.len());
+    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("access token fetched"), "capture works");
+    assert!(logs.contains("access token fetch failed"));
+    texts.push(logs);
+    let key_lines: Vec<&str> = RSA_KEY
+        .lines()
+        .filter(|line| !line.starts_with("-----") && line.len() > 16)
+        .collect();
+    for text in &texts {
+        assert!(!text.contains("PRIVATE KEY"), "key leaked in: {text}");
+        for line in &key_lines {
+            assert!(!text.contains(line), "key material leaked in: {text}");
+        }
+        for assertion in &assertions {
+            assert!(
+                !text.contains(assertion.as_str()),
+                "assertion leaked in: {text}"
+            );
+            let signature = assertion.rsplit('.').next().unwrap();
+            assert!(
+                !text.contains(signature),
+                "assertion signature leaked in: {text}"
+            );
+        }
+    }
+}

@@ -194,10 +194,7 @@ impl Config {
     /// not set or empty.
     pub fn credentials(&self) -> Result<Credentials, Error> {
         let secret = self.secret_with(&mut env_var)?;
-        Ok(Credentials {
-            client_id: self.client_id.clone(),
-            client_secret: secret,
-        })
+        Ok(Credentials::with_secret(self.client_id.clone(), secret))
     }
 
     /// A [`TokenSourceBuilder`] for this configuration, to change a setting before
@@ -283,10 +280,7 @@ impl Credentials {
             env_var(Setting::ClientId.var())?,
         )?;
         let client_secret = secret_from_env(&mut env_var, false)?;
-        Ok(Self {
-            client_id,
-            client_secret,
-        })
+        Ok(Self::with_secret(client_id, client_secret))
     }
 }
 
@@ -362,6 +356,8 @@ impl Setting {
 enum Origin {
     Env,
     File,
+    /// A file given in code ([`ClientSecret::from_file`]).
+    Path,
 }
 
 impl Origin {
@@ -370,13 +366,16 @@ impl Origin {
         match self {
             Self::Env => setting.var().to_owned(),
             Self::File => format!("`{}`", setting.field()),
+            Self::Path => "the client secret path".to_owned(),
         }
     }
 
     fn missing(self, setting: Setting, todo: &str) -> Error {
         Error::config(match self {
             Self::Env => format!("{} is not set: {todo}", setting.var()),
-            Self::File => format!("the configuration has no `{}`: {todo}", setting.field()),
+            Self::File | Self::Path => {
+                format!("the configuration has no `{}`: {todo}", setting.field())
+            }
         })
     }
 
@@ -655,7 +654,12 @@ fn read_secret_file(path: &Path, origin: Origin, setting: Setting) -> Result<Cli
             "which holds more than the secret (spaces around it, or more than one line): write the secret alone, on one line (one trailing newline is allowed)",
         ));
     }
-    Ok(ClientSecret::new(secret))
+    Ok(ClientSecret::new(secret).with_file(path))
+}
+
+/// [`ClientSecret::from_file`]: the messages name the file alone.
+pub(super) fn read_secret_path(path: &Path) -> Result<ClientSecret, Error> {
+    read_secret_file(path, Origin::Path, Setting::ClientSecretFile)
 }
 
 #[cfg(feature = "serde")]

@@ -121,7 +121,12 @@ pub enum BodyEncoding {
 }
 
 /// How the client authenticates to the token endpoint (RFC 6749 section 2.3.1).
+///
+/// For a client secret, set on the [`TokenEndpoint`]: `Body` or HTTP Basic. The other
+/// methods come with their [`Credentials`] (and are what [`Credentials::method`] and the
+/// refusals of [`Error::Rejected`] say).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ClientAuth {
     /// `client_id` and `client_secret` in the request body. The default; Entur (Auth0)
     /// accepts only this.
@@ -144,6 +149,15 @@ pub enum ClientAuth {
     /// A client id containing `:` cannot be sent this way (the first `:` separates id and
     /// secret): [`TokenSourceBuilder::build`](crate::TokenSourceBuilder::build) refuses it.
     BasicUnencoded,
+    /// A signed client assertion (`private_key_jwt`, RFC 7523 section 2.2): chosen by
+    /// [`Credentials::private_key_jwt`], not set on the endpoint.
+    PrivateKeyJwt,
+    /// No client authentication besides the grant's own signed assertion (the JWT bearer
+    /// grant, RFC 7523 section 2.1): chosen by [`Credentials::jwt_bearer`].
+    JwtBearer,
+    /// The TLS client certificate (RFC 8705 section 2): chosen by
+    /// [`Credentials::tls_client_auth`].
+    TlsClientAuth,
 }
 
 /// Where and how to ask for tokens: the token URL, the audience, scope and any extra
@@ -159,6 +173,59 @@ pub struct TokenEndpoint {
     client_auth: ClientAuth,
     reauth_on_408: bool,
     user_agent: Option<String>,
+    assertion: AssertionSettings,
+}
+
+/// How the assertions of key-based [`Credentials`] are made, beyond the key.
+#[derive(Clone, Debug)]
+pub(crate) struct AssertionSettings {
+    /// `aud`; `None`: the token URL.
+    pub(crate) audience: Option<String>,
+    pub(crate) lifetime: std::time::Duration,
+    /// Whether the JWT bearer grant's assertion carries `sub` (the client id).
+    pub(crate) subject: bool,
+    /// More claims (Maskinporten's `scope` and `resource`).
+    pub(crate) claims: Vec<(String, serde_json::Value)>,
+}
+
+impl Default for AssertionSettings {
+    fn default() -> Self {
+        Self {
+            audience: None,
+            lifetime: std::time::Duration::from_secs(60),
+            subject: true,
+            claims: Vec::new(),
+        }
+    }
+}
+
+/// Maskinporten's environments (Digdir, Norway's machine-to-machine authorization server):
+/// see [`TokenEndpoint::maskinporten`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MaskinportenEnvironment {
+    /// The test environment, `test.maskinporten.no`.
+    Test,
+    /// Production, `maskinporten.no`.
+    Production,
+}
+
+impl MaskinportenEnvironment {
+    /// The token URL: `https://test.maskinporten.no/token` or `https://maskinporten.no/token`.
+    pub fn token_url(self) -> &'static str {
+        match self {
+            Self::Test => "https://test.maskinporten.no/token",
+            Self::Production => "https://maskinporten.no/token",
+        }
+    }
+
+    /// Maskinporten's issuer identifier, the `aud` of the grants:
+    /// `https://test.maskinporten.no/` or `https://maskinporten.no/` (with the slash).
+    pub fn issuer(self) -> &'static str {
+        match self {
+            Self::Test => "https://test.maskinporten.no/",
+            Self::Production => "https://maskinporten.no/",
+        }
+    }
 }
 
 impl TokenEndpoint {
@@ -188,7 +255,109 @@ impl TokenEndpoint {
             client_auth: ClientAuth::Body,
             reauth_on_408: true,
             user_agent: None,
+            assertion: AssertionSettings::default(),
         }
+    }
+
+    /// Maskinporten's token endpoint, for [`Credentials::jwt_bearer`] with the client id
+    /// and the key registered for the client (RS256; give the key its registered `kid` with
+    /// [`PrivateKey::key_id`](crate::assertion::PrivateKey::key_id)). `scope` is the
+    /// whitespace-separated scopes to ask for; add [`maskinporten_resource`](Self::maskinporten_resource)
+    /// for an audience-restricted token.
+    ///
+    /// What Digdir documents, and this preset does (read 2026-11 from
+    /// <https://docs.digdir.no/docs/Maskinporten/maskinporten_protocol_token> and
+    /// <https://docs.digdir.no/docs/Maskinporten/maskinporten_protocol_jwtgrant>):
+    ///
+    /// - `POST /token` with a form body holding only `grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer`
+    ///   and `assertion`; no other client authentication ("the client is implicitly
+    ///   authenticated by the certificate in the JWT").
+    /// - The assertion's `aud` is Maskinporten's issuer identifier, one value ("using the
+    ///   token-endpoint url as audience is no longer valid"); production's is
+    ///   `https://maskinporten.no/`. The test issuer `https://test.maskinporten.no/` is
+    ///   taken by analogy (the documentation's example request goes to
+    ///   `test.maskinporten.no`; the page gives only production's value): check it against
+    ///   `https://test.maskinporten.no/.well-known/oauth-authorization-server`.
+    /// - Claims: `aud`, `iss` (the client id), `iat`, `exp` (at most 120 s after `iat`; this
+    ///   preset uses 60 s), `jti` (an assertion cannot be reused), `scope` (required),
+    ///   `resource` (optional). Any other claim is refused with `400` "Invalid assertion",
+    ///   so no `sub` is sent.
+    /// - Header: `alg` RS256 (RS384 and RS512 too; not ES256), and `kid` or `x5c`.
+    /// - `iat` must be within 10 s of Maskinporten's clock: keep this machine's clock synced.
+    ///
+    /// ```
+    /// use entur_auth::{MaskinportenEnvironment, TokenEndpoint};
+    ///
+    /// let endpoint = TokenEndpoint::maskinporten(MaskinportenEnvironment::Test, "digdir:dialogporten")
+    ///     .maskinporten_resource("https://api.example.no");
+    /// assert_eq!(endpoint.url(), "https://test.maskinporten.no/token");
+    /// assert_eq!(endpoint.assertion_audience_value(), Some("https://test.maskinporten.no/"));
+    /// ```
+    pub fn maskinporten(environment: MaskinportenEnvironment, scope: impl Into<String>) -> Self {
+        let mut endpoint = Self::new(environment.token_url())
+            .expect("the Maskinporten token URLs are valid")
+            .assertion_audience(environment.issuer())
+            .assertion_subject(false);
+        endpoint
+            .assertion
+            .claims
+            .push(("scope".to_owned(), serde_json::Value::String(scope.into())));
+        endpoint
+    }
+
+    /// Asks Maskinporten for a token restricted to the API `resource` (the assertion's
+    /// `resource` claim, sent as an array as Maskinporten documents it; the value comes from
+    /// the API's owner).
+    pub fn maskinporten_resource(mut self, resource: impl Into<String>) -> Self {
+        self.assertion.claims.retain(|(name, _)| name != "resource");
+        self.assertion.claims.push((
+            "resource".to_owned(),
+            serde_json::Value::Array(vec![serde_json::Value::String(resource.into())]),
+        ));
+        self
+    }
+
+    /// The `aud` of the assertions signed for key-based [`Credentials`] (default: the token
+    /// URL, as RFC 7523 section 3 and OpenID Connect Core section 9 allow). Some servers want
+    /// their issuer identifier instead (Maskinporten, Okta's org server with some clients).
+    pub fn assertion_audience(mut self, audience: impl Into<String>) -> Self {
+        self.assertion.audience = Some(audience.into());
+        self
+    }
+
+    /// The assertion audience, when one is set apart from the token URL.
+    pub fn assertion_audience_value(&self) -> Option<&str> {
+        self.assertion.audience.as_deref()
+    }
+
+    /// How long each assertion is valid: `exp − iat`. Default 60 s; between 1 s and 10
+    /// minutes ([`build`](crate::TokenSourceBuilder::build) refuses others). A fresh one is
+    /// signed for every token request, so a short one costs nothing.
+    pub fn assertion_lifetime(mut self, lifetime: std::time::Duration) -> Self {
+        self.assertion.lifetime = lifetime;
+        self
+    }
+
+    /// Whether the JWT bearer grant's assertion carries `sub` (the client id). Default
+    /// `true`, as RFC 7523 section 3 asks; Maskinporten refuses it. `private_key_jwt`
+    /// assertions always carry it.
+    pub fn assertion_subject(mut self, include: bool) -> Self {
+        self.assertion.subject = include;
+        self
+    }
+
+    /// Adds a claim to every assertion (replacing one of the same name); the registered
+    /// claims `iss`, `sub`, `aud`, `iat`, `exp` and `jti` cannot be set this way
+    /// ([`build`](crate::TokenSourceBuilder::build) refuses them).
+    pub fn assertion_claim(mut self, name: impl Into<String>, value: serde_json::Value) -> Self {
+        let name = name.into();
+        self.assertion.claims.retain(|(n, _)| *n != name);
+        self.assertion.claims.push((name, value));
+        self
+    }
+
+    pub(crate) fn assertion_settings(&self) -> &AssertionSettings {
+        &self.assertion
     }
 
     /// Any OAuth2 token endpoint. The body is form-encoded (RFC 6749) unless
@@ -223,6 +392,7 @@ impl TokenEndpoint {
             client_auth: ClientAuth::Body,
             reauth_on_408: false,
             user_agent: None,
+            assertion: AssertionSettings::default(),
         })
     }
 
@@ -333,18 +503,50 @@ impl TokenEndpoint {
 
 /// The client secret. Its `Debug` and `Display` print `[redacted]`; the only way to read
 /// it is [`expose`](Self::expose), so that every use is explicit in the code.
+///
+/// A secret read from a file ([`from_file`](Self::from_file), `ENTUR_CLIENT_SECRET_FILE`)
+/// remembers the file: when the token endpoint answers `invalid_client`, the token source
+/// reads it again, so that a rotated Kubernetes or Docker secret is picked up by itself.
 #[derive(Clone)]
-pub struct ClientSecret(Box<str>);
+pub struct ClientSecret {
+    secret: Box<str>,
+    file: Option<std::sync::Arc<std::path::Path>>,
+}
 
 impl ClientSecret {
     /// Wraps a secret.
     pub fn new(secret: impl Into<String>) -> Self {
-        Self(secret.into().into_boxed_str())
+        Self {
+            secret: secret.into().into_boxed_str(),
+            file: None,
+        }
+    }
+
+    /// Reads the secret from the file at `path` (its whole content but one trailing
+    /// newline, as Kubernetes and Docker mount secrets), and remembers the file so that the
+    /// token source reads it again after an `invalid_client`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] when the file cannot be read, is empty, larger than 64 KiB, not
+    /// UTF-8, or holds more than one line.
+    pub fn from_file(path: impl AsRef<std::path::Path>) -> Result<Self, Error> {
+        loader::read_secret_path(path.as_ref())
     }
 
     /// The secret in clear. Do not log it.
     pub fn expose(&self) -> &str {
-        &self.0
+        &self.secret
+    }
+
+    /// The file the secret was read from, if it was.
+    pub fn file(&self) -> Option<&std::path::Path> {
+        self.file.as_deref()
+    }
+
+    pub(crate) fn with_file(mut self, path: &std::path::Path) -> Self {
+        self.file = Some(std::sync::Arc::from(path));
+        self
     }
 }
 
@@ -360,11 +562,48 @@ impl fmt::Display for ClientSecret {
     }
 }
 
-/// A client id and its secret, as issued by Entur (or another authorization server).
-#[derive(Clone, Debug)]
+/// A client id and what proves it: a shared secret, a private key that signs assertions
+/// (`private_key_jwt`, or the JWT bearer grant), or a TLS client certificate.
+///
+/// | constructor | token request | RFC |
+/// |---|---|---|
+/// | [`new`](Self::new), [`from_secret_file`](Self::from_secret_file) | client credentials grant, the secret in the body or HTTP Basic ([`ClientAuth`]) | RFC 6749 section 2.3.1 |
+/// | [`private_key_jwt`](Self::private_key_jwt) | client credentials grant, a signed `client_assertion` | RFC 7523 section 2.2 |
+/// | [`jwt_bearer`](Self::jwt_bearer) | the JWT bearer grant: a signed `assertion` is the grant | RFC 7523 section 2.1 |
+/// | [`tls_client_auth`](Self::tls_client_auth) | client credentials grant, `client_id` alone; the client certificate of the TLS connection authenticates | RFC 8705 section 2 |
+///
+/// Replace them on a running source with
+/// [`TokenSource::set_credentials`](crate::TokenSource::set_credentials). `Debug` shows the
+/// method, the client id and a key's id, never a secret or a key.
+#[derive(Clone)]
 pub struct Credentials {
-    client_id: String,
-    client_secret: ClientSecret,
+    pub(crate) client_id: String,
+    pub(crate) kind: CredentialKind,
+}
+
+/// What proves the client id.
+#[derive(Clone)]
+pub(crate) enum CredentialKind {
+    Secret(ClientSecret),
+    PrivateKeyJwt(std::sync::Arc<dyn crate::assertion::Signer>),
+    JwtBearer(std::sync::Arc<dyn crate::assertion::Signer>),
+    TlsClientAuth,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut s = f.debug_struct("Credentials");
+        s.field("client_id", &self.client_id);
+        match &self.kind {
+            CredentialKind::Secret(secret) => s.field("client_secret", secret),
+            CredentialKind::PrivateKeyJwt(signer) | CredentialKind::JwtBearer(signer) => s
+                .field("method", &self.method())
+                .field("algorithm", &signer.algorithm())
+                .field("key_id", &signer.key_id()),
+            CredentialKind::TlsClientAuth => s.field("method", &self.method()),
+        };
+        s.finish()
+    }
 }
 
 impl Credentials {
@@ -372,7 +611,71 @@ impl Credentials {
     pub fn new(client_id: impl Into<String>, client_secret: impl Into<String>) -> Self {
         Self {
             client_id: client_id.into(),
-            client_secret: ClientSecret::new(client_secret),
+            kind: CredentialKind::Secret(ClientSecret::new(client_secret)),
+        }
+    }
+
+    /// Credentials from a client id and a [`ClientSecret`] (one read with
+    /// [`ClientSecret::from_file`] is read again after an `invalid_client`).
+    pub fn with_secret(client_id: impl Into<String>, client_secret: ClientSecret) -> Self {
+        Self {
+            client_id: client_id.into(),
+            kind: CredentialKind::Secret(client_secret),
+        }
+    }
+
+    /// Credentials whose secret is in the file at `path`, read now and again whenever the
+    /// token endpoint answers `invalid_client`: a secret rotated in place (a Kubernetes
+    /// secret volume) is picked up without a restart.
+    ///
+    /// # Errors
+    ///
+    /// As [`ClientSecret::from_file`].
+    pub fn from_secret_file(
+        client_id: impl Into<String>,
+        path: impl AsRef<std::path::Path>,
+    ) -> Result<Self, Error> {
+        Ok(Self::with_secret(client_id, ClientSecret::from_file(path)?))
+    }
+
+    /// `private_key_jwt` client authentication (RFC 7523 section 2.2, OpenID Connect Core
+    /// section 9): every token request of the client credentials grant carries a fresh
+    /// assertion signed by `signer`, with `iss` and `sub` the client id, `aud` the token URL
+    /// (or [`TokenEndpoint::assertion_audience`]), a random `jti`, `iat` now and `exp` 60 s
+    /// later ([`TokenEndpoint::assertion_lifetime`]).
+    pub fn private_key_jwt(
+        client_id: impl Into<String>,
+        signer: impl crate::assertion::Signer,
+    ) -> Self {
+        Self {
+            client_id: client_id.into(),
+            kind: CredentialKind::PrivateKeyJwt(std::sync::Arc::new(signer)),
+        }
+    }
+
+    /// The JWT bearer grant (RFC 7523 section 2.1): every token request is
+    /// `grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer` with a fresh `assertion`
+    /// signed by `signer`, `iss` the client id, `sub` the client id too unless the endpoint
+    /// says otherwise ([`TokenEndpoint::assertion_subject`]; Maskinporten refuses it), `aud`
+    /// the token URL or [`TokenEndpoint::assertion_audience`]. No other client
+    /// authentication is sent: the assertion is the proof. See
+    /// [`TokenEndpoint::maskinporten`].
+    pub fn jwt_bearer(client_id: impl Into<String>, signer: impl crate::assertion::Signer) -> Self {
+        Self {
+            client_id: client_id.into(),
+            kind: CredentialKind::JwtBearer(std::sync::Arc::new(signer)),
+        }
+    }
+
+    /// Mutual TLS client authentication (RFC 8705 section 2): the token request carries the
+    /// client id alone, and the TLS client certificate authenticates the client. Give the
+    /// certificate to the default HTTPS client with
+    /// [`TokenSourceBuilder::client_certificate_files`](crate::TokenSourceBuilder::client_certificate_files)
+    /// (or use a [transport](crate::TokenSourceBuilder::transport) that presents one).
+    pub fn tls_client_auth(client_id: impl Into<String>) -> Self {
+        Self {
+            client_id: client_id.into(),
+            kind: CredentialKind::TlsClientAuth,
         }
     }
 
@@ -381,9 +684,23 @@ impl Credentials {
         &self.client_id
     }
 
-    /// The client secret.
-    pub fn client_secret(&self) -> &ClientSecret {
-        &self.client_secret
+    /// The client secret, for credentials that have one.
+    pub fn client_secret(&self) -> Option<&ClientSecret> {
+        match &self.kind {
+            CredentialKind::Secret(secret) => Some(secret),
+            _ => None,
+        }
+    }
+
+    /// How these credentials authenticate the client: for a secret, the endpoint's
+    /// [`ClientAuth`] decides between the body and HTTP Basic; the other kinds decide alone.
+    pub fn method(&self) -> ClientAuth {
+        match &self.kind {
+            CredentialKind::Secret(_) => ClientAuth::Body,
+            CredentialKind::PrivateKeyJwt(_) => ClientAuth::PrivateKeyJwt,
+            CredentialKind::JwtBearer(_) => ClientAuth::JwtBearer,
+            CredentialKind::TlsClientAuth => ClientAuth::TlsClientAuth,
+        }
     }
 }
 
@@ -500,8 +817,8 @@ mod tests {
     fn secrets_are_redacted() {
         let c = Credentials::new("id-1", "s3cr3t-marker");
         assert!(!format!("{c:?}").contains("s3cr3t-marker"));
-        assert!(!format!("{}", c.client_secret()).contains("s3cr3t-marker"));
-        assert_eq!(c.client_secret().expose(), "s3cr3t-marker");
+        assert!(!format!("{}", c.client_secret().unwrap()).contains("s3cr3t-marker"));
+        assert_eq!(c.client_secret().unwrap().expose(), "s3cr3t-marker");
     }
 
     #[test]

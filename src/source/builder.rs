@@ -328,21 +328,25 @@ impl TokenSourceBuilder {
             )
         })?;
         check_timers()?;
-        let request = TokenRequest::new(&self.endpoint, &self.credentials)?;
+        let request = TokenRequest::new(&self.endpoint)?;
+        request.check(&self.credentials)?;
         let transport = match self.transport {
             Some(make) => make(self.max_response_bytes),
             None => default_transport(&self)?,
         };
         #[cfg(feature = "shared-store")]
-        let fleet = self.store.map(|store| {
-            crate::store::Fleet::new(
-                store,
-                &self.endpoint,
-                &self.credentials,
-                self.store_settings,
-                self.fetch_timeout,
-            )
-        });
+        let fleet = self
+            .store
+            .map(|store| {
+                crate::store::Fleet::new(
+                    store,
+                    &self.endpoint,
+                    &self.credentials,
+                    self.store_settings,
+                    self.fetch_timeout,
+                )
+            })
+            .transpose()?;
         let rng = match self.seed {
             Some(seed) => fastrand::Rng::with_seed(seed),
             None => fastrand::Rng::new(),
@@ -365,7 +369,7 @@ impl TokenSourceBuilder {
             generation: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             request,
-            credentials: self.credentials,
+            credentials: arc_swap::ArcSwap::from_pointee(self.credentials),
             transport,
             settings: Settings {
                 lifecycle: self.lifecycle,

@@ -114,7 +114,9 @@ pub(crate) struct Shared {
     generation: AtomicU64,
     closed: AtomicBool,
     request: TokenRequest,
-    credentials: Credentials,
+    /// Replaced by [`TokenSource::set_credentials`] and by a re-read secret file; read once
+    /// per fetch, never on the request path.
+    credentials: ArcSwap<Credentials>,
     transport: Transport,
     pub(crate) settings: Settings,
     attempts: AtomicU64,
@@ -443,7 +445,7 @@ impl fmt::Debug for TokenSource {
         let shared = &self.handle.shared;
         f.debug_struct("TokenSource")
             .field("url", &shared.request.url())
-            .field("client_id", &shared.credentials.client_id())
+            .field("client_id", &shared.credentials.load().client_id())
             .field("token", &shared.cell.load().as_ref().map(|t| t.id()))
             .field("key", &shared.key)
             .field("settings", &shared.settings)

@@ -39,7 +39,7 @@ impl Shared {
     /// The labels of this source's metrics.
     #[cfg(feature = "metrics")]
     pub(crate) fn metric_labels(&self) -> crate::metrics::SourceLabels {
-        crate::metrics::SourceLabels::new(self.request.url(), self.credentials.client_id())
+        crate::metrics::SourceLabels::new(self.request.url(), self.credentials.load().client_id())
     }
 
     /// Brings the source's gauges (health, how long the token will still be sent) up to date.
@@ -101,21 +101,27 @@ impl Shared {
     /// One token request, with the fetch timeout around all of it.
     async fn request_token(&self, jitter_sample: f64) -> Result<AccessToken, Error> {
         self.attempts.fetch_add(1, Ordering::Relaxed);
-        let request = self.request.to_request();
+        let credentials = self.credentials.load_full();
         let sent_at = Instant::now();
         let sent_wall = SystemTime::now();
         let timeout = self.settings.fetch_timeout;
-        let response =
-            match tokio::time::timeout(timeout, self.transport.clone().oneshot(request)).await {
-                Err(_) => return Err(Error::Timeout { after: timeout }),
-                Ok(Err(e)) => return Err(endpoint::transport_error(e)),
-                Ok(Ok(response)) => response,
-            };
-        let granted = endpoint::read_response(
-            &response,
-            self.credentials.client_secret().expose(),
-            self.request.client_auth(),
-        )?;
+        // Signing (a KMS call, perhaps) counts towards the fetch timeout.
+        let exchange = async {
+            let (request, redact) = self.request.build(&credentials).await?;
+            let response = self
+                .transport
+                .clone()
+                .oneshot(request)
+                .await
+                .map_err(endpoint::transport_error)?;
+            Ok::<_, Error>((response, redact))
+        };
+        let (response, redact) = match tokio::time::timeout(timeout, exchange).await {
+            Err(_) => return Err(Error::Timeout { after: timeout }),
+            Ok(result) => result?,
+        };
+        let granted =
+            endpoint::read_response(&response, &redact, self.request.client_auth(&credentials))?;
         let issued = Issued {
             access_token: &granted.access_token,
             expires_in: granted.expires_in,

@@ -156,7 +156,12 @@ impl Fleet {
         credentials: &Credentials,
         settings: StoreSettings,
         fetch_timeout: Duration,
-    ) -> Self {
+    ) -> Result<Self, Error> {
+        let Some(secret) = credentials.client_secret() else {
+            return Err(Error::config(
+                "a shared store needs a key to encrypt the tokens with, derived from the client secret, and these credentials have none",
+            ));
+        };
         let mut id = Sha256::new();
         for part in [
             endpoint.url().to_string().as_str(),
@@ -178,12 +183,12 @@ impl Fleet {
         let mut key = [0u8; 32];
         hkdf::Hkdf::<Sha256>::new(
             Some(b"entur-auth token store v1"),
-            credentials.client_secret().expose().as_bytes(),
+            secret.expose().as_bytes(),
         )
         .expand(token_key.as_bytes(), &mut key)
         .expect("32 bytes is a valid HKDF-SHA256 output length");
         let holder = hex(&fastrand::u128(..).to_be_bytes());
-        Self {
+        Ok(Self {
             store,
             lock_key: format!("entur-auth:v1:{id}:lock"),
             token_key,
@@ -193,7 +198,7 @@ impl Fleet {
             lock_ttl: fetch_timeout + Duration::from_secs(2),
             #[cfg(feature = "metrics")]
             labels: crate::metrics::SourceLabels::new(endpoint.url(), credentials.client_id()),
-        }
+        })
     }
 
     /// A token for this replica: adopted from the fleet, or fetched with `fetch` (under the
@@ -468,6 +473,7 @@ mod tests {
             StoreSettings::default(),
             Duration::from_secs(1),
         )
+        .expect("credentials with a secret")
     }
 
     fn stored() -> Stored {

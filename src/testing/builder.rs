@@ -14,6 +14,9 @@ pub struct TestServerBuilder {
     strict: bool,
     sign_tokens: bool,
     log_capacity: usize,
+    client_public_key_pem: Option<String>,
+    client_key_id: Option<String>,
+    assertion_audience: Option<String>,
 }
 
 impl Default for TestServerBuilder {
@@ -34,6 +37,9 @@ impl Default for TestServerBuilder {
             strict: false,
             sign_tokens: true,
             log_capacity: log::DEFAULT_LOG_CAPACITY,
+            client_public_key_pem: None,
+            client_key_id: None,
+            assertion_audience: None,
         }
     }
 }
@@ -160,6 +166,38 @@ impl TestServerBuilder {
         self
     }
 
+    /// Registers a public key for the client (a PEM `PUBLIC KEY`, RSA or EC P-256): the
+    /// token endpoint then also accepts `private_key_jwt` client assertions (RFC 7523
+    /// section 2.2) and the JWT bearer grant (section 2.1) signed with its private half.
+    ///
+    /// An assertion is accepted when its signature verifies (RS256 for RSA, ES256 for
+    /// P-256), `iss` (and, for client assertions, `sub`) is the client id, `aud` is the
+    /// token URL or the issuer (or the one [`assertion_audience`](Self::assertion_audience)),
+    /// `exp` is after the server's clock ([`issuer_clock_offset_secs`](Self::issuer_clock_offset_secs)
+    /// moves it), `iat` at most 10 s ahead of it, `exp − iat` at most 300 s, and its `jti`
+    /// was never seen before. A refused client assertion is `401 invalid_client`, a refused
+    /// grant `400 invalid_grant` (RFC 7523 section 3.1), each with a description saying
+    /// which check failed; [`TestServer::assertions_replayed`] counts the replays.
+    ///
+    /// [`start`](Self::start) fails with `InvalidInput` if the PEM is not such a key.
+    pub fn client_public_key_pem(mut self, pem: impl Into<String>) -> Self {
+        self.client_public_key_pem = Some(pem.into());
+        self
+    }
+
+    /// The `kid` client assertions must carry (default: any, or none).
+    pub fn client_key_id(mut self, kid: impl Into<String>) -> Self {
+        self.client_key_id = Some(kid.into());
+        self
+    }
+
+    /// The one `aud` accepted in client assertions and grants (default: the token URL or
+    /// the issuer).
+    pub fn assertion_audience(mut self, audience: impl Into<String>) -> Self {
+        self.assertion_audience = Some(audience.into());
+        self
+    }
+
     /// How many requests the log keeps (default 10,000): beyond, the oldest
     /// entries are dropped and counted (see [`TestServer::requests_log`] and
     /// [`TestServer::requests_log_dropped`]). `0` keeps none.
@@ -206,6 +244,12 @@ impl TestServerBuilder {
     ///
     /// If called outside a Tokio runtime.
     pub async fn start(self) -> io::Result<TestServer> {
+        let client_key = self
+            .client_public_key_pem
+            .as_deref()
+            .map(assertion::ClientKey::from_spki_pem)
+            .transpose()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
         let addr = listener.local_addr()?;
         let origin = format!("http://{addr}");
@@ -223,6 +267,10 @@ impl TestServerBuilder {
             strict: self.strict,
             sign_tokens: self.sign_tokens,
             signer: signing::signer(),
+            client_key,
+            client_key_id: self.client_key_id,
+            assertion_audience: self.assertion_audience,
+            assertions_replayed: AtomicUsize::new(0),
             token_requests: AtomicUsize::new(0),
             tokens_issued: AtomicUsize::new(0),
             api_requests: AtomicUsize::new(0),
@@ -238,6 +286,8 @@ impl TestServerBuilder {
                 last_token_request: None,
                 last_api_request: None,
                 log: log::RequestLog::new(self.log_capacity),
+                jtis: Default::default(),
+                client_secret: None,
             }),
         });
         let accept = tokio::spawn(accept_loop(listener, shared.clone())).abort_handle();

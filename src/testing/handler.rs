@@ -91,16 +91,21 @@ where
 /// Discovery 1.0 shares with it): what a client-credentials client and a resource server
 /// read.
 fn metadata(shared: &Shared) -> Value {
-    let auth_methods: &[&str] = if shared.strict {
-        &["client_secret_basic"]
+    let mut auth_methods: Vec<&str> = if shared.strict {
+        vec!["client_secret_basic"]
     } else {
-        &["client_secret_basic", "client_secret_post"]
+        vec!["client_secret_basic", "client_secret_post"]
     };
+    let mut grants = vec!["client_credentials"];
+    if shared.client_key.is_some() {
+        auth_methods.push("private_key_jwt");
+        grants.push("urn:ietf:params:oauth:grant-type:jwt-bearer");
+    }
     json!({
         "issuer": shared.issuer,
         "token_endpoint": shared.token_url,
         "jwks_uri": shared.jwks_url,
-        "grant_types_supported": ["client_credentials"],
+        "grant_types_supported": grants,
         "token_endpoint_auth_methods_supported": auth_methods,
         "id_token_signing_alg_values_supported": ["RS256"],
     })

@@ -98,6 +98,7 @@ use serde_json::{json, Value};
 use tokio::task::{AbortHandle, JoinSet};
 
 mod api;
+mod assertion;
 mod body;
 mod builder;
 mod fault;
@@ -284,6 +285,17 @@ impl TestServer {
         &self.inner.shared.audience
     }
 
+    /// How many client assertions or JWT bearer grants were refused because their `jti` had
+    /// been used before.
+    pub fn assertions_replayed(&self) -> usize {
+        self.inner.shared.assertions_replayed.load(Ordering::SeqCst)
+    }
+
+    /// Changes the client secret the server accepts, from now on: a secret rotation.
+    pub fn set_client_secret(&self, secret: impl Into<String>) {
+        self.inner.shared.state().client_secret = Some(secret.into());
+    }
+
     /// In-process access to the token endpoint (and, as it runs the same
     /// handler, to the whole server), without TCP.
     pub fn token_transport(&self) -> TokenTransport {
@@ -457,6 +469,14 @@ struct Shared {
     strict: bool,
     sign_tokens: bool,
     signer: &'static signing::Signer,
+    /// The public key registered for the client: assertions must verify with it.
+    client_key: Option<assertion::ClientKey>,
+    /// The `kid` assertions must name, when one is registered.
+    client_key_id: Option<String>,
+    /// The one `aud` accepted in assertions; `None`: the token URL or the issuer.
+    assertion_audience: Option<String>,
+    /// Assertions refused because their `jti` was used before.
+    assertions_replayed: AtomicUsize,
     token_requests: AtomicUsize,
     tokens_issued: AtomicUsize,
     api_requests: AtomicUsize,
@@ -475,6 +495,10 @@ struct State {
     last_token_request: Option<RecordedRequest>,
     last_api_request: Option<RecordedRequest>,
     log: log::RequestLog,
+    /// The `jti`s of the assertions accepted, until they expire.
+    jtis: assertion::SeenJtis,
+    /// The client secret, when a test rotated it ([`TestServer::set_client_secret`]).
+    client_secret: Option<String>,
 }
 
 struct IssuedToken {

@@ -229,7 +229,7 @@ fn grant(
         None => (params.client_id, params.client_secret),
     };
 
-    match params.grant_type.as_deref() {
+    let jwt_bearer = match params.grant_type.as_deref() {
         None => {
             return Err(oauth_error(
                 StatusCode::BAD_REQUEST,
@@ -237,17 +237,77 @@ fn grant(
                 "missing grant_type",
             ))
         }
-        Some("client_credentials") => {}
+        Some("client_credentials") => false,
+        Some(JWT_BEARER_GRANT) if shared.client_key.is_some() => true,
         Some(_) => {
             return Err(oauth_error(
                 StatusCode::BAD_REQUEST,
                 "unsupported_grant_type",
-                "only the client_credentials grant is supported",
+                if shared.client_key.is_some() {
+                    "only the client_credentials and jwt-bearer grants are supported"
+                } else {
+                    "only the client_credentials grant is supported"
+                },
             ))
         }
+    };
+
+    // The JWT bearer grant (RFC 7523 section 2.1): the assertion is the grant, and the
+    // client's proof. Its scope is a claim (Maskinporten's way) or a parameter.
+    if jwt_bearer {
+        let Some(grant) = params.assertion.as_deref() else {
+            return Err(oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "missing assertion",
+            ));
+        };
+        let claims =
+            assertion::verify(shared, grant, assertion::Use::Grant).map_err(|description| {
+                oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", &description)
+            })?;
+        let scope = claims["scope"].as_str().map(str::to_owned).or(params.scope);
+        return Ok(issued_body(shared, scope));
     }
 
-    if shared.strict && !used_basic {
+    let used_assertion =
+        params.client_assertion.is_some() || params.client_assertion_type.is_some();
+    if used_assertion {
+        // private_key_jwt (RFC 7523 section 2.2, OpenID Connect Core section 9).
+        if used_basic || client_secret.is_some() {
+            return Err(oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "more than one client authentication method",
+            ));
+        }
+        if params.client_assertion_type.as_deref() != Some(CLIENT_ASSERTION_TYPE) {
+            return Err(oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "client_assertion_type must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ));
+        }
+        let client_assertion = params.client_assertion.as_deref().unwrap_or_default();
+        let verified = assertion::verify(
+            shared,
+            client_assertion,
+            assertion::Use::ClientAuthentication,
+        )
+        .and_then(|_| match client_id.as_deref() {
+            Some(id) if id != shared.client_id => {
+                Err("client_id differs from the assertion's iss".to_owned())
+            }
+            _ => Ok(()),
+        });
+        if let Err(description) = verified {
+            return Err(oauth_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                &description,
+            ));
+        }
+    } else if shared.strict && !used_basic {
         let description = if client_secret.is_some() {
             "client credentials in the request body are refused: authenticate with HTTP Basic (RFC 6749 section 2.3.1)"
         } else {
@@ -259,19 +319,23 @@ fn grant(
             description,
         )));
     }
-    let authenticated = client_id.as_deref() == Some(shared.client_id.as_str())
-        && client_secret.is_some_and(|secret| constant_time_eq(&secret, &shared.client_secret));
-    if !authenticated {
-        let response = oauth_error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            "client authentication failed",
-        );
-        return Err(if used_basic {
-            basic_challenge(response)
-        } else {
-            response
-        });
+    if !used_assertion {
+        let current = shared.state().client_secret.clone();
+        let expected = current.as_deref().unwrap_or(&shared.client_secret);
+        let authenticated = client_id.as_deref() == Some(shared.client_id.as_str())
+            && client_secret.is_some_and(|secret| constant_time_eq(&secret, expected));
+        if !authenticated {
+            let response = oauth_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "client authentication failed",
+            );
+            return Err(if used_basic {
+                basic_challenge(response)
+            } else {
+                response
+            });
+        }
     }
 
     // The audience, as Auth0 checks it (see NO_AUDIENCE).
@@ -293,17 +357,27 @@ fn grant(
         _ => {}
     }
 
-    let issued = issue_token(shared, params.scope.as_deref());
+    Ok(issued_body(shared, params.scope))
+}
+
+/// The token request's answer: a new token, its lifetime and scope.
+fn issued_body(shared: &Shared, scope: Option<String>) -> (Value, String) {
+    let issued = issue_token(shared, scope.as_deref());
     let mut body = json!({
         "access_token": issued.token,
         "token_type": "Bearer",
         "expires_in": issued.expires_in,
     });
-    if let Some(scope) = params.scope {
+    if let Some(scope) = scope {
         body["scope"] = Value::String(scope);
     }
-    Ok((body, issued.jti))
+    (body, issued.jti)
 }
+
+/// `client_assertion_type` of `private_key_jwt`.
+const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+/// `grant_type` of the JWT bearer grant.
+const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 
 /// A token [`issue_token`] issued.
 pub(super) struct Issued {
@@ -382,6 +456,9 @@ pub(super) struct TokenParams {
     client_secret: Option<String>,
     audience: Option<String>,
     scope: Option<String>,
+    client_assertion_type: Option<String>,
+    client_assertion: Option<String>,
+    assertion: Option<String>,
 }
 
 impl TokenParams {
@@ -392,6 +469,9 @@ impl TokenParams {
             "client_secret" => &mut self.client_secret,
             "audience" => &mut self.audience,
             "scope" => &mut self.scope,
+            "client_assertion_type" => &mut self.client_assertion_type,
+            "client_assertion" => &mut self.client_assertion,
+            "assertion" => &mut self.assertion,
             _ => return Ok(()),
         };
         if slot.is_some() {
@@ -448,7 +528,14 @@ pub(super) fn parse_params(
 pub(super) fn is_known_param(name: &str) -> bool {
     matches!(
         name,
-        "grant_type" | "client_id" | "client_secret" | "audience" | "scope"
+        "grant_type"
+            | "client_id"
+            | "client_secret"
+            | "audience"
+            | "scope"
+            | "client_assertion_type"
+            | "client_assertion"
+            | "assertion"
     )
 }
 
