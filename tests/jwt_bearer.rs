@@ -1,0 +1,222 @@
+//! The JWT bearer grant (RFC 7523 section 2.1) and the Maskinporten preset, against the
+//! embedded server: the request's shape, the assertion's claims, and the refusals
+//! (`invalid_grant` for a wrong audience, an expired or a replayed grant).
+
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use entur_auth::assertion::PrivateKey;
+use entur_auth::testing::TestServer;
+use entur_auth::{
+    ClientAuth, Credentials, Error, MaskinportenEnvironment, OAuthErrorCode, TokenEndpoint,
+    TokenSource,
+};
+use http_body_util::Full;
+use serde_json::Value;
+use tower::ServiceExt;
+
+const RSA_KEY: &str = include_str!("fixtures/test-only-client-rsa.key.pem");
+const RSA_PUB: &str = include_str!("fixtures/test-only-client-rsa.pub.pem");
+
+fn key() -> PrivateKey {
+    PrivateKey::from_pem(RSA_KEY.as_bytes())
+        .unwrap()
+        .key_id("mp-key-1")
+}
+
+fn decode(part: &str) -> Value {
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
+}
+
+fn form(body: &[u8]) -> Vec<(String, String)> {
+    form_urlencoded::parse(body).into_owned().collect()
+}
+
+#[tokio::test]
+async fn the_grant_carries_a_fresh_assertion_and_no_other_client_authentication() {
+    let server = TestServer::builder()
+        .client_public_key_pem(RSA_PUB)
+        .start()
+        .await
+        .unwrap();
+    let endpoint = TokenEndpoint::new(&server.token_url())
+        .unwrap()
+        .scope("read write");
+    let source = TokenSource::builder(endpoint, Credentials::jwt_bearer(server.client_id(), key()))
+        .allow_http_loopback(true)
+        .transport(server.token_transport())
+        .build()
+        .unwrap();
+    source.prefetch().await.unwrap();
+    assert_eq!(source.current().unwrap().scope(), Some("read write"));
+
+    let params = form(&server.last_token_request().unwrap().body);
+    let names: Vec<&str> = params.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(names, ["grant_type", "assertion", "scope"]);
+    assert_eq!(params[0].1, "urn:ietf:params:oauth:grant-type:jwt-bearer");
+    let mut parts = params[1].1.split('.');
+    let (header, claims) = (decode(parts.next().unwrap()), decode(parts.next().unwrap()));
+    assert_eq!(header["alg"], "RS256");
+    assert_eq!(header["kid"], "mp-key-1");
+    assert_eq!(claims["iss"], server.client_id());
+    assert_eq!(claims["sub"], server.client_id(), "RFC 7523 asks for sub");
+    assert_eq!(claims["aud"], server.token_url().as_str());
+}
+
+/// The Maskinporten preset, its requests sent to the embedded server (which plays
+/// Maskinporten's test environment: its issuer as the only audience).
+async fn maskinporten(server: &TestServer, endpoint: TokenEndpoint) -> Result<TokenSource, Error> {
+    let url: http::Uri = server.token_url().parse().unwrap();
+    let transport = server.token_transport().map_request(
+        move |mut request: http::Request<Full<bytes::Bytes>>| {
+            assert_eq!(request.uri(), "https://test.maskinporten.no/token");
+            *request.uri_mut() = url.clone();
+            request
+        },
+    );
+    let source = TokenSource::builder(endpoint, Credentials::jwt_bearer(server.client_id(), key()))
+        .transport(transport)
+        .rejected_backoff(Duration::from_millis(1), Duration::from_millis(1))
+        .build()?;
+    source.prefetch().await.map(|()| source)
+}
+
+async fn maskinporten_server() -> TestServer {
+    TestServer::builder()
+        .client_public_key_pem(RSA_PUB)
+        .assertion_audience(MaskinportenEnvironment::Test.issuer())
+        .start()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_maskinporten_preset_sends_what_digdir_documents() {
+    let server = maskinporten_server().await;
+    let endpoint =
+        TokenEndpoint::maskinporten(MaskinportenEnvironment::Test, "digdir:dialogporten")
+            .maskinporten_resource("https://api.example.no");
+    let source = maskinporten(&server, endpoint).await.unwrap();
+    assert_eq!(
+        source.current().unwrap().scope(),
+        Some("digdir:dialogporten")
+    );
+
+    let request = server.last_token_request().unwrap();
+    assert_eq!(
+        request.headers["content-type"],
+        "application/x-www-form-urlencoded"
+    );
+    let params = form(&request.body);
+    let names: Vec<&str> = params.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["grant_type", "assertion"],
+        "nothing else in the body"
+    );
+    let mut parts = params[1].1.split('.');
+    let (header, claims) = (decode(parts.next().unwrap()), decode(parts.next().unwrap()));
+    assert_eq!(header["alg"], "RS256");
+    assert_eq!(header["kid"], "mp-key-1");
+    let mut names: Vec<&str> = claims
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        ["aud", "exp", "iat", "iss", "jti", "resource", "scope"],
+        "only the claims Maskinporten documents: another one is refused"
+    );
+    assert_eq!(claims["aud"], "https://test.maskinporten.no/");
+    assert_eq!(claims["iss"], server.client_id());
+    assert_eq!(claims["scope"], "digdir:dialogporten");
+    assert_eq!(
+        claims["resource"],
+        serde_json::json!(["https://api.example.no"])
+    );
+    let lifetime = claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap();
+    assert!(
+        lifetime <= 120,
+        "Maskinporten allows at most 120 s: {lifetime}"
+    );
+}
+
+#[test]
+fn the_maskinporten_presets_name_digdirs_endpoints() {
+    for (environment, url, issuer) in [
+        (
+            MaskinportenEnvironment::Test,
+            "https://test.maskinporten.no/token",
+            "https://test.maskinporten.no/",
+        ),
+        (
+            MaskinportenEnvironment::Production,
+            "https://maskinporten.no/token",
+            "https://maskinporten.no/",
+        ),
+    ] {
+        let endpoint = TokenEndpoint::maskinporten(environment, "s");
+        assert_eq!(endpoint.url(), url);
+        assert_eq!(endpoint.assertion_audience_value(), Some(issuer));
+        assert_eq!(endpoint.audience_value(), None);
+        assert_eq!(endpoint.scope_value(), None, "the scope is a claim");
+    }
+}
+
+fn assert_invalid_grant(error: &Error, reason: &str) {
+    match error {
+        Error::Rejected {
+            code: OAuthErrorCode::InvalidGrant,
+            client_auth: ClientAuth::JwtBearer,
+            description: Some(description),
+            ..
+        } => assert!(description.contains(reason), "{description}"),
+        other => panic!("expected invalid_grant: {other:?}"),
+    }
+    assert!(
+        error.to_string().contains("Maskinporten"),
+        "advice: {error}"
+    );
+}
+
+#[tokio::test]
+async fn wrong_audience_and_expired_grants_are_refused() {
+    // Production's audience sent to the test environment.
+    let server = maskinporten_server().await;
+    let endpoint = TokenEndpoint::maskinporten(MaskinportenEnvironment::Test, "s")
+        .assertion_audience(MaskinportenEnvironment::Production.issuer());
+    let error = maskinporten(&server, endpoint).await.unwrap_err();
+    assert_invalid_grant(&error, "aud");
+
+    let late = TestServer::builder()
+        .client_public_key_pem(RSA_PUB)
+        .assertion_audience(MaskinportenEnvironment::Test.issuer())
+        .issuer_clock_offset_secs(120)
+        .start()
+        .await
+        .unwrap();
+    let endpoint = TokenEndpoint::maskinporten(MaskinportenEnvironment::Test, "s");
+    let error = maskinporten(&late, endpoint).await.unwrap_err();
+    assert_invalid_grant(&error, "expired");
+    assert_eq!(server.tokens_issued() + late.tokens_issued(), 0);
+}
+
+#[tokio::test]
+async fn a_replayed_grant_is_refused() {
+    let server = maskinporten_server().await;
+    let endpoint = TokenEndpoint::maskinporten(MaskinportenEnvironment::Test, "s");
+    maskinporten(&server, endpoint).await.unwrap();
+    let captured = server.last_token_request().unwrap();
+    let mut replay = http::Request::post(server.token_url())
+        .body(Full::new(captured.body.clone()))
+        .unwrap();
+    *replay.headers_mut() = captured.headers.clone();
+    let response = server.token_transport().oneshot(replay).await.unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(server.assertions_replayed(), 1);
+    assert_eq!(server.tokens_issued(), 1);
+}
