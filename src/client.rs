@@ -2,9 +2,11 @@
 //! extra roots the user adds, through an HTTP `CONNECT` proxy when the environment or the
 //! builder names one (see [`proxy`] and [`tunnel`]). It follows no redirects (hyper-util's client never does).
 
+mod identity;
 mod proxy;
 mod tunnel;
 
+pub(crate) use identity::IdentitySource;
 pub(crate) use proxy::{EnvLookup, ProxySettings};
 
 use std::sync::Arc;
@@ -42,6 +44,7 @@ pub(crate) fn https_transport(
     extra_roots: &[CertificateDer<'static>],
     allow_http: bool,
     proxy: &ProxySettings,
+    identity: Option<&IdentitySource>,
     cap: usize,
 ) -> Result<Transport, Error> {
     let route = proxy.route(url)?;
@@ -55,14 +58,30 @@ pub(crate) fn https_transport(
         })?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = ClientConfig::builder_with_provider(provider)
+    let tls = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::config(format!("TLS setup failed: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let tls = match identity {
+        None => tls.with_no_client_auth(),
+        Some(identity) => {
+            let mut tls = tls.with_client_cert_resolver(Arc::new(identity::ClientIdentity::new(
+                identity, provider,
+            )?));
+            // A resumed session would carry the certificate of the session it resumes: a
+            // full handshake presents the current one.
+            tls.resumption = rustls::client::Resumption::disabled();
+            tls
+        }
+    };
     let builder = HttpsConnectorBuilder::new().with_tls_config(tls);
     let mut client = Client::builder(TokioExecutor::new());
     client.pool_idle_timeout(Duration::from_secs(60));
+    if identity.is_some() {
+        // A new connection, so a new handshake, for every token request: a rotated client
+        // certificate is presented from the next request on. Token requests are rare.
+        client.pool_max_idle_per_host(0);
+    }
     if let Some(proxy) = route {
         // Only https:// URLs are ever routed through a proxy: TLS inside the tunnel.
         let connector = builder

@@ -37,6 +37,8 @@ pub struct TokenSourceBuilder {
     extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
     #[cfg(feature = "rustls")]
     proxy: crate::client::ProxySettings,
+    #[cfg(feature = "rustls")]
+    client_certificate: Option<crate::client::IdentitySource>,
     deferred_error: Option<Error>,
     seed: Option<u64>,
     on_fetch: Option<FetchHook>,
@@ -56,7 +58,8 @@ impl fmt::Debug for TokenSourceBuilder {
             .field("allow_http_loopback", &self.allow_http_loopback);
         // The proxy URL is shown without its credentials.
         #[cfg(feature = "rustls")]
-        f.field("proxy", &self.proxy);
+        f.field("proxy", &self.proxy)
+            .field("client_certificate", &self.client_certificate);
         f.finish_non_exhaustive()
     }
 }
@@ -78,6 +81,8 @@ impl TokenSourceBuilder {
             extra_roots: Vec::new(),
             #[cfg(feature = "rustls")]
             proxy: Default::default(),
+            #[cfg(feature = "rustls")]
+            client_certificate: None,
             deferred_error: None,
             seed: None,
             on_fetch: None,
@@ -197,6 +202,49 @@ impl TokenSourceBuilder {
     pub fn extra_root_certificate_der(mut self, der: impl Into<Vec<u8>>) -> Self {
         self.extra_roots
             .push(rustls::pki_types::CertificateDer::from(der.into()));
+        self
+    }
+
+    /// Presents the TLS client certificate in the PEM file `cert` (the certificate, then any
+    /// intermediates), with the private key in the PEM file `key`, on every connection of the
+    /// default HTTPS client to the token endpoint: mutual TLS client authentication (RFC 8705
+    /// section 2), with [`Credentials::tls_client_auth`](crate::Credentials::tls_client_auth)
+    /// or with any other credentials the server wants besides.
+    ///
+    /// The files are read when the source is built, and again when either file's
+    /// modification time changes: a certificate renewed in place (cert-manager, a Kubernetes
+    /// secret volume) is presented from the next token request on, without a restart or a new
+    /// source. Every token request opens its own connection for this. Files that changed but
+    /// cannot be used (half-written, a key that does not match the certificate yet) are
+    /// logged and the previous certificate is kept.
+    ///
+    /// [`build`](Self::build) fails with [`Error::Config`] naming the file and what is wrong:
+    /// unreadable, no `CERTIFICATE` or `PRIVATE KEY` block, a key of another certificate or
+    /// of an unsupported kind. Not for a [`transport`](Self::transport) of your own (it has its
+    /// own TLS).
+    #[cfg(feature = "rustls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
+    pub fn client_certificate_files(
+        mut self,
+        cert: impl Into<std::path::PathBuf>,
+        key: impl Into<std::path::PathBuf>,
+    ) -> Self {
+        self.client_certificate = Some(crate::client::IdentitySource::Files {
+            cert: cert.into(),
+            key: key.into(),
+        });
+        self
+    }
+
+    /// As [`client_certificate_files`](Self::client_certificate_files), from PEM in memory
+    /// (never reloaded: to rotate, use files, or build a new source).
+    #[cfg(feature = "rustls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
+    pub fn client_certificate_pem(mut self, cert: &[u8], key: &[u8]) -> Self {
+        self.client_certificate = Some(crate::client::IdentitySource::Pem {
+            cert: cert.to_vec(),
+            key: key.to_vec(),
+        });
         self
     }
 
@@ -330,6 +378,12 @@ impl TokenSourceBuilder {
         check_timers()?;
         let request = TokenRequest::new(&self.endpoint)?;
         request.check(&self.credentials)?;
+        #[cfg(feature = "rustls")]
+        if self.transport.is_some() && self.client_certificate.is_some() {
+            return Err(Error::config(
+                "client_certificate_files (or _pem) configures the default HTTPS client, but a transport of your own is set: give the certificate to that transport's TLS instead",
+            ));
+        }
         let transport = match self.transport {
             Some(make) => make(self.max_response_bytes),
             None => default_transport(&self)?,
@@ -495,6 +549,7 @@ fn default_transport(builder: &TokenSourceBuilder) -> Result<Transport, Error> {
         &builder.extra_roots,
         builder.allow_http_loopback,
         &builder.proxy,
+        builder.client_certificate.as_ref(),
         builder.max_response_bytes,
     )
 }

@@ -17,6 +17,8 @@ pub struct TestServerBuilder {
     client_public_key_pem: Option<String>,
     client_key_id: Option<String>,
     assertion_audience: Option<String>,
+    https: Option<(String, String)>,
+    client_ca_pem: Option<String>,
 }
 
 impl Default for TestServerBuilder {
@@ -40,6 +42,8 @@ impl Default for TestServerBuilder {
             client_public_key_pem: None,
             client_key_id: None,
             assertion_audience: None,
+            https: None,
+            client_ca_pem: None,
         }
     }
 }
@@ -198,6 +202,30 @@ impl TestServerBuilder {
         self
     }
 
+    /// Serves HTTPS instead of plain HTTP, with the certificate chain `cert_pem` (for
+    /// `127.0.0.1`, issued by a CA the client trusts, e.g. with
+    /// [`extra_root_certificate_pem`](crate::TokenSourceBuilder::extra_root_certificate_pem))
+    /// and its private key `key_pem`: the URLs become `https://127.0.0.1:PORT/…`. Make the
+    /// certificates in the test (rcgen) or keep test-only fixtures.
+    ///
+    /// [`start`](Self::start) fails with `InvalidInput` if they cannot be used.
+    pub fn https(mut self, cert_pem: impl Into<String>, key_pem: impl Into<String>) -> Self {
+        self.https = Some((cert_pem.into(), key_pem.into()));
+        self
+    }
+
+    /// Mutual TLS (with [`https`](Self::https)): every TLS handshake must present a client
+    /// certificate issued by the CA `ca_pem`, or it is refused (counted by
+    /// [`TestServer::tls_handshakes_refused`]). A token request that carries the client id
+    /// alone, without a secret or an assertion, is then authenticated by its certificate
+    /// (RFC 8705 section 2; any certificate of that CA stands for the client, whatever its
+    /// subject). [`TestServer::token_request_client_certificates`] tells which certificate
+    /// each token request came with.
+    pub fn require_client_certificate(mut self, ca_pem: impl Into<String>) -> Self {
+        self.client_ca_pem = Some(ca_pem.into());
+        self
+    }
+
     /// How many requests the log keeps (default 10,000): beyond, the oldest
     /// entries are dropped and counted (see [`TestServer::requests_log`] and
     /// [`TestServer::requests_log_dropped`]). `0` keeps none.
@@ -250,9 +278,19 @@ impl TestServerBuilder {
             .map(assertion::ClientKey::from_spki_pem)
             .transpose()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let tls = match &self.https {
+            None if self.client_ca_pem.is_some() => {
+                return Err(invalid_input(
+                    "require_client_certificate needs https(cert, key) too",
+                ))
+            }
+            None => None,
+            Some((cert, key)) => Some(tls_acceptor(cert, key, self.client_ca_pem.as_deref())?),
+        };
         let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
         let addr = listener.local_addr()?;
-        let origin = format!("http://{addr}");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let origin = format!("{scheme}://{addr}");
         let shared = Arc::new(Shared {
             addr,
             token_url: format!("{origin}{TOKEN_PATH}"),
@@ -271,6 +309,7 @@ impl TestServerBuilder {
             client_key_id: self.client_key_id,
             assertion_audience: self.assertion_audience,
             assertions_replayed: AtomicUsize::new(0),
+            tls_handshakes_refused: AtomicUsize::new(0),
             token_requests: AtomicUsize::new(0),
             tokens_issued: AtomicUsize::new(0),
             api_requests: AtomicUsize::new(0),
@@ -287,13 +326,65 @@ impl TestServerBuilder {
                 last_api_request: None,
                 log: log::RequestLog::new(self.log_capacity),
                 jtis: Default::default(),
+                client_certificates: Vec::new(),
                 client_secret: None,
             }),
         });
-        let accept = tokio::spawn(accept_loop(listener, shared.clone())).abort_handle();
+        let accept = tokio::spawn(accept_loop(listener, shared.clone(), tls)).abort_handle();
         tracing::debug!(%addr, "test server started");
         Ok(TestServer {
             inner: Arc::new(Inner { shared, accept }),
         })
     }
+}
+
+fn invalid_input(message: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, message.into())
+}
+
+/// The server's TLS: its certificate, and in mutual TLS mode the client CA it requires.
+fn tls_acceptor(
+    cert_pem: &str,
+    key_pem: &str,
+    client_ca_pem: Option<&str>,
+) -> io::Result<tokio_rustls::TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let certs = |pem: &str, what: &str| {
+        CertificateDer::pem_slice_iter(pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .ok()
+            .filter(|certs| !certs.is_empty())
+            .ok_or_else(|| invalid_input(format!("{what} holds no PEM CERTIFICATE")))
+    };
+    let chain = certs(cert_pem, "the server certificate")?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|_| invalid_input("the server key holds no PEM PRIVATE KEY"))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid_input(e.to_string()))?;
+    let builder = match client_ca_pem {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in certs(ca, "the client CA")? {
+                roots
+                    .add(cert)
+                    .map_err(|e| invalid_input(format!("the client CA: {e}")))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| invalid_input(format!("the client CA: {e}")))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let config = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| invalid_input(format!("the server certificate: {e}")))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }

@@ -291,6 +291,28 @@ impl TestServer {
         self.inner.shared.assertions_replayed.load(Ordering::SeqCst)
     }
 
+    /// How many TLS handshakes the server refused (in [mutual TLS
+    /// mode](TestServerBuilder::require_client_certificate): no client certificate, or one
+    /// the client CA did not issue).
+    pub fn tls_handshakes_refused(&self) -> usize {
+        self.inner
+            .shared
+            .tls_handshakes_refused
+            .load(Ordering::SeqCst)
+    }
+
+    /// The client certificates (each the leaf, DER) that token requests came with, oldest
+    /// first: which certificate a client presented, before and after a rotation.
+    pub fn token_request_client_certificates(&self) -> Vec<Vec<u8>> {
+        self.inner
+            .shared
+            .state()
+            .client_certificates
+            .iter()
+            .map(|c| c.to_vec())
+            .collect()
+    }
+
     /// Changes the client secret the server accepts, from now on: a secret rotation.
     pub fn set_client_secret(&self, secret: impl Into<String>) {
         self.inner.shared.state().client_secret = Some(secret.into());
@@ -477,6 +499,8 @@ struct Shared {
     assertion_audience: Option<String>,
     /// Assertions refused because their `jti` was used before.
     assertions_replayed: AtomicUsize,
+    /// TLS handshakes that failed (no or an untrusted client certificate, in mTLS mode).
+    tls_handshakes_refused: AtomicUsize,
     token_requests: AtomicUsize,
     tokens_issued: AtomicUsize,
     api_requests: AtomicUsize,
@@ -497,6 +521,8 @@ struct State {
     log: log::RequestLog,
     /// The `jti`s of the assertions accepted, until they expire.
     jtis: assertion::SeenJtis,
+    /// The client certificates (leaf, DER) token requests came with, in order.
+    client_certificates: Vec<Arc<[u8]>>,
     /// The client secret, when a test rotated it ([`TestServer::set_client_secret`]).
     client_secret: Option<String>,
 }
@@ -539,14 +565,43 @@ impl Shared {
 // TCP server
 // ---------------------------------------------------------------------------
 
-async fn accept_loop(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    connections.spawn(serve_connection(stream, peer, shared.clone()));
-                }
+                Ok((stream, peer)) => match &tls {
+                    // Trickled bodies must leave one byte at a time.
+                    _ if stream.set_nodelay(true).is_err() => {}
+                    None => {
+                        connections.spawn(serve_connection(stream, peer, shared.clone(), None));
+                    }
+                    Some(acceptor) => {
+                        let accept = acceptor.accept(stream);
+                        let shared = shared.clone();
+                        connections.spawn(async move {
+                            match accept.await {
+                                Ok(stream) => {
+                                    let certificate = stream
+                                        .get_ref()
+                                        .1
+                                        .peer_certificates()
+                                        .and_then(|chain| chain.first())
+                                        .map(|leaf| PeerCertificate(Arc::from(leaf.as_ref())));
+                                    serve_connection(stream, peer, shared, certificate).await;
+                                }
+                                Err(error) => {
+                                    shared.tls_handshakes_refused.fetch_add(1, Ordering::SeqCst);
+                                    tracing::debug!(%peer, %error, "test server: TLS handshake refused");
+                                }
+                            }
+                        });
+                    }
+                },
                 Err(error) => {
                     tracing::warn!(%error, "test server failed to accept a connection");
                     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -557,10 +612,25 @@ async fn accept_loop(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
     }
 }
 
-async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
-    // Trickled bodies must leave one byte at a time.
-    let _ = stream.set_nodelay(true);
-    let service = hyper::service::service_fn(move |request| handle(shared.clone(), request));
+/// The client certificate a TLS connection presented (its leaf, DER), as a request
+/// extension.
+#[derive(Clone)]
+pub(crate) struct PeerCertificate(pub(crate) Arc<[u8]>);
+
+async fn serve_connection<S>(
+    stream: S,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    certificate: Option<PeerCertificate>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |mut request: Request<hyper::body::Incoming>| {
+        if let Some(certificate) = &certificate {
+            request.extensions_mut().insert(certificate.clone());
+        }
+        handle(shared.clone(), request)
+    });
     let connection = hyper::server::conn::http1::Builder::new()
         .header_read_timeout(None)
         .serve_connection(hyper_util::rt::TokioIo::new(stream), service);

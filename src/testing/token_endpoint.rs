@@ -35,6 +35,13 @@ where
     B::Error: Into<BoxError>,
 {
     shared.token_requests.fetch_add(1, Ordering::SeqCst);
+    let certificate = request.extensions().get::<PeerCertificate>().cloned();
+    if let Some(certificate) = &certificate {
+        shared
+            .state()
+            .client_certificates
+            .push(certificate.0.clone());
+    }
     let (recorded, body) = read_request(request).await;
     let (seq, fault) = {
         let mut state = shared.state();
@@ -104,7 +111,7 @@ where
             return Ok(response);
         }
     }
-    let (mut response, issued_jti) = token_response(shared, &recorded, body);
+    let (mut response, issued_jti) = token_response(shared, &recorded, body, certificate.is_some());
     insert_date(shared, response.headers_mut());
     let response = strict_headers(shared, response);
     tracing::debug!(status = %response.status(), "test server: token request answered");
@@ -145,8 +152,9 @@ pub(super) fn token_response(
     shared: &Shared,
     request: &RecordedRequest,
     body: Result<Bytes, BoxError>,
+    client_certificate: bool,
 ) -> (Response<TestBody>, Option<String>) {
-    match grant(shared, request, body) {
+    match grant(shared, request, body, client_certificate) {
         Ok((body, jti)) => (no_store_json(StatusCode::OK, body), Some(jti)),
         Err(response) => (response, None),
     }
@@ -159,6 +167,7 @@ fn grant(
     shared: &Shared,
     request: &RecordedRequest,
     body: Result<Bytes, BoxError>,
+    client_certificate: bool,
 ) -> Result<(Value, String), Response<TestBody>> {
     if request.method != Method::POST {
         let mut response = oauth_error(
@@ -319,7 +328,18 @@ fn grant(
             description,
         )));
     }
-    if !used_assertion {
+    // Mutual TLS client authentication (RFC 8705 section 2): the client id alone, over a
+    // connection whose client certificate the client CA issued.
+    let used_certificate = !used_assertion && !used_basic && client_secret.is_none();
+    if used_certificate && client_id.as_deref() == Some(shared.client_id.as_str()) {
+        if !client_certificate {
+            return Err(oauth_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "no client secret, assertion or TLS client certificate",
+            ));
+        }
+    } else if !used_assertion {
         let current = shared.state().client_secret.clone();
         let expected = current.as_deref().unwrap_or(&shared.client_secret);
         let authenticated = client_id.as_deref() == Some(shared.client_id.as_str())
