@@ -424,6 +424,7 @@ impl TokenSourceBuilder {
             closed: AtomicBool::new(false),
             request,
             credentials: arc_swap::ArcSwap::from_pointee(self.credentials),
+            credentials_changed: AtomicBool::new(false),
             transport,
             settings: Settings {
                 lifecycle: self.lifecycle,

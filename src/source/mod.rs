@@ -117,6 +117,8 @@ pub(crate) struct Shared {
     /// Replaced by [`TokenSource::set_credentials`] and by a re-read secret file; read once
     /// per fetch, never on the request path.
     credentials: ArcSwap<Credentials>,
+    /// Set when the credentials were replaced; the refresher then drops its backoff.
+    credentials_changed: AtomicBool,
     transport: Transport,
     pub(crate) settings: Settings,
     attempts: AtomicU64,
@@ -291,6 +293,28 @@ impl TokenSource {
     /// token costs at most about 150 token requests a day, not one per request.
     pub fn invalidate(&self, rejected: TokenId) -> Invalidation {
         self.handle.shared.invalidate(rejected)
+    }
+
+    /// Replaces the credentials of this running source (a rotated secret, a new key, a
+    /// secret changed to a key): the next token request uses them. Every clone of the source
+    /// and every layer and service made from it follow; nothing is rebuilt.
+    ///
+    /// The current token keeps being sent until it is replaced: at its usual refresh, or now
+    /// with [`invalidate`](Self::invalidate). If the last token request was refused (the
+    /// server already knew only the new credentials), the next attempt is made at once
+    /// instead of on the slow schedule.
+    ///
+    /// A secret read from a file ([`ClientSecret::from_file`](crate::ClientSecret::from_file),
+    /// `ENTUR_CLIENT_SECRET_FILE`) needs no call: the file is read again when the token
+    /// endpoint answers `invalid_client` or `unauthorized_client`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] when the client id differs (a source belongs to one client: build
+    /// another for another), or the credentials cannot be sent to this endpoint (as
+    /// [`TokenSourceBuilder::build`] checks them).
+    pub fn set_credentials(&self, credentials: Credentials) -> Result<(), Error> {
+        self.handle.shared.set_credentials(credentials)
     }
 
     /// A handle that does not keep the source alive; see [`WeakTokenSource`].

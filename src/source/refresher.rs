@@ -53,6 +53,57 @@ impl Shared {
         crate::metrics::source_state(&self.metric_labels(), health, usable_for);
     }
 
+    /// [`TokenSource::set_credentials`](super::TokenSource::set_credentials).
+    pub(super) fn set_credentials(&self, credentials: crate::Credentials) -> Result<(), Error> {
+        let current = self.credentials.load();
+        if credentials.client_id() != current.client_id() {
+            return Err(Error::config(format!(
+                "set_credentials was given credentials for client id {:?}, but this source belongs to {:?}: build another source for another client",
+                crate::error::sanitize(credentials.client_id(), 100),
+                crate::error::sanitize(current.client_id(), 100),
+            )));
+        }
+        self.request.check(&credentials)?;
+        tracing::info!(method = ?credentials.method(), "credentials replaced; the next token request uses them");
+        self.credentials.store(Arc::new(credentials));
+        self.credentials_changed.store(true, Ordering::SeqCst);
+        // The refresher looks at the flag when it next wakes.
+        self.signals.load().ping.notify_one();
+        Ok(())
+    }
+
+    /// After a refusal that may mean a rotated secret: reads the secret file again, if the
+    /// secret came from one, and uses it if it changed. Whether it did.
+    fn reload_secret_file(&self, error: &Error) -> bool {
+        use crate::error::OAuthErrorCode;
+        if !matches!(
+            error.oauth_code(),
+            Some(OAuthErrorCode::InvalidClient | OAuthErrorCode::UnauthorizedClient)
+        ) {
+            return false;
+        }
+        let current = self.credentials.load_full();
+        let Some(path) = current.client_secret().and_then(|s| s.file()) else {
+            return false;
+        };
+        match crate::ClientSecret::from_file(path) {
+            Ok(secret) if secret.expose() != current.client_secret().map_or("", |s| s.expose()) => {
+                tracing::info!(file = %path.display(), "the client secret file changed; retrying with the new secret");
+                let renewed = crate::Credentials::with_secret(current.client_id(), secret);
+                self.credentials.store(Arc::new(renewed));
+                true
+            }
+            Ok(_) => {
+                tracing::debug!(file = %path.display(), "the client secret file is unchanged");
+                false
+            }
+            Err(error) => {
+                tracing::warn!(%error, "the client secret file cannot be read again; keeping the secret read before");
+                false
+            }
+        }
+    }
+
     /// Drops `token` from the cell if it is still there.
     fn retire(&self, token: &Arc<AccessToken>) {
         let previous = self.cell.compare_and_swap(token, None);
@@ -262,6 +313,13 @@ impl Refresher {
             }
             return self.fetch().await;
         }
+        if shared.credentials_changed.swap(false, Ordering::SeqCst) && self.retry_at.is_some() {
+            // New credentials: the backoff was for the old ones.
+            self.retry_at = None;
+            if shared.cell.load().is_none() {
+                return self.fetch().await;
+            }
+        }
         let current = shared.cell.load_full();
         if let Some(token) = &current {
             if Instant::now() >= token.usable_until() {
@@ -394,7 +452,12 @@ impl Refresher {
         let shared = &self.shared;
         self.failures = self.failures.saturating_add(1);
         shared.failures.fetch_add(1, Ordering::Relaxed);
-        let delay = shared.backoff(&error, self.failures, &mut self.rng);
+        let delay = if shared.reload_secret_file(&error) {
+            // A rotated secret file: retry soon, with the new secret.
+            shared.settings.transient.0
+        } else {
+            shared.backoff(&error, self.failures, &mut self.rng)
+        };
         let at = later(delay);
         self.retry_at = Some(at);
         let serving_token = shared.cell.load().is_some();
