@@ -47,6 +47,8 @@ pub struct TokenSourceBuilder {
     store: Option<Arc<dyn crate::store::TokenStore>>,
     #[cfg(feature = "shared-store")]
     store_settings: crate::store::StoreSettings,
+    #[cfg(feature = "shared-store")]
+    store_key: Option<Arc<[u8]>>,
 }
 
 impl fmt::Debug for TokenSourceBuilder {
@@ -91,6 +93,8 @@ impl TokenSourceBuilder {
             store: None,
             #[cfg(feature = "shared-store")]
             store_settings: Default::default(),
+            #[cfg(feature = "shared-store")]
+            store_key: None,
         }
     }
 
@@ -322,6 +326,21 @@ impl TokenSourceBuilder {
         self
     }
 
+    /// The key the shared store's tokens are encrypted with (through HKDF-SHA256), instead
+    /// of one derived from the client secret: required for credentials without a secret
+    /// (private key, client certificate), and the way to keep replicas sharing through a
+    /// secret rotation. Every replica sharing the store must have the same; at least 32
+    /// bytes, random. See [`crate::store`]'s "When to set a store key". Never shown in
+    /// `Debug`, logs or errors.
+    ///
+    /// [`build`](Self::build) refuses a key shorter than 32 bytes.
+    #[cfg(feature = "shared-store")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "shared-store")))]
+    pub fn store_key(mut self, key: impl AsRef<[u8]>) -> Self {
+        self.store_key = Some(Arc::from(key.as_ref()));
+        self
+    }
+
     /// Limit on each call to the shared store (default 500 ms); past it, the store counts as
     /// unavailable and this source fetches for itself.
     #[cfg(feature = "shared-store")]
@@ -384,6 +403,12 @@ impl TokenSourceBuilder {
                 "client_certificate_files (or _pem) configures the default HTTPS client, but a transport of your own is set: give the certificate to that transport's TLS instead",
             ));
         }
+        #[cfg(feature = "shared-store")]
+        if self.store_key.as_ref().is_some_and(|key| key.len() < 32) {
+            return Err(Error::config(
+                "store_key is shorter than 32 bytes: give every replica the same 32 or more random bytes (e.g. `openssl rand -base64 32`, decoded)",
+            ));
+        }
         let transport = match self.transport {
             Some(make) => make(self.max_response_bytes),
             None => default_transport(&self)?,
@@ -398,6 +423,7 @@ impl TokenSourceBuilder {
                     &self.credentials,
                     self.store_settings,
                     self.fetch_timeout,
+                    self.store_key.as_deref(),
                 )
             })
             .transpose()?;

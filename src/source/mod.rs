@@ -308,6 +308,11 @@ impl TokenSource {
     /// `ENTUR_CLIENT_SECRET_FILE`) needs no call: the file is read again when the token
     /// endpoint answers `invalid_client` or `unauthorized_client`.
     ///
+    /// With a [shared store](TokenSourceBuilder::shared_store), the encryption key stays the
+    /// one derived when the source was built; set a
+    /// [store key](TokenSourceBuilder::store_key) so that replicas on the old and the new
+    /// secret keep sharing.
+    ///
     /// # Errors
     ///
     /// [`Error::Config`] when the client id differs (a source belongs to one client: build

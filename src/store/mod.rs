@@ -12,10 +12,25 @@
 //!    is never a single point of failure.
 //!
 //! Tokens at rest are encrypted with XChaCha20-Poly1305 under a key derived (HKDF-SHA256)
-//! from the client secret, with the store key as associated data: someone who can read the
-//! store but does not hold the credentials cannot use the tokens, and an entry written under
-//! another key or altered by a single byte is a miss, never a bearer. Keys are derived from
-//! the token URL, client id, audience, scope and parameters — never from the secret.
+//! from the client secret, or from a store key of the fleet's own
+//! ([`TokenSourceBuilder::store_key`](crate::TokenSourceBuilder::store_key)), with the store
+//! key name as associated data: someone who can read the store but does not hold the secret
+//! cannot use the tokens, and an entry written under another key or altered by a single byte
+//! is a miss, never a bearer. Key names are derived from the token URL, client id, audience,
+//! scope, parameters and assertion claims — never from the secret.
+//!
+//! # When to set a store key
+//!
+//! - **Credentials without a secret** (`private_key_jwt`, the JWT bearer grant, mutual TLS):
+//!   there is nothing to derive the key from, so the source refuses to build without one.
+//! - **Secret rotation.** A key derived from the secret differs between replicas on the old
+//!   and on the new secret: during a rollout they cannot read each other's entries, and each
+//!   side fetches and overwrites the other's. With a store key of their own (the same on
+//!   every replica, from your secret store, rotated on its own schedule) they keep sharing
+//!   through the secret's rotation.
+//!
+//! Give it at least 32 random bytes, e.g. `openssl rand -base64 32` decoded, and treat it
+//! like the client secret: whoever holds it and can read the store can use the tokens.
 //!
 //! ```no_run
 //! # #[cfg(feature = "redis")]
@@ -156,11 +171,17 @@ impl Fleet {
         credentials: &Credentials,
         settings: StoreSettings,
         fetch_timeout: Duration,
+        store_key: Option<&[u8]>,
     ) -> Result<Self, Error> {
-        let Some(secret) = credentials.client_secret() else {
-            return Err(Error::config(
-                "a shared store needs a key to encrypt the tokens with, derived from the client secret, and these credentials have none",
-            ));
+        // The encryption key's input: the store key, else the client secret.
+        let (salt, input): (&[u8], &[u8]) = match (store_key, credentials.client_secret()) {
+            (Some(key), _) => (b"entur-auth token store key v1", key),
+            (None, Some(secret)) => (b"entur-auth token store v1", secret.expose().as_bytes()),
+            (None, None) => {
+                return Err(Error::config(
+                    "a shared store encrypts the tokens with a key derived from the client secret, and these credentials (a private key or a client certificate) have none: give every replica the same key with TokenSourceBuilder::store_key",
+                ))
+            }
         };
         let mut id = Sha256::new();
         for part in [
@@ -178,15 +199,21 @@ impl Fleet {
             id.update((value.len() as u64).to_be_bytes());
             id.update(value.as_bytes());
         }
+        // Claims that change the token (Maskinporten's scope and resource live in the
+        // assertion, not in the parameters).
+        for (name, value) in &endpoint.assertion_settings().claims {
+            let value = value.to_string();
+            id.update((name.len() as u64).to_be_bytes());
+            id.update(name.as_bytes());
+            id.update((value.len() as u64).to_be_bytes());
+            id.update(value.as_bytes());
+        }
         let id = hex(&id.finalize()[..16]);
         let token_key = format!("entur-auth:v1:{id}:token");
         let mut key = [0u8; 32];
-        hkdf::Hkdf::<Sha256>::new(
-            Some(b"entur-auth token store v1"),
-            secret.expose().as_bytes(),
-        )
-        .expand(token_key.as_bytes(), &mut key)
-        .expect("32 bytes is a valid HKDF-SHA256 output length");
+        hkdf::Hkdf::<Sha256>::new(Some(salt), input)
+            .expand(token_key.as_bytes(), &mut key)
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
         let holder = hex(&fastrand::u128(..).to_be_bytes());
         Ok(Self {
             store,
@@ -472,6 +499,7 @@ mod tests {
             &Credentials::new("client", secret),
             StoreSettings::default(),
             Duration::from_secs(1),
+            None,
         )
         .expect("credentials with a secret")
     }
