@@ -201,6 +201,7 @@ async fn against_entur() -> Result<(), BoxError> {
         )
         .into());
     };
+    // Another credential method (a private key, Maskinporten, a client certificate): see the README's "Credentials".
     let (source, layer) = config.build()?;
     match config.environment() {
         Some(environment) => println!(

@@ -25,6 +25,11 @@
 //! the token, but comes back 401. With `--revoke-every-s` the embedded server revokes every
 //! token it issued, periodically, so that re-authentication runs under load.
 //!
+//! `--private-key PATH` (with `--key-id`, `--jwt-bearer`) authenticates with a private key
+//! instead of a secret, against the embedded server (given the key's public half) or your
+//! own; `--client-cert PATH --client-key PATH` presents a client certificate (mutual TLS,
+//! reloaded when the files change) to your own token endpoint.
+//!
 //! At the deadline no new request starts; the ones in flight get up to the request timeout
 //! (10 s) more to finish and are counted like the others (and in `in_flight_at_deadline`);
 //! one still unfinished after that counts as failed, with its elapsed time as latency.
@@ -120,6 +125,15 @@ together; the other flags also apply to the embedded server):
   --auth body|basic         client authentication (default: body)
   --allow-http-loopback     allow plain http:// URLs to loopback hosts
   --extra-root-cert PATH    trust this PEM root certificate too (token endpoint and API)
+  --private-key PATH        authenticate with this PEM private key (RSA or P-256) instead
+                            of a secret: private_key_jwt (RFC 7523 2.2); the embedded
+                            server is given its public half
+  --key-id KID              the kid of --private-key's assertions
+  --jwt-bearer              with --private-key: the JWT bearer grant (RFC 7523 2.1) instead
+                            of private_key_jwt (Maskinporten's way)
+  --client-cert PATH        with --token-url: present this PEM client certificate (mutual
+  --client-key PATH         TLS, RFC 8705), reloaded when the files change; without a secret
+                            or a key the client id alone is sent (tls_client_auth)
   -h, --help                this text
 
 Latencies are closed-loop: each worker sends its next request only after the answer to the
@@ -146,6 +160,11 @@ struct Args {
     auth: Option<ClientAuth>,
     allow_http_loopback: bool,
     extra_root_cert: Option<String>,
+    private_key: Option<String>,
+    key_id: Option<String>,
+    jwt_bearer: bool,
+    client_cert: Option<String>,
+    client_key: Option<String>,
     workers: usize,
     duration: Duration,
     replicas: usize,
@@ -244,6 +263,11 @@ impl Args {
                 }
                 "--allow-http-loopback" => no_value(&mut parsed.allow_http_loopback)?,
                 "--extra-root-cert" => parsed.extra_root_cert = Some(value("a PEM file")?),
+                "--private-key" => parsed.private_key = Some(value("a PEM file")?),
+                "--key-id" => parsed.key_id = Some(value("a key id")?),
+                "--jwt-bearer" => no_value(&mut parsed.jwt_bearer)?,
+                "--client-cert" => parsed.client_cert = Some(value("a PEM file")?),
+                "--client-key" => parsed.client_key = Some(value("a PEM file")?),
                 "--workers" => parsed.workers = count(&name, &value("a number")?, 1..=100_000)?,
                 "--duration-s" => parsed.duration = seconds(&name, &value("seconds")?)?,
                 "--replicas" => parsed.replicas = count(&name, &value("a number")?, 1..=1_000)?,
@@ -265,9 +289,25 @@ impl Args {
                 other => return Err(usage(format!("unknown flag {other:?}"))),
             }
         }
+        if parsed.private_key.is_none() && (parsed.key_id.is_some() || parsed.jwt_bearer) {
+            return Err(usage("--key-id and --jwt-bearer go with --private-key"));
+        }
+        if parsed.client_cert.is_some() != parsed.client_key.is_some() {
+            return Err(usage("--client-cert and --client-key go together"));
+        }
+        if parsed.client_cert.is_some() && parsed.token_url.is_none() {
+            return Err(usage(
+                "--client-cert needs --token-url: the embedded server runs plain HTTP here \
+                 (tests/mtls.rs runs it with mutual TLS)",
+            ));
+        }
+        let keyed = parsed.private_key.is_some() || parsed.client_cert.is_some();
         let external = [
             ("--client-id", parsed.client_id.is_some()),
-            ("--client-secret-env", parsed.client_secret_env.is_some()),
+            (
+                "--client-secret-env (or --private-key, or --client-cert)",
+                parsed.client_secret_env.is_some() || keyed,
+            ),
             ("--api-url", parsed.api_url.is_some()),
         ];
         if parsed.token_url.is_some() {
@@ -603,10 +643,35 @@ async fn setup(args: &Args) -> Result<Setup, Failure> {
         None => None,
     };
 
+    let private_key = match &args.private_key {
+        Some(path) => {
+            let key = entur_auth::assertion::PrivateKey::from_pem_file(path)
+                .map_err(|e| usage(format!("--private-key: {e}")))?;
+            Some(match &args.key_id {
+                Some(kid) => key.key_id(kid),
+                None => key,
+            })
+        }
+        None => None,
+    };
+    let public_key = private_key.as_ref().map(|key| key.public_key_pem());
+    // The credentials for `id`: the key, else the secret, else the client certificate.
+    let credentials_for = |id: String, secret: Option<String>| match private_key {
+        Some(key) if args.jwt_bearer => Credentials::jwt_bearer(id, key),
+        Some(key) => Credentials::private_key_jwt(id, key),
+        None => match secret {
+            Some(secret) => Credentials::new(id, secret),
+            None => Credentials::tls_client_auth(id),
+        },
+    };
+
     // The embedded server (default), or the given endpoint.
     let (server, endpoint, credentials, api_url) = match &args.token_url {
         None => {
             let mut builder = TestServer::builder().token_lifetime(Duration::from_secs(2));
+            if let Some(public_key) = public_key {
+                builder = builder.client_public_key_pem(public_key);
+            }
             if let Some(id) = &args.client_id {
                 builder = builder.client_id(id);
             }
@@ -627,7 +692,10 @@ async fn setup(args: &Args) -> Result<Setup, Failure> {
             if let Some(auth) = args.auth {
                 endpoint = endpoint.client_auth(auth);
             }
-            let credentials = server.credentials();
+            let credentials = credentials_for(
+                server.client_id().to_owned(),
+                Some(server.client_secret().to_owned()),
+            );
             let api_url = args.api_url.clone().unwrap_or_else(|| server.api_url());
             (Some(server), endpoint, credentials, api_url)
         }
@@ -644,7 +712,7 @@ async fn setup(args: &Args) -> Result<Setup, Failure> {
                 endpoint = endpoint.client_auth(auth);
             }
             let id = args.client_id.clone().unwrap_or_default();
-            let credentials = Credentials::new(id, secret.unwrap_or_default());
+            let credentials = credentials_for(id, secret);
             (
                 None,
                 endpoint,
@@ -669,6 +737,9 @@ async fn setup(args: &Args) -> Result<Setup, Failure> {
             .allow_http_loopback(allow_http_loopback);
         if let Some(pem) = &extra_root {
             builder = builder.extra_root_certificate_pem(pem);
+        }
+        if let (Some(cert), Some(key)) = (&args.client_cert, &args.client_key) {
+            builder = builder.client_certificate_files(cert, key);
         }
         #[cfg(feature = "redis")]
         if let Some(url) = &args.redis_url {
@@ -1085,6 +1156,30 @@ mod tests {
             "5"
         ])
         .contains("embedded server"));
+        let keyed = parse(&["--private-key", "k.pem", "--key-id", "k1", "--jwt-bearer"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(keyed.private_key.as_deref(), Some("k.pem"));
+        assert!(keyed.jwt_bearer);
+        assert!(error(&["--jwt-bearer"]).contains("--private-key"));
+        assert!(error(&["--client-cert", "c.pem"]).contains("go together"));
+        assert!(error(&["--client-cert", "c.pem", "--client-key", "k.pem"]).contains("--token-url"));
+        let mtls = parse(&[
+            "--token-url",
+            "https://auth.example/oauth/token",
+            "--client-id",
+            "c",
+            "--client-cert",
+            "c.pem",
+            "--client-key",
+            "k.pem",
+            "--api-url",
+            "https://api.example/",
+        ]);
+        assert!(
+            mtls.unwrap().is_some(),
+            "no secret needed with a certificate"
+        );
         let redis = parse(&["--redis-url", "redis://:hunter2@127.0.0.1:6379/"]);
         if cfg!(feature = "redis") {
             assert!(redis.unwrap().unwrap().redis_url.is_some());

@@ -334,6 +334,56 @@ mod key {
                 Key::Ec(key) => key.public_key().as_ref(),
             }
         }
+
+        /// The public key as a PEM `PUBLIC KEY` (SPKI): what to register with the
+        /// authorization server (or give to the embedded test server's
+        /// `client_public_key_pem`).
+        pub fn public_key_pem(&self) -> String {
+            use base64::Engine as _;
+            // AlgorithmIdentifier: rsaEncryption with NULL parameters, or id-ecPublicKey
+            // with the prime256v1 curve.
+            const RSA: &[u8] = &[
+                0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05,
+                0x00,
+            ];
+            const EC: &[u8] = &[
+                0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
+                0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07,
+            ];
+            let algorithm = match self.key {
+                Key::Rsa(_) => RSA,
+                Key::Ec(_) => EC,
+            };
+            let mut bits = vec![0u8];
+            bits.extend_from_slice(self.public_key_bytes());
+            let mut body = algorithm.to_vec();
+            body.extend(der(0x03, &bits));
+            let spki = der(0x30, &body);
+            let base64 = base64::engine::general_purpose::STANDARD.encode(spki);
+            let mut pem = String::from("-----BEGIN PUBLIC KEY-----\n");
+            for line in base64.as_bytes().chunks(64) {
+                pem.push_str(std::str::from_utf8(line).unwrap_or_default());
+                pem.push('\n');
+            }
+            pem.push_str("-----END PUBLIC KEY-----\n");
+            pem
+        }
+    }
+
+    /// A DER element: `tag`, the length, `content`.
+    fn der(tag: u8, content: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        let len = content.len();
+        if len < 0x80 {
+            out.push(len as u8);
+        } else {
+            let bytes = len.to_be_bytes();
+            let skip = bytes.iter().take_while(|b| **b == 0).count();
+            out.push(0x80 | (bytes.len() - skip) as u8);
+            out.extend_from_slice(&bytes[skip..]);
+        }
+        out.extend_from_slice(content);
+        out
     }
 
     fn rsa_error(what: &str, reason: &str) -> Error {

@@ -207,6 +207,11 @@ async fn private_keys_and_assertions_never_leak() {
         format!("{:?}", Credentials::private_key_jwt("c", key())),
         format!("{:?}", Credentials::jwt_bearer("c", key())),
         format!("{:?}", builder(server.endpoint())),
+        format!(
+            "{:?}",
+            builder(server.endpoint())
+                .client_certificate_pem(RSA_PUB.as_bytes(), RSA_KEY.as_bytes())
+        ),
     ];
     let source = builder(server.endpoint()).build().unwrap();
     let mut api = ServiceBuilder::new()

@@ -105,6 +105,22 @@ async fn rsa_and_p256_keys_get_tokens_with_a_well_formed_assertion() {
     }
 }
 
+#[test]
+fn the_public_key_pem_is_the_spki_to_register() {
+    for (private, public) in [
+        (RSA_KEY, RSA_PUB),
+        (RSA_PKCS1_KEY, RSA_PUB),
+        (EC_KEY, EC_PUB),
+    ] {
+        let key = PrivateKey::from_pem(private.as_bytes()).unwrap();
+        assert_eq!(
+            key.public_key_pem(),
+            public,
+            "as openssl pkey -pubout writes it"
+        );
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn every_token_request_signs_a_fresh_assertion() {
     let server = TestServer::builder()
