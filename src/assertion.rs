@@ -285,19 +285,18 @@ mod key {
                     .map_err(|e| rsa_error(what, &e.to_string()))?,
                 PrivateKeyDer::Pkcs8(der) => {
                     let der = der.secret_pkcs8_der();
-                    match RsaKeyPair::from_pkcs8(der) {
-                        Ok(key) => Key::Rsa(key),
-                        Err(rsa) => EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der, &rng)
+                    if contains(der, RSA_ENCRYPTION) {
+                        RsaKeyPair::from_pkcs8(der)
+                            .map(Key::Rsa)
+                            .map_err(|e| rsa_error(what, &e.to_string()))?
+                    } else {
+                        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der, &rng)
                             .map(Key::Ec)
                             .map_err(|_| {
-                                if rsa.to_string().contains("Too") || rsa.to_string().contains("Small") {
-                                    rsa_error(what, &rsa.to_string())
-                                } else {
-                                    Error::config(format!(
-                                        "{what} is neither an RSA key nor an EC key on P-256 ({rsa}): use RSA (RS256) or P-256 (ES256)"
-                                    ))
-                                }
-                            })?,
+                                Error::config(format!(
+                                    "{what} is neither an RSA key nor an EC key on P-256 (another curve, Ed25519, DSA…): use RSA (RS256) or P-256 (ES256), or sign with a Signer of your own"
+                                ))
+                            })?
                     }
                 }
                 PrivateKeyDer::Sec1(_) => {
@@ -368,6 +367,17 @@ mod key {
             pem.push_str("-----END PUBLIC KEY-----\n");
             pem
         }
+    }
+
+    /// The DER of the rsaEncryption OID (1.2.840.113549.1.1.1), in a PKCS#8 key's algorithm.
+    const RSA_ENCRYPTION: &[u8] = &[
+        0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01,
+    ];
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack
+            .windows(needle.len())
+            .any(|window| window == needle)
     }
 
     /// A DER element: `tag`, the length, `content`.

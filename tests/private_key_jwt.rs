@@ -376,6 +376,24 @@ fn unusable_keys_are_configuration_errors_that_say_why() {
         assert!(matches!(error, Error::Config { .. }));
         assert!(error.to_string().contains(reason), "{reason}: {error}");
     }
+    let fixtures = [
+        (
+            include_str!("fixtures/test-only-small-rsa.key.pem"),
+            "2048 bits or more",
+        ),
+        (
+            include_str!("fixtures/test-only-ed25519.key.pem"),
+            "neither an RSA key nor an EC key on P-256",
+        ),
+        (
+            include_str!("fixtures/test-only-p384.key.pem"),
+            "neither an RSA key nor an EC key on P-256",
+        ),
+    ];
+    for (pem, reason) in fixtures {
+        let error = PrivateKey::from_pem(pem.as_bytes()).unwrap_err();
+        assert!(error.to_string().contains(reason), "{reason}: {error}");
+    }
     let error = PrivateKey::from_pem_file("/nonexistent/key.pem").unwrap_err();
     assert!(
         error.to_string().contains("/nonexistent/key.pem"),

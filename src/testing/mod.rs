@@ -275,7 +275,9 @@ impl TestServer {
         &self.inner.shared.client_id
     }
 
-    /// The secret of the client.
+    /// The secret of the client, as the server was started with (after
+    /// [`set_client_secret`](Self::set_client_secret) the server accepts only the new one,
+    /// and this and [`credentials`](Self::credentials) still give the first).
     pub fn client_secret(&self) -> &str {
         &self.inner.shared.client_secret
     }
