@@ -278,3 +278,54 @@ async fn private_keys_and_assertions_never_leak() {
         }
     }
 }
+
+/// A server that echoes the assertion it was sent in its error: the error shows
+/// `[redacted]` in its place.
+#[tokio::test]
+async fn an_echoed_assertion_is_redacted_from_the_error() {
+    use entur_auth::assertion::PrivateKey;
+    use entur_auth::{Credentials, TokenEndpoint, TokenRequestBody, TokenSource};
+    use http_body_util::{BodyExt, Full};
+
+    let echoed = Arc::new(Mutex::new(String::new()));
+    let seen = echoed.clone();
+    let transport = tower::service_fn(move |request: http::Request<TokenRequestBody>| {
+        let seen = seen.clone();
+        async move {
+            let body = request.into_body().collect().await?.to_bytes();
+            let assertion = form_urlencoded::parse(&body)
+                .find(|(name, _)| name == "client_assertion")
+                .map(|(_, value)| value.into_owned())
+                .unwrap_or_default();
+            *seen.lock().unwrap() = assertion.clone();
+            let answer = serde_json::json!({
+                "error": "invalid_client",
+                "error_description": format!("assertion {assertion} has a bad signature"),
+            });
+            Ok::<_, BoxError>(
+                http::Response::builder()
+                    .status(401)
+                    .header("content-type", "application/json")
+                    .body(Full::new(bytes::Bytes::from(answer.to_string())))
+                    .unwrap(),
+            )
+        }
+    });
+    let key = PrivateKey::from_pem(RSA_KEY.as_bytes()).unwrap();
+    let source = TokenSource::builder(
+        TokenEndpoint::new("https://auth.example/token").unwrap(),
+        Credentials::private_key_jwt("c", key),
+    )
+    .transport(transport)
+    .build()
+    .unwrap();
+    let error = source.prefetch().await.unwrap_err();
+    let assertion = echoed.lock().unwrap().clone();
+    assert!(assertion.len() > 100, "the server saw the assertion");
+    let texts = chain(&error);
+    assert!(texts[0].contains("has a bad signature"), "{}", texts[0]);
+    assert!(texts[0].contains("[redacted]"), "{}", texts[0]);
+    for text in texts {
+        assert!(!text.contains(&assertion), "assertion leaked in: {text}");
+    }
+}
