@@ -183,6 +183,31 @@ async fn a_rotated_secret_file_is_read_again_after_invalid_client() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn entur_s_401_access_denied_also_reads_the_secret_file_again() {
+    use entur_auth::testing::Fault;
+    let server = rotating_server().await;
+    let file = SecretFile::new("auth0", server.client_secret());
+    let credentials = Credentials::from_secret_file(server.client_id(), &file.0).unwrap();
+    let source = builder(&server, credentials).build().unwrap();
+    source.prefetch().await.unwrap();
+    // Auth0 (Entur) answers a wrong secret with 401 access_denied, not invalid_client.
+    server.set_client_secret("rotated");
+    server.push_fault(Fault::respond(
+        401,
+        &[("content-type", "application/json")],
+        r#"{"error":"access_denied","error_description":"Unauthorized"}"#,
+    ));
+    file.write("rotated");
+    tokio::time::sleep(Duration::from_secs(80)).await;
+    assert_eq!(
+        server.token_requests(),
+        3,
+        "refused, file read again, retried soon"
+    );
+    assert_eq!(server.tokens_issued(), 2);
+}
+
+#[tokio::test(start_paused = true)]
 async fn an_unchanged_secret_file_waits_for_the_slow_schedule() {
     let server = rotating_server().await;
     let file = SecretFile::new("unchanged", server.client_secret());

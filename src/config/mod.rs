@@ -505,8 +505,10 @@ impl TokenEndpoint {
 /// it is [`expose`](Self::expose), so that every use is explicit in the code.
 ///
 /// A secret read from a file ([`from_file`](Self::from_file), `ENTUR_CLIENT_SECRET_FILE`)
-/// remembers the file: when the token endpoint answers `invalid_client`, the token source
-/// reads it again, so that a rotated Kubernetes or Docker secret is picked up by itself.
+/// remembers the file: when the token endpoint refuses the client (`invalid_client`,
+/// `unauthorized_client`, or any 401, as Entur's server answers a wrong secret), the token
+/// source reads it again, so that a rotated Kubernetes or Docker secret is picked up by
+/// itself.
 #[derive(Clone)]
 pub struct ClientSecret {
     secret: Box<str>,
@@ -625,8 +627,8 @@ impl Credentials {
     }
 
     /// Credentials whose secret is in the file at `path`, read now and again whenever the
-    /// token endpoint answers `invalid_client`: a secret rotated in place (a Kubernetes
-    /// secret volume) is picked up without a restart.
+    /// token endpoint refuses the client (`invalid_client`, `unauthorized_client`, any 401):
+    /// a secret rotated in place (a Kubernetes secret volume) is picked up without a restart.
     ///
     /// # Errors
     ///

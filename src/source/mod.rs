@@ -306,7 +306,8 @@ impl TokenSource {
     ///
     /// A secret read from a file ([`ClientSecret::from_file`](crate::ClientSecret::from_file),
     /// `ENTUR_CLIENT_SECRET_FILE`) needs no call: the file is read again when the token
-    /// endpoint answers `invalid_client` or `unauthorized_client`.
+    /// endpoint answers `invalid_client`, `unauthorized_client` or any 401 (Entur's server
+    /// answers a wrong secret with 401 `access_denied`).
     ///
     /// With a [shared store](TokenSourceBuilder::shared_store), the encryption key stays the
     /// one derived when the source was built; set a

@@ -72,14 +72,20 @@ impl Shared {
         Ok(())
     }
 
-    /// After a refusal that may mean a rotated secret: reads the secret file again, if the
-    /// secret came from one, and uses it if it changed. Whether it did.
+    /// After a refusal that may mean a rotated secret (`invalid_client`,
+    /// `unauthorized_client`, or any 401: Auth0, Entur's server, answers a wrong secret with
+    /// 401 `access_denied`): reads the secret file again, if the secret came from one, and
+    /// uses it if it changed. Whether it did.
     fn reload_secret_file(&self, error: &Error) -> bool {
         use crate::error::OAuthErrorCode;
-        if !matches!(
-            error.oauth_code(),
-            Some(OAuthErrorCode::InvalidClient | OAuthErrorCode::UnauthorizedClient)
-        ) {
+        let Error::Rejected { code, status, .. } = error else {
+            return false;
+        };
+        let client_refused = matches!(
+            code,
+            OAuthErrorCode::InvalidClient | OAuthErrorCode::UnauthorizedClient
+        ) || *status == http::StatusCode::UNAUTHORIZED;
+        if !client_refused {
             return false;
         }
         let current = self.credentials.load_full();
