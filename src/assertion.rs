@@ -109,6 +109,14 @@ pub trait Signer: Send + Sync + 'static {
     /// registered for the client), if the server needs one.
     fn key_id(&self) -> Option<&str>;
 
+    /// The certificate chain of the key (DER, the key's own certificate first), sent as the
+    /// assertion's `x5c` header (RFC 7515 section 4.1.6): how Maskinporten identifies a client
+    /// by its business certificate (virksomhetssertifikat) instead of a registered `kid`.
+    /// Default: none.
+    fn certificate_chain(&self) -> &[Vec<u8>] {
+        &[]
+    }
+
     /// The JWS signature of `message` (the assertion's `header.payload`): for RS256 the
     /// RSASSA-PKCS1-v1_5 signature, for ES256 the 64 bytes `r || s`.
     ///
@@ -143,6 +151,15 @@ pub(crate) async fn sign(signer: &dyn Signer, claims: &Claims<'_>) -> Result<Str
     header.insert("typ".into(), "JWT".into());
     if let Some(kid) = signer.key_id() {
         header.insert("kid".into(), kid.into());
+    }
+    let chain = signer.certificate_chain();
+    if !chain.is_empty() {
+        use base64::engine::general_purpose::STANDARD;
+        let x5c: Vec<Value> = chain
+            .iter()
+            .map(|der| STANDARD.encode(der).into())
+            .collect();
+        header.insert("x5c".into(), Value::Array(x5c));
     }
     let mut payload = Map::new();
     payload.insert("iss".into(), claims.issuer.into());
@@ -216,6 +233,7 @@ mod key {
     pub struct PrivateKey {
         key: Key,
         kid: Option<String>,
+        chain: Vec<Vec<u8>>,
         rng: SystemRandom,
     }
 
@@ -229,6 +247,7 @@ mod key {
             f.debug_struct("PrivateKey")
                 .field("algorithm", &self.algorithm())
                 .field("key_id", &self.kid)
+                .field("certificates", &self.chain.len())
                 .finish_non_exhaustive()
         }
     }
@@ -313,6 +332,7 @@ mod key {
             Ok(Self {
                 key,
                 kid: None,
+                chain: Vec::new(),
                 rng,
             })
         }
@@ -323,6 +343,33 @@ mod key {
         pub fn key_id(mut self, kid: impl Into<String>) -> Self {
             self.kid = Some(kid.into());
             self
+        }
+
+        /// Sends this certificate chain (PEM, the key's own certificate first, then any
+        /// intermediates) as the assertion's `x5c` header: for Maskinporten with a business
+        /// certificate (virksomhetssertifikat) instead of a registered key.
+        ///
+        /// # Errors
+        ///
+        /// [`Error::Config`] when `pem` holds no `CERTIFICATE` block or broken PEM. That the
+        /// certificate is this key's is not checked here: the server checks it.
+        pub fn certificate_chain_pem(mut self, pem: &[u8]) -> Result<Self, Error> {
+            use rustls_pki_types::CertificateDer;
+            let chain = CertificateDer::pem_slice_iter(pem)
+                .map(|cert| cert.map(|cert| cert.to_vec()))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| {
+                    Error::config(
+                        "the certificate chain is not valid PEM (a broken BEGIN/END line or base64)",
+                    )
+                })?;
+            if chain.is_empty() {
+                return Err(Error::config(
+                    "the certificate chain holds no CERTIFICATE block: give the key's certificate (and intermediates) in PEM",
+                ));
+            }
+            self.chain = chain;
+            Ok(self)
         }
 
         /// The public key, as `ring` and JOSE want it: for RSA the DER `RSAPublicKey`
@@ -412,6 +459,10 @@ mod key {
 
         fn key_id(&self) -> Option<&str> {
             self.kid.as_deref()
+        }
+
+        fn certificate_chain(&self) -> &[Vec<u8>] {
+            &self.chain
         }
 
         fn sign<'a>(&'a self, message: &'a [u8]) -> BoxFuture<'a, Result<Vec<u8>, BoxError>> {

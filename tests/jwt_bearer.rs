@@ -67,6 +67,14 @@ async fn the_grant_carries_a_fresh_assertion_and_no_other_client_authentication(
 /// The Maskinporten preset, its requests sent to the embedded server (which plays
 /// Maskinporten's test environment: its issuer as the only audience).
 async fn maskinporten(server: &TestServer, endpoint: TokenEndpoint) -> Result<TokenSource, Error> {
+    maskinporten_with(server, endpoint, key()).await
+}
+
+async fn maskinporten_with(
+    server: &TestServer,
+    endpoint: TokenEndpoint,
+    key: PrivateKey,
+) -> Result<TokenSource, Error> {
     let url: http::Uri = server.token_url().parse().unwrap();
     let transport = server.token_transport().map_request(
         move |mut request: http::Request<Full<bytes::Bytes>>| {
@@ -75,7 +83,7 @@ async fn maskinporten(server: &TestServer, endpoint: TokenEndpoint) -> Result<To
             request
         },
     );
-    let source = TokenSource::builder(endpoint, Credentials::jwt_bearer(server.client_id(), key()))
+    let source = TokenSource::builder(endpoint, Credentials::jwt_bearer(server.client_id(), key))
         .transport(transport)
         .rejected_backoff(Duration::from_millis(1), Duration::from_millis(1))
         .build()?;
@@ -219,4 +227,38 @@ async fn a_replayed_grant_is_refused() {
     assert_eq!(response.status(), 400);
     assert_eq!(server.assertions_replayed(), 1);
     assert_eq!(server.tokens_issued(), 1);
+}
+
+#[tokio::test]
+async fn a_business_certificate_goes_in_the_x5c_header() {
+    // The header's shape; Maskinporten checks that the certificate is the key's.
+    let issuer = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["client.example".to_owned()])
+        .unwrap()
+        .self_signed(&issuer)
+        .unwrap();
+    let key = PrivateKey::from_pem(RSA_KEY.as_bytes())
+        .unwrap()
+        .certificate_chain_pem(cert.pem().as_bytes())
+        .unwrap();
+    let server = maskinporten_server().await;
+    let endpoint = TokenEndpoint::maskinporten(MaskinportenEnvironment::Test, "s");
+    maskinporten_with(&server, endpoint, key).await.unwrap();
+    let params = form(&server.last_token_request().unwrap().body);
+    let header = decode(params[1].1.split('.').next().unwrap());
+    use base64::engine::general_purpose::STANDARD;
+    assert_eq!(
+        header["x5c"],
+        serde_json::json!([STANDARD.encode(cert.der())])
+    );
+    assert!(header.get("kid").is_none());
+
+    let error = PrivateKey::from_pem(RSA_KEY.as_bytes())
+        .unwrap()
+        .certificate_chain_pem(b"no certificate here")
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("no CERTIFICATE block"),
+        "{error}"
+    );
 }

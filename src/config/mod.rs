@@ -261,7 +261,10 @@ impl TokenEndpoint {
 
     /// Maskinporten's token endpoint, for [`Credentials::jwt_bearer`] with the client id
     /// and the key registered for the client (RS256; give the key its registered `kid` with
-    /// [`PrivateKey::key_id`](crate::assertion::PrivateKey::key_id)). `scope` is the
+    /// [`PrivateKey::key_id`](crate::assertion::PrivateKey::key_id), or its business
+    /// certificate with
+    /// [`PrivateKey::certificate_chain_pem`](crate::assertion::PrivateKey::certificate_chain_pem),
+    /// sent as `x5c`). `scope` is the
     /// whitespace-separated scopes to ask for; add [`maskinporten_resource`](Self::maskinporten_resource)
     /// for an audience-restricted token.
     ///
