@@ -581,6 +581,13 @@ async fn run(args: Args) -> Result<bool, Failure> {
         "drain_ms": (drain.as_secs_f64() * 1000.0).round(),
         "requests_per_s": (requests as f64 / elapsed.as_secs_f64()).round(),
         "server": if setup.server.is_some() { "embedded" } else { "external" },
+        "credentials": match (&args.private_key, args.jwt_bearer, &args.client_cert, &args.client_secret_env) {
+            (Some(_), true, _, _) => "jwt_bearer",
+            (Some(_), false, _, _) => "private_key_jwt",
+            (None, _, Some(_), None) if setup.server.is_none() => "tls_client_auth",
+            _ => "secret",
+        },
+        "client_certificate": args.client_cert.is_some(),
     });
     println!("{report}");
     for failure in &tally.failures {

@@ -310,6 +310,7 @@ impl TestServerBuilder {
             assertion_audience: self.assertion_audience,
             assertions_replayed: AtomicUsize::new(0),
             tls_handshakes_refused: AtomicUsize::new(0),
+            requires_client_certificate: self.client_ca_pem.is_some(),
             token_requests: AtomicUsize::new(0),
             tokens_issued: AtomicUsize::new(0),
             api_requests: AtomicUsize::new(0),

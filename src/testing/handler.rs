@@ -97,6 +97,9 @@ fn metadata(shared: &Shared) -> Value {
         vec!["client_secret_basic", "client_secret_post"]
     };
     let mut grants = vec!["client_credentials"];
+    if shared.requires_client_certificate {
+        auth_methods.push("tls_client_auth");
+    }
     if shared.client_key.is_some() {
         auth_methods.push("private_key_jwt");
         grants.push("urn:ietf:params:oauth:grant-type:jwt-bearer");

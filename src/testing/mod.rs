@@ -503,6 +503,8 @@ struct Shared {
     assertions_replayed: AtomicUsize,
     /// TLS handshakes that failed (no or an untrusted client certificate, in mTLS mode).
     tls_handshakes_refused: AtomicUsize,
+    /// Mutual TLS mode.
+    requires_client_certificate: bool,
     token_requests: AtomicUsize,
     tokens_issued: AtomicUsize,
     api_requests: AtomicUsize,
