@@ -16,8 +16,8 @@ use http_body_util::Full;
 use serde_json::Value;
 use tower::ServiceExt;
 
-const RSA_KEY: &str = include_str!("fixtures/test-only-client-rsa.key.pem");
-const RSA_PUB: &str = include_str!("fixtures/test-only-client-rsa.pub.pem");
+const RSA_KEY: &str = include_str!("../../tests/fixtures/test-only-client-rsa.key.pem");
+const RSA_PUB: &str = include_str!("../../tests/fixtures/test-only-client-rsa.pub.pem");
 
 fn key() -> PrivateKey {
     PrivateKey::from_pem(RSA_KEY.as_bytes())
