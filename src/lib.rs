@@ -105,8 +105,8 @@ pub use error::{BoxError, Error, OAuthErrorCode};
 pub use layer::{EnturAuth, EnturAuthLayer, Refusal, ReplayOutcome, SentToken, ET_CLIENT_NAME};
 pub use replay::ReplayLayer;
 pub use source::{
-    FetchOutcome, Health, Invalidation, Status, TokenOrigin, TokenSource, TokenSourceBuilder,
-    WeakTokenSource,
+    FetchOutcome, Health, Invalidation, Status, StoreState, TokenOrigin, TokenSource,
+    TokenSourceBuilder, WeakTokenSource,
 };
 pub use token::{AccessToken, TokenId};
 

@@ -56,6 +56,7 @@
 //! | `entur_auth.store.lookups` | counter | `result`: `hit`, `miss`, `unavailable` | reads of the shared store for a token; a hit is a token adopted |
 //! | `entur_auth.store.errors` | counter | `operation`: `get`, `set`, `lock`, `unlock`; `kind`: `error`, `timeout` | store calls that failed or did not answer in time |
 //! | `entur_auth.store.fallbacks` | counter | `reason`: `unavailable`, `lock_wait` | token requests made without the fleet lock: the store was down, or the lock holder published nothing in time |
+//! | `entur_auth.store.bypassed` | gauge | | 1 while the store is bypassed (its last call failed or timed out: the source fetches for itself), 0 once it answers again; absent for sources without a store |
 //!
 //! Token request outcomes: `rejected` is [`Error::Rejected`] (the credentials or the grant),
 //! `blocked` [`Error::NotOAuthRefusal`] (a gateway's refusal), `unavailable`
@@ -111,6 +112,8 @@ pub const STORE_LOOKUPS: &str = "entur_auth.store.lookups";
 pub const STORE_ERRORS: &str = "entur_auth.store.errors";
 /// Token requests made without the fleet lock, by `reason`.
 pub const STORE_FALLBACKS: &str = "entur_auth.store.fallbacks";
+/// 1 while the shared store is bypassed (its last call failed), 0 while it answers.
+pub const STORE_BYPASSED: &str = "entur_auth.store.bypassed";
 
 /// Gives the installed recorder the unit and a description of every metric, which exporters
 /// show as help texts and, when asked, as unit suffixes.
@@ -161,6 +164,10 @@ pub fn describe() {
         STORE_FALLBACKS,
         Unit::Count,
         "Token requests made without the fleet lock: the store was unavailable, or the lock holder published no token in time."
+    );
+    describe_gauge!(
+        STORE_BYPASSED,
+        "1 while the shared store is bypassed (its last call failed or timed out, the source fetches for itself), 0 while it answers."
     );
 }
 
@@ -289,6 +296,12 @@ pub(crate) fn store_error(labels: &SourceLabels, operation: &'static str, timeou
 #[cfg(feature = "shared-store")]
 pub(crate) fn store_fallback(labels: &SourceLabels, reason: &'static str) {
     ::metrics::counter!(STORE_FALLBACKS, labels.with(&[("reason", reason)])).increment(1);
+}
+
+/// The store stopped answering (`true`) or answers again.
+#[cfg(feature = "shared-store")]
+pub(crate) fn store_bypassed(labels: &SourceLabels, bypassed: bool) {
+    ::metrics::gauge!(STORE_BYPASSED, labels.with(&[])).set(if bypassed { 1.0 } else { 0.0 });
 }
 
 const HEALTH_STATES: [&str; 7] = [

@@ -276,6 +276,7 @@ async fn a_known_sequence_shows_in_the_scrape() {
         [
             "entur_auth_replays",
             "entur_auth_source_health",
+            "entur_auth_store_bypassed",
             "entur_auth_store_lookups",
             "entur_auth_token_refusals",
             "entur_auth_token_request_duration",
@@ -283,6 +284,8 @@ async fn a_known_sequence_shows_in_the_scrape() {
             "entur_auth_token_usable_for",
         ]
     );
+    // The store answered every call: not bypassed.
+    assert_eq!(scrape.get("entur_auth_store_bypassed", &[]), Some(0.0));
 }
 
 /// Failed token requests by kind, and their durations.

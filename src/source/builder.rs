@@ -463,6 +463,7 @@ impl TokenSourceBuilder {
             },
             attempts: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            adopted: AtomicU64::new(0),
             reauth: Mutex::new(Reauth::default()),
             on_fetch: self.on_fetch,
             #[cfg(feature = "shared-store")]

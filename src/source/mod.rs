@@ -123,6 +123,8 @@ pub(crate) struct Shared {
     pub(crate) settings: Settings,
     attempts: AtomicU64,
     failures: AtomicU64,
+    /// The id of the last token adopted from the shared store (0: none).
+    adopted: AtomicU64,
     reauth: Mutex<Reauth>,
     on_fetch: Option<FetchHook>,
     #[cfg(feature = "shared-store")]
@@ -352,6 +354,9 @@ impl TokenSource {
             fetch_attempts: shared.attempts.load(Ordering::Relaxed),
             fetch_failures: shared.failures.load(Ordering::Relaxed),
             forced_refreshes_in_a_row: shared.reauth().streak,
+            origin: token.as_ref().map(|t| shared.origin(t)),
+            store: shared.store_state(),
+            store_fallbacks: shared.store_fallbacks(),
         };
         // A cheap moment to bring the gauges up to date (no work is done per request).
         #[cfg(feature = "metrics")]
@@ -514,6 +519,53 @@ pub struct Status {
     /// Refreshes forced by refusals since the API last accepted a token: the forced-refresh
     /// backoff doubles with each (see [`TokenSource::invalidate`]).
     pub forced_refreshes_in_a_row: u32,
+    /// Where the current token came from: a token request, or the fleet's shared store;
+    /// `None` without a usable token.
+    pub origin: Option<TokenOrigin>,
+    /// The [shared store](TokenSourceBuilder::shared_store), when the source has one:
+    /// whether it answered the last time it was asked, or is being bypassed.
+    pub store: Option<StoreState>,
+    /// Token requests made without the fleet's lock (the store was unavailable, or the
+    /// replica holding the lock published nothing in time), since the source was built;
+    /// 0 without a shared store. Each is also counted in `fetch_attempts`.
+    pub store_fallbacks: u64,
+}
+
+/// Whether a source's [shared store](TokenSourceBuilder::shared_store) is in use, from
+/// [`Status::store`].
+///
+/// The store is asked only when the token is due for refresh or missing, so this is the
+/// answer of the last refresh: it changes at the next one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize),
+    serde(rename_all = "lowercase")
+)]
+#[non_exhaustive]
+pub enum StoreState {
+    /// The store answered (or was not asked yet): the source shares the fleet's token.
+    Sharing,
+    /// The last call to the store failed or did not answer in time: the source fetches
+    /// for itself (each such token request is a [fallback](Status::store_fallbacks)) until
+    /// the store answers again. Requests are served all the same.
+    Bypassed,
+}
+
+impl StoreState {
+    /// The state as one lower-case word: `sharing` or `bypassed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sharing => "sharing",
+            Self::Bypassed => "bypassed",
+        }
+    }
+}
+
+impl fmt::Display for StoreState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The state of a [`TokenSource`] in one word.
@@ -632,6 +684,20 @@ impl fmt::Display for Status {
             if self.fetch_attempts == 1 { "" } else { "es" },
             self.fetch_failures
         )?;
+        if let Some(store) = self.store {
+            write!(f, "; shared store {store}")?;
+            if self.origin == Some(TokenOrigin::SharedStore) {
+                f.write_str(", token adopted from it")?;
+            }
+            if self.store_fallbacks > 0 {
+                write!(
+                    f,
+                    ", {} fetch{} without it",
+                    self.store_fallbacks,
+                    if self.store_fallbacks == 1 { "" } else { "es" }
+                )?;
+            }
+        }
         if self.forced_refreshes_in_a_row > 0 {
             write!(
                 f,
@@ -669,7 +735,7 @@ impl serde::Serialize for Status {
 
         let millis =
             |d: Option<Duration>| d.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        let mut s = serializer.serialize_struct("Status", 11)?;
+        let mut s = serializer.serialize_struct("Status", 14)?;
         s.serialize_field("health", &self.health)?;
         s.serialize_field("serving", &self.health.is_serving())?;
         s.serialize_field("token", &self.token.map(TokenId::get))?;
@@ -684,6 +750,13 @@ impl serde::Serialize for Status {
         s.serialize_field("fetch_attempts", &self.fetch_attempts)?;
         s.serialize_field("fetch_failures", &self.fetch_failures)?;
         s.serialize_field("forced_refreshes_in_a_row", &self.forced_refreshes_in_a_row)?;
+        let origin = self.origin.map(|origin| match origin {
+            TokenOrigin::TokenEndpoint => "token_endpoint",
+            TokenOrigin::SharedStore => "shared_store",
+        });
+        s.serialize_field("origin", &origin)?;
+        s.serialize_field("store", &self.store)?;
+        s.serialize_field("store_fallbacks", &self.store_fallbacks)?;
         s.end()
     }
 }

@@ -110,6 +110,37 @@ impl Shared {
         }
     }
 
+    /// Where `token` (the current one) came from.
+    pub(crate) fn origin(&self, token: &AccessToken) -> TokenOrigin {
+        if self.adopted.load(Ordering::Relaxed) == token.id().get() {
+            TokenOrigin::SharedStore
+        } else {
+            TokenOrigin::TokenEndpoint
+        }
+    }
+
+    /// The shared store's state, when the source has one.
+    pub(crate) fn store_state(&self) -> Option<super::StoreState> {
+        #[cfg(feature = "shared-store")]
+        if let Some(fleet) = &self.fleet {
+            return Some(if fleet.bypassed() {
+                super::StoreState::Bypassed
+            } else {
+                super::StoreState::Sharing
+            });
+        }
+        None
+    }
+
+    /// Token requests made without the fleet lock.
+    pub(crate) fn store_fallbacks(&self) -> u64 {
+        #[cfg(feature = "shared-store")]
+        if let Some(fleet) = &self.fleet {
+            return fleet.fallbacks();
+        }
+        0
+    }
+
     /// Drops `token` from the cell if it is still there.
     fn retire(&self, token: &Arc<AccessToken>) {
         let previous = self.cell.compare_and_swap(token, None);
@@ -439,6 +470,11 @@ impl Refresher {
                 "access token adopted from the shared store"
             ),
         }
+        let adopted = match origin {
+            TokenOrigin::SharedStore => token.id().get(),
+            _ => 0,
+        };
+        shared.adopted.store(adopted, Ordering::Relaxed);
         shared.cell.store(Some(token.clone()));
         shared.watch_token(&token);
         self.failures = 0;

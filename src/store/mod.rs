@@ -56,6 +56,7 @@ pub use self::memory::MemoryStore;
 pub use self::redis::RedisStore;
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -128,6 +129,12 @@ pub(crate) struct Fleet {
     holder: String,
     settings: StoreSettings,
     lock_ttl: Duration,
+    /// Whether the last call to the store answered ([`ANSWERED`]), failed or timed out
+    /// ([`BYPASSED`]: this source fetches for itself until the store answers again), or no
+    /// call was made yet (0).
+    answers: AtomicU8,
+    /// Token requests made without the fleet lock.
+    fallbacks: AtomicU64,
     #[cfg(feature = "metrics")]
     labels: crate::metrics::SourceLabels,
 }
@@ -156,6 +163,11 @@ struct Stored {
 }
 
 const ENTRY_VERSION: u8 = 1;
+
+/// [`Fleet::answers`]: the last store call answered.
+const ANSWERED: u8 = 1;
+/// [`Fleet::answers`]: the last store call failed or timed out.
+const BYPASSED: u8 = 2;
 
 /// The outcome of looking in the store.
 enum Look {
@@ -209,7 +221,9 @@ impl Fleet {
             id.update(value.as_bytes());
         }
         let id = hex(&id.finalize()[..16]);
-        let token_key = format!("entur-auth:v1:{id}:token");
+        // The id is a hash tag (`{…}`): on a Redis Cluster the token and its lock live in one
+        // slot, so one shard serves a fleet, and a shard that fails takes both or neither.
+        let token_key = format!("entur-auth:v1:{{{id}}}:token");
         let mut key = [0u8; 32];
         hkdf::Hkdf::<Sha256>::new(Some(salt), input)
             .expand(token_key.as_bytes(), &mut key)
@@ -217,12 +231,14 @@ impl Fleet {
         let holder = hex(&fastrand::u128(..).to_be_bytes());
         Ok(Self {
             store,
-            lock_key: format!("entur-auth:v1:{id}:lock"),
+            lock_key: format!("entur-auth:v1:{{{id}}}:lock"),
             token_key,
             cipher: XChaCha20Poly1305::new((&key).into()),
             holder,
             settings,
             lock_ttl: fetch_timeout + Duration::from_secs(2),
+            answers: AtomicU8::new(0),
+            fallbacks: AtomicU64::new(0),
             #[cfg(feature = "metrics")]
             labels: crate::metrics::SourceLabels::new(endpoint.url(), credentials.client_id()),
         })
@@ -246,7 +262,15 @@ impl Fleet {
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<AccessToken, Error>>,
     {
-        let deadline = Instant::now() + self.lock_ttl * 2;
+        let now = Instant::now();
+        let mut deadline = now + self.lock_ttl * 2;
+        // While this replica still sends a token, wait for the lock holder for at most half
+        // of that token's remaining usable time, then fetch alone: a holder that took the lock
+        // and then lost the store (a failover, a slot move) never costs this replica its token.
+        if let Some(current) = current {
+            let half = current.usable_until().saturating_duration_since(now) / 2;
+            deadline = deadline.min(now + half);
+        }
         loop {
             match self.look(current, refused, lifecycle, jitter).await {
                 Look::Adopted(token) => return Ok((token, TokenOrigin::SharedStore)),
@@ -289,6 +313,7 @@ impl Fleet {
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<AccessToken, Error>>,
     {
+        self.fallbacks.fetch_add(1, Ordering::Relaxed);
         #[cfg(feature = "metrics")]
         crate::metrics::store_fallback(&self.labels, reason);
         #[cfg(not(feature = "metrics"))]
@@ -405,12 +430,22 @@ impl Fleet {
         op: BoxFuture<'_, Result<T, BoxError>>,
     ) -> Option<T> {
         let result = tokio::time::timeout(self.settings.op_timeout, op).await;
+        let answered = matches!(result, Ok(Ok(_)));
         #[cfg(feature = "metrics")]
-        if !matches!(result, Ok(Ok(_))) {
+        if !answered {
             crate::metrics::store_error(&self.labels, operation, result.is_err());
         }
         #[cfg(not(feature = "metrics"))]
         let _ = operation;
+        let now = if answered { ANSWERED } else { BYPASSED };
+        let before = self.answers.swap(now, Ordering::Relaxed);
+        if before != now {
+            #[cfg(feature = "metrics")]
+            crate::metrics::store_bypassed(&self.labels, !answered);
+            if before == BYPASSED {
+                tracing::info!("token store answers again; sharing the fleet's token");
+            }
+        }
         match result {
             Ok(Ok(value)) => Some(value),
             Ok(Err(error)) => {
@@ -425,6 +460,16 @@ impl Fleet {
                 None
             }
         }
+    }
+
+    /// Whether the last call to the store failed or timed out.
+    pub(crate) fn bypassed(&self) -> bool {
+        self.answers.load(Ordering::Relaxed) == BYPASSED
+    }
+
+    /// Token requests made without the fleet lock since the source was built.
+    pub(crate) fn fallbacks(&self) -> u64 {
+        self.fallbacks.load(Ordering::Relaxed)
     }
 
     fn seal(&self, stored: &Stored) -> Option<Vec<u8>> {
