@@ -1,11 +1,17 @@
 //! [`TokenStore`] on Redis: `SET … PX` entries that expire with the token, a `SET … NX PX`
-//! lock that frees itself if its holder dies, and a compare-and-delete unlock.
+//! lock that frees itself if its holder dies, and a compare-and-delete unlock. On one Redis, a
+//! Redis Cluster (feature `redis-cluster`) or the master that Redis Sentinel names (feature
+//! `redis-sentinel`).
+//!
+//! Every command names one key, and the token and its lock share a hash tag, so on a cluster
+//! both live in one slot and no command ever spans two.
 
 use std::fmt;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::FromRedisValue;
 use tokio::sync::OnceCell;
 
 use super::TokenStore;
@@ -14,22 +20,90 @@ use crate::error::{BoxError, Error};
 /// Deletes the lock only if this holder still holds it.
 const UNLOCK: &str = r#"if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) else return 0 end"#;
 
+/// How long connecting and each answer may take. The token source puts its own limit
+/// (`store_timeout`, 500 ms by default) around each call as well.
+const TIMEOUT: Duration = Duration::from_millis(500);
+
 /// A [`TokenStore`] on Redis, for sharing one token across a fleet.
 ///
-/// Connects lazily and reconnects by itself (redis-rs' `ConnectionManager`): a Redis that is
-/// down at startup or goes away later only means each replica fetches for itself meanwhile.
+/// - [`RedisStore::new`]: one Redis (or a proxy in front of several). Connects lazily and
+///   reconnects by itself (redis-rs' `ConnectionManager`).
+/// - [`RedisStore::cluster`] (feature `redis-cluster`): a Redis Cluster, through redis-rs'
+///   cluster client, which follows `MOVED` and `ASK` redirects and learns the new slot map
+///   after a failover or a slot move.
+/// - [`RedisStore::sentinel`] (feature `redis-sentinel`): the master that Redis Sentinel
+///   names, asked of the Sentinels again whenever a call to the master fails, so a failover
+///   is followed.
+///
+/// Whichever it is, a Redis that is down at startup, goes away, fails over or moves a slot
+/// only means that each replica fetches for itself meanwhile: no request fails for it.
 pub struct RedisStore {
-    client: redis::Client,
-    connection: OnceCell<ConnectionManager>,
+    backend: Backend,
+}
+
+enum Backend {
+    Single {
+        client: redis::Client,
+        connection: OnceCell<ConnectionManager>,
+    },
+    #[cfg(feature = "redis-cluster")]
+    Cluster {
+        client: redis::cluster::ClusterClient,
+        nodes: Vec<String>,
+        connection: OnceCell<redis::cluster_async::ClusterConnection>,
+    },
+    #[cfg(feature = "redis-sentinel")]
+    Sentinel(sentinel::Master),
 }
 
 impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let info = self.client.get_connection_info();
-        f.debug_struct("RedisStore")
-            .field("addr", &info.addr.to_string())
-            .finish_non_exhaustive()
+        let mut d = f.debug_struct("RedisStore");
+        match &self.backend {
+            Backend::Single { client, .. } => {
+                d.field("addr", &client.get_connection_info().addr.to_string())
+            }
+            #[cfg(feature = "redis-cluster")]
+            Backend::Cluster { nodes, .. } => d.field("cluster", nodes),
+            #[cfg(feature = "redis-sentinel")]
+            Backend::Sentinel(master) => d
+                .field("sentinels", &master.sentinels)
+                .field("master", &master.name),
+        };
+        d.finish_non_exhaustive()
     }
+}
+
+/// The address of a Redis URL (host and port, never a password), or `None` for a URL that is
+/// not one.
+#[cfg(any(feature = "redis-cluster", feature = "redis-sentinel"))]
+fn address(url: &str) -> Option<String> {
+    use redis::IntoConnectionInfo;
+    url.into_connection_info()
+        .ok()
+        .map(|info| info.addr.to_string())
+}
+
+/// The addresses of `urls`, or an error naming the first URL that is not a Redis URL by its
+/// position (a URL may hold a password, so it is never repeated).
+#[cfg(any(feature = "redis-cluster", feature = "redis-sentinel"))]
+fn addresses(urls: &[&str], what: &str) -> Result<Vec<String>, Error> {
+    if urls.is_empty() {
+        return Err(Error::config(format!(
+            "no {what} given: name at least one (redis://host:port)"
+        )));
+    }
+    urls.iter()
+        .enumerate()
+        .map(|(i, url)| {
+            address(url).ok_or_else(|| {
+                Error::config(format!(
+                    "{what} URL #{} is not a Redis URL: use redis://host:port (rediss:// for TLS)",
+                    i + 1
+                ))
+            })
+        })
+        .collect()
 }
 
 impl RedisStore {
@@ -46,34 +120,150 @@ impl RedisStore {
             ))
         })?;
         Ok(Self {
-            client,
-            connection: OnceCell::new(),
+            backend: Backend::Single {
+                client,
+                connection: OnceCell::new(),
+            },
         })
     }
 
-    async fn connection(&self) -> Result<ConnectionManager, BoxError> {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Duration::from_millis(500))
-            .set_response_timeout(Duration::from_millis(500))
-            .set_number_of_retries(1);
-        let connection = self
-            .connection
-            .get_or_try_init(|| ConnectionManager::new_with_config(self.client.clone(), config))
-            .await?;
-        Ok(connection.clone())
+    /// A store on the Redis Cluster that `nodes` belong to (`redis://host:port`, any
+    /// reachable subset of its primaries and replicas: the rest is learnt from them). Nothing
+    /// is connected until the first use.
+    ///
+    /// The token and its lock share a hash tag, so they live in one slot: one shard serves a
+    /// fleet. A failover or a slot move costs at most one token request per replica (while
+    /// the slot has no primary); redirects are followed and the slot map refreshed by
+    /// redis-rs' cluster client.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] when no node is given or one is not a Redis URL.
+    #[cfg(feature = "redis-cluster")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis-cluster")))]
+    pub fn cluster(nodes: &[&str]) -> Result<Self, Error> {
+        let addresses = addresses(nodes, "Redis Cluster node")?;
+        let client = redis::cluster::ClusterClientBuilder::new(nodes.to_vec())
+            .connection_timeout(TIMEOUT)
+            .response_timeout(TIMEOUT)
+            .retries(2)
+            .build()
+            .map_err(|e| {
+                Error::config(format!(
+                    "Redis Cluster configuration is invalid ({e}): use redis://host:port for each node"
+                ))
+            })?;
+        Ok(Self::from_cluster_client(client, addresses))
+    }
+
+    /// A store on a Redis Cluster through a client you configured yourself (passwords, TLS,
+    /// timeouts); `nodes` only names it in `Debug`.
+    #[cfg(feature = "redis-cluster")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis-cluster")))]
+    pub fn from_cluster_client(client: redis::cluster::ClusterClient, nodes: Vec<String>) -> Self {
+        Self {
+            backend: Backend::Cluster {
+                client,
+                nodes,
+                connection: OnceCell::new(),
+            },
+        }
+    }
+
+    /// A store on the master that the Sentinels at `sentinels` (`redis://host:port`) name
+    /// `master_name`, with database 0 and no password on the master (for others, build the
+    /// [`SentinelClient`](redis::sentinel::SentinelClient) yourself and use
+    /// [`from_sentinel_client`](Self::from_sentinel_client)). Nothing is connected until the
+    /// first use.
+    ///
+    /// The master is asked of the Sentinels at the first use and again whenever a call to it
+    /// fails or does not answer in time: after a failover, the next call reaches the new
+    /// master. Meanwhile each replica fetches for itself.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] when no Sentinel is given, one is not a Redis URL, or `master_name`
+    /// is empty.
+    #[cfg(feature = "redis-sentinel")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis-sentinel")))]
+    pub fn sentinel(sentinels: &[&str], master_name: &str) -> Result<Self, Error> {
+        let addresses = addresses(sentinels, "Redis Sentinel")?;
+        if master_name.is_empty() {
+            return Err(Error::config(
+                "the Redis Sentinel master name is empty: give the name the Sentinels monitor (`sentinel monitor <name> …`)",
+            ));
+        }
+        let client = redis::sentinel::SentinelClient::build(
+            sentinels.to_vec(),
+            master_name.to_owned(),
+            None,
+            redis::sentinel::SentinelServerType::Master,
+        )
+        .map_err(|e| {
+            Error::config(format!(
+                "Redis Sentinel configuration is invalid ({e}): use redis://host:port for each Sentinel"
+            ))
+        })?;
+        Ok(Self {
+            backend: Backend::Sentinel(sentinel::Master::new(
+                client,
+                addresses,
+                master_name.to_owned(),
+            )),
+        })
+    }
+
+    /// A store on the master that a [`SentinelClient`](redis::sentinel::SentinelClient) you
+    /// built yourself finds (passwords, TLS, another database); it must be built for
+    /// `SentinelServerType::Master`. `master_name` only names it in `Debug`.
+    #[cfg(feature = "redis-sentinel")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis-sentinel")))]
+    pub fn from_sentinel_client(
+        client: redis::sentinel::SentinelClient,
+        master_name: &str,
+    ) -> Self {
+        Self {
+            backend: Backend::Sentinel(sentinel::Master::new(
+                client,
+                Vec::new(),
+                master_name.to_owned(),
+            )),
+        }
+    }
+
+    /// Runs `cmd` on whichever Redis this store is on.
+    async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, BoxError> {
+        match &self.backend {
+            Backend::Single { client, connection } => {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(TIMEOUT)
+                    .set_response_timeout(TIMEOUT)
+                    .set_number_of_retries(1);
+                let mut connection = connection
+                    .get_or_try_init(|| ConnectionManager::new_with_config(client.clone(), config))
+                    .await?
+                    .clone();
+                Ok(cmd.query_async(&mut connection).await?)
+            }
+            #[cfg(feature = "redis-cluster")]
+            Backend::Cluster {
+                client, connection, ..
+            } => {
+                let mut connection = connection
+                    .get_or_try_init(|| client.get_async_connection())
+                    .await?
+                    .clone();
+                Ok(cmd.query_async(&mut connection).await?)
+            }
+            #[cfg(feature = "redis-sentinel")]
+            Backend::Sentinel(master) => master.query(cmd).await,
+        }
     }
 }
 
 impl TokenStore for RedisStore {
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, BoxError>> {
-        Box::pin(async move {
-            let mut connection = self.connection().await?;
-            let value: Option<Vec<u8>> = redis::cmd("GET")
-                .arg(key)
-                .query_async(&mut connection)
-                .await?;
-            Ok(value)
-        })
+        Box::pin(async move { self.query(redis::cmd("GET").arg(key)).await })
     }
 
     fn set<'a>(
@@ -83,15 +273,12 @@ impl TokenStore for RedisStore {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<(), BoxError>> {
         Box::pin(async move {
-            let mut connection = self.connection().await?;
-            redis::cmd("SET")
-                .arg(key)
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(key)
                 .arg(value)
                 .arg("PX")
-                .arg(ttl.as_millis().max(1) as u64)
-                .query_async::<()>(&mut connection)
-                .await?;
-            Ok(())
+                .arg(ttl.as_millis().max(1) as u64);
+            self.query::<()>(&cmd).await
         })
     }
 
@@ -102,28 +289,139 @@ impl TokenStore for RedisStore {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, BoxError>> {
         Box::pin(async move {
-            let mut connection = self.connection().await?;
-            let taken: Option<String> = redis::cmd("SET")
-                .arg(key)
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(key)
                 .arg(holder)
                 .arg("NX")
                 .arg("PX")
-                .arg(ttl.as_millis().max(1) as u64)
-                .query_async(&mut connection)
-                .await?;
+                .arg(ttl.as_millis().max(1) as u64);
+            let taken: Option<String> = self.query(&cmd).await?;
             Ok(taken.is_some())
         })
     }
 
     fn unlock<'a>(&'a self, key: &'a str, holder: &'a str) -> BoxFuture<'a, Result<(), BoxError>> {
         Box::pin(async move {
-            let mut connection = self.connection().await?;
-            redis::Script::new(UNLOCK)
-                .key(key)
-                .arg(holder)
-                .invoke_async::<i64>(&mut connection)
-                .await?;
-            Ok(())
+            // EVAL rather than EVALSHA: the script is tiny and sent once per token lifetime,
+            // and EVAL needs no script cache, which a failed-over or new node lacks.
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(UNLOCK).arg(1).arg(key).arg(holder);
+            self.query::<i64>(&cmd).await.map(drop)
         })
+    }
+}
+
+#[cfg(feature = "redis-sentinel")]
+mod sentinel {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Mutex;
+
+    use redis::aio::MultiplexedConnection;
+    use redis::sentinel::SentinelClient;
+    use redis::{AsyncConnectionConfig, FromRedisValue};
+
+    use super::TIMEOUT;
+    use crate::error::BoxError;
+
+    /// The master that Sentinel names, and a connection to it that is dropped (and the
+    /// master asked for again) whenever a call on it fails or is abandoned.
+    pub(super) struct Master {
+        client: tokio::sync::Mutex<SentinelClient>,
+        /// The connection to the master as last named, with its generation.
+        connection: Mutex<Option<(u64, MultiplexedConnection)>>,
+        generation: AtomicU64,
+        pub(super) sentinels: Vec<String>,
+        pub(super) name: String,
+    }
+
+    /// Drops the connection of `generation` unless disarmed: a call that failed, or whose
+    /// future was dropped before it answered (the token source's timeout), may have been on
+    /// a master that is gone or paused.
+    struct Forget<'a> {
+        master: &'a Master,
+        generation: u64,
+        armed: bool,
+    }
+
+    impl Drop for Forget<'_> {
+        fn drop(&mut self) {
+            if self.armed {
+                self.master.forget(self.generation);
+            }
+        }
+    }
+
+    impl Master {
+        pub(super) fn new(client: SentinelClient, sentinels: Vec<String>, name: String) -> Self {
+            Self {
+                client: tokio::sync::Mutex::new(client),
+                connection: Mutex::new(None),
+                generation: AtomicU64::new(0),
+                sentinels,
+                name,
+            }
+        }
+
+        fn cached(&self) -> Option<(u64, MultiplexedConnection)> {
+            self.connection
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .clone()
+        }
+
+        fn forget(&self, generation: u64) {
+            let mut connection = self
+                .connection
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if connection.as_ref().is_some_and(|(g, _)| *g == generation) {
+                *connection = None;
+            }
+        }
+
+        /// A connection to the master, asking the Sentinels for it if there is none.
+        async fn connect(&self) -> Result<(u64, MultiplexedConnection), BoxError> {
+            if let Some(cached) = self.cached() {
+                return Ok(cached);
+            }
+            let mut client = self.client.lock().await;
+            // Another call may have connected while this one waited for the client.
+            if let Some(cached) = self.cached() {
+                return Ok(cached);
+            }
+            let config = AsyncConnectionConfig::new()
+                .set_connection_timeout(TIMEOUT)
+                .set_response_timeout(TIMEOUT);
+            // The Sentinels' answer, and the master's own ROLE check, within a limit: a
+            // paused master accepts connections and then answers nothing.
+            let connection = tokio::time::timeout(
+                TIMEOUT * 2,
+                client.get_async_connection_with_config(&config),
+            )
+            .await
+            .map_err(|_| "the Redis Sentinels or the master they named did not answer in time")??;
+            let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+            *self
+                .connection
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) =
+                Some((generation, connection.clone()));
+            Ok((generation, connection))
+        }
+
+        pub(super) async fn query<T: FromRedisValue>(
+            &self,
+            cmd: &redis::Cmd,
+        ) -> Result<T, BoxError> {
+            let (generation, mut connection) = self.connect().await?;
+            let mut forget = Forget {
+                master: self,
+                generation,
+                armed: true,
+            };
+            let value = cmd.query_async(&mut connection).await?;
+            forget.armed = false;
+            Ok(value)
+        }
     }
 }
