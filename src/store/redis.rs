@@ -409,19 +409,41 @@ mod sentinel {
             Ok((generation, connection))
         }
 
+        /// Runs `cmd` on the master. When the connection turns out to be dead or to lead to
+        /// a former master (`READONLY`), asks the Sentinels once more at once: after a
+        /// failover they already name the new master, and the call succeeds on it.
         pub(super) async fn query<T: FromRedisValue>(
             &self,
             cmd: &redis::Cmd,
         ) -> Result<T, BoxError> {
-            let (generation, mut connection) = self.connect().await?;
-            let mut forget = Forget {
-                master: self,
-                generation,
-                armed: true,
-            };
-            let value = cmd.query_async(&mut connection).await?;
-            forget.armed = false;
-            Ok(value)
+            let mut retried = false;
+            loop {
+                let (generation, mut connection) = self.connect().await?;
+                let mut forget = Forget {
+                    master: self,
+                    generation,
+                    armed: true,
+                };
+                match cmd.query_async(&mut connection).await {
+                    Ok(value) => {
+                        forget.armed = false;
+                        return Ok(value);
+                    }
+                    Err(error) if !retried && gone(&error) => {
+                        drop(forget);
+                        retried = true;
+                    }
+                    Err(error) => return Err(error.into()),
+                }
+            }
         }
+    }
+
+    /// The master behind the connection is gone, or is no longer the master.
+    fn gone(error: &redis::RedisError) -> bool {
+        error.is_io_error()
+            || error.is_connection_dropped()
+            || error.is_connection_refusal()
+            || error.kind() == redis::ErrorKind::ReadOnly
     }
 }
