@@ -3,8 +3,9 @@
 //! replicas are under load: no request fails, every replica keeps serving, sharing resumes,
 //! and no replica ever sends a token that was refused or tampered with.
 //!
-//! Without `redis-server` (and `redis-cli`, in the same Debian package's dependencies) on the
-//! PATH these tests are ignored: `apt-get install redis-server`. `.ci/run` installs it.
+//! Without `redis-server` and `redis-cli` on the PATH these tests are reported as ignored,
+//! with the command that installs them: `apt-get install redis-server redis-tools`.
+//! `.ci/run` installs them.
 #![cfg(feature = "redis-cluster")]
 
 mod common;
@@ -110,8 +111,8 @@ impl Fleet {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
-    not(has_redis_server),
-    ignore = "redis-server not found: install it (apt-get install redis-server) to run this test"
+    not(all(has_redis_server, has_redis_cli)),
+    ignore = "redis-server or redis-cli not found: install them (apt-get install redis-server redis-tools) to run this test"
 )]
 async fn the_token_and_its_lock_share_a_slot_and_the_fleet_one_token() {
     let fleet = fleet().await;
@@ -148,8 +149,8 @@ async fn the_token_and_its_lock_share_a_slot_and_the_fleet_one_token() {
 /// serves on, and sharing resumes once the shard is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
-    not(has_redis_server),
-    ignore = "redis-server not found: install it (apt-get install redis-server) to run this test"
+    not(all(has_redis_server, has_redis_cli)),
+    ignore = "redis-server or redis-cli not found: install them (apt-get install redis-server redis-tools) to run this test"
 )]
 async fn a_killed_primary_fails_over_a_killed_shard_is_bypassed_and_sharing_resumes() {
     let mut fleet = fleet().await;
@@ -253,8 +254,8 @@ async fn a_killed_primary_fails_over_a_killed_shard_is_bypassed_and_sharing_resu
 /// is resumed it learns it was replaced and follows the new primary.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
-    not(has_redis_server),
-    ignore = "redis-server not found: install it (apt-get install redis-server) to run this test"
+    not(all(has_redis_server, has_redis_cli)),
+    ignore = "redis-server or redis-cli not found: install them (apt-get install redis-server redis-tools) to run this test"
 )]
 async fn a_paused_primary_costs_fallbacks_never_a_request() {
     let fleet = fleet().await;
@@ -319,8 +320,8 @@ async fn a_paused_primary_costs_fallbacks_never_a_request() {
 /// flips a bit of the entry. Neither costs a request, and the altered entry is never sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
-    not(has_redis_server),
-    ignore = "redis-server not found: install it (apt-get install redis-server) to run this test"
+    not(all(has_redis_server, has_redis_cli)),
+    ignore = "redis-server or redis-cli not found: install them (apt-get install redis-server redis-tools) to run this test"
 )]
 async fn a_slot_move_and_a_tampered_entry_cost_no_request() {
     let fleet = fleet().await;

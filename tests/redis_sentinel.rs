@@ -1,0 +1,277 @@
+//! A fleet on a Redis master watched by three Sentinels (with one replica), all started by
+//! the tests on 127.0.0.1. The master is killed, or paused (SIGSTOP), while 16 replicas are
+//! under load: the Sentinels fail over to the replica, no request fails, every replica keeps
+//! serving, sharing resumes on the new master, and no replica sends a refused token.
+//!
+//! Without `redis-server` and `redis-cli` on the PATH these tests are reported as ignored,
+//! with the command that installs them: `apt-get install redis-server redis-tools`.
+//! `.ci/run` installs them.
+#![cfg(feature = "redis-sentinel")]
+
+mod common;
+#[path = "common/procs.rs"]
+mod procs;
+#[path = "common/traffic.rs"]
+mod traffic;
+
+use std::time::Duration;
+
+use common::*;
+use entur_auth::store::RedisStore;
+use entur_auth::testing::TestServer;
+use entur_auth::TokenSource;
+use procs::{wait_for, Sentinels, MASTER_NAME};
+use tower::Layer as _;
+use traffic::{bypassing, just_before_refresh, phase, Traffic};
+
+const REPLICAS: u64 = 16;
+const LIFETIME: Duration = Duration::from_secs(3);
+const EVERY: Duration = Duration::from_millis(50);
+
+/// As in tests/redis_cluster.rs: one replica alone refreshes 3 s tokens every ~2.1-2.25 s.
+fn shared_bound(length: Duration) -> usize {
+    (length.as_secs_f64() / 2.1).ceil() as usize + 1
+}
+
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+async fn fleet(lifetime: Duration) -> (Sentinels, TestServer, Vec<TokenSource>) {
+    let setup = blocking(Sentinels::start);
+    let server = server(lifetime).await;
+    let urls = setup.sentinel_urls();
+    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let replicas = (0..REPLICAS)
+        .map(|i| {
+            server
+                .source_builder()
+                .shared_store(RedisStore::sentinel(&urls, MASTER_NAME).unwrap())
+                .jitter_seed(i)
+                .fetch_timeout(Duration::from_secs(1))
+                .build()
+                .unwrap()
+        })
+        .collect();
+    (setup, server, replicas)
+}
+
+/// Waits until the Sentinels name the replica as the master.
+fn wait_for_failover(setup: &Sentinels) {
+    let replica = setup.replica.port;
+    wait_for(
+        "the Sentinels to promote the replica",
+        Duration::from_secs(30),
+        || setup.master_port() == Some(replica),
+    );
+}
+
+/// The former master, back, has been turned into a replica of the new one.
+fn wait_for_demotion(setup: &Sentinels) {
+    wait_for(
+        "the former master to follow the new one",
+        Duration::from_secs(30),
+        || {
+            setup
+                .master
+                .cli(&["info", "replication"])
+                .is_some_and(|i| i.contains("role:slave") && i.contains("master_link_status:up"))
+        },
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(all(has_redis_server, has_redis_cli)),
+    ignore = "redis-server or redis-cli not found: install them (apt-get install redis-server redis-tools) to run this test"
+)]
+async fn a_killed_master_fails_over_and_sharing_resumes_on_the_new_one() {
+    let (mut setup, server, replicas) = fleet(LIFETIME).await;
+    let traffic = Traffic::start(&server, &replicas, EVERY);
+    let steady = phase(
+        "sentinel kill: before",
+        &server,
+        &replicas,
+        &traffic,
+        Duration::from_secs(6),
+    )
+    .await;
+    assert!(steady.token_requests <= shared_bound(Duration::from_secs(6)));
+    assert_eq!(steady.fallbacks, 0);
+
+    just_before_refresh(&replicas, Duration::from_millis(300)).await;
+    setup.master.kill();
+    let down = phase(
+        "sentinel kill: master killed, failover",
+        &server,
+        &replicas,
+        &traffic,
+        Duration::from_secs(6),
+    )
+    .await;
+    blocking(|| wait_for_failover(&setup));
+    blocking(|| {
+        setup.master.restart();
+        wait_for_demotion(&setup);
+    });
+    phase(
+        "sentinel kill: old master back as a replica, settling",
+        &server,
+        &replicas,
+        &traffic,
+        Duration::from_secs(3),
+    )
+    .await;
+    let length = Duration::from_secs(6);
+    let resumed = phase(
+        "sentinel kill: resumed on the new master",
+        &server,
+        &replicas,
+        &traffic,
+        length,
+    )
+    .await;
+    traffic.stop().await;
+
+    assert!(
+        down.fallbacks <= 3 * REPLICAS,
+        "a few fallbacks per replica at most: {}",
+        down.fallbacks
+    );
+    assert!(
+        resumed.token_requests <= shared_bound(length),
+        "sharing resumed: {} token requests",
+        resumed.token_requests
+    );
+    assert_eq!(resumed.fallbacks, 0, "the new master answers");
+    assert_eq!(bypassing(&replicas), 0);
+    assert_eq!(server.api_rejections(), 0, "no refused token was sent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(all(has_redis_server, has_redis_cli)),
+    ignore = "redis-server or redis-cli not found: install them (apt-get install redis-server redis-tools) to run this test"
+)]
+async fn a_paused_master_is_replaced_and_demoted_without_a_failed_request() {
+    let (setup, server, replicas) = fleet(LIFETIME).await;
+    let traffic = Traffic::start(&server, &replicas, EVERY);
+    phase(
+        "sentinel pause: before",
+        &server,
+        &replicas,
+        &traffic,
+        Duration::from_secs(4),
+    )
+    .await;
+    just_before_refresh(&replicas, Duration::from_millis(300)).await;
+    setup.master.pause();
+    let paused = phase(
+        "sentinel pause: master paused (SIGSTOP)",
+        &server,
+        &replicas,
+        &traffic,
+        Duration::from_secs(6),
+    )
+    .await;
+    blocking(|| wait_for_failover(&setup));
+    setup.master.resume();
+    blocking(|| wait_for_demotion(&setup));
+    phase(
+        "sentinel pause: resumed and demoted, settling",
+        &server,
+        &replicas,
+        &traffic,
+        Duration::from_secs(3),
+    )
+    .await;
+    let length = Duration::from_secs(6);
+    let resumed = phase(
+        "sentinel pause: sharing again",
+        &server,
+        &replicas,
+        &traffic,
+        length,
+    )
+    .await;
+    traffic.stop().await;
+
+    assert!(
+        paused.fallbacks <= 3 * REPLICAS,
+        "a few fallbacks per replica at most: {}",
+        paused.fallbacks
+    );
+    assert!(
+        resumed.token_requests <= shared_bound(length),
+        "sharing resumed: {} token requests",
+        resumed.token_requests
+    );
+    assert_eq!(resumed.fallbacks, 0);
+    assert_eq!(server.api_rejections(), 0, "no refused token was sent");
+}
+
+/// The fleet's token is refused by the API while the store fails over: each replica sends
+/// the refused token at most once, recovers with one replay, and never adopts it again from
+/// the store (which may still hold it on the promoted replica).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(all(has_redis_server, has_redis_cli)),
+    ignore = "redis-server or redis-cli not found: install them (apt-get install redis-server redis-tools) to run this test"
+)]
+async fn a_refused_token_is_not_re_adopted_across_a_failover() {
+    // Long tokens: only the refusal replaces them here.
+    let (mut setup, server, replicas) = fleet(Duration::from_secs(3600)).await;
+    for replica in &replicas {
+        replica.prefetch().await.unwrap();
+    }
+    assert_eq!(server.token_requests(), 1, "one token for the fleet");
+    // Let the entry reach the replica, then fail over and refuse the fleet's token at once.
+    blocking(|| {
+        wait_for("the entry replicated", Duration::from_secs(10), || {
+            setup
+                .replica
+                .cli(&["keys", "entur-auth:*:token"])
+                .is_some_and(|k| !k.trim().is_empty())
+        })
+    });
+    setup.master.kill();
+    server.revoke_all();
+    blocking(|| wait_for_failover(&setup));
+    for (i, replica) in replicas.iter().enumerate() {
+        let mut api = entur_auth::EnturAuthLayer::new(replica.clone())
+            .with_replay()
+            .layer(server.api_service());
+        let status = send(&mut api, api_request(&server, &format!("/r{i}")))
+            .await
+            .unwrap();
+        assert_eq!(status, http::StatusCode::OK, "replica {i} recovered");
+    }
+    assert!(
+        server.api_rejections() <= REPLICAS as usize,
+        "each replica sent the refused token at most once: {}",
+        server.api_rejections()
+    );
+    println!(
+        "sentinel refusal: {} refusals for {REPLICAS} replicas, {} token requests",
+        server.api_rejections(),
+        server.token_requests()
+    );
+    // The Sentinels already name the new master: the first replica's call finds the old
+    // connection dead, asks them again and reaches it; the replacement it publishes there
+    // is adopted by the other 15.
+    assert_eq!(
+        server.token_requests(),
+        2,
+        "one replacement for the fleet, shared across the failover"
+    );
+    // Every replica now holds a token the API accepts, and none the refused one.
+    for replica in &replicas {
+        let mut api = client(&server, replica);
+        assert_eq!(
+            send(&mut api, api_request(&server, "/again"))
+                .await
+                .unwrap(),
+            http::StatusCode::OK
+        );
+    }
+}
