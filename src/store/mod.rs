@@ -570,6 +570,14 @@ mod tests {
         );
         assert!(a.key().starts_with("entur-auth:v1:"));
         assert!(!a.key().contains("secret"));
+        // One hash tag for the token and its lock: one Redis Cluster slot for both.
+        let tag = |key: &str| {
+            let open = key.find('{').unwrap();
+            let close = open + key[open..].find('}').unwrap();
+            key[open + 1..close].to_owned()
+        };
+        assert_eq!(tag(&a.token_key), tag(&a.lock_key));
+        assert_eq!(tag(&a.token_key).len(), 32, "the 128-bit id in hex");
     }
 
     #[test]

@@ -447,3 +447,72 @@ mod sentinel {
             || error.kind() == redis::ErrorKind::ReadOnly
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_url_is_a_configuration_error_that_never_repeats_the_url() {
+        let error = RedisStore::new("http://user:hunter2@example.org").unwrap_err();
+        assert!(matches!(error, Error::Config { .. }), "{error:?}");
+        assert!(!error.to_string().contains("hunter2"), "{error}");
+        let store = RedisStore::new("redis://:hunter2@127.0.0.1:6379/0").unwrap();
+        assert!(!format!("{store:?}").contains("hunter2"), "{store:?}");
+    }
+
+    #[cfg(feature = "redis-cluster")]
+    #[test]
+    fn cluster_nodes_are_checked_and_never_repeated() {
+        let error = RedisStore::cluster(&[]).unwrap_err();
+        assert!(
+            error.to_string().contains("no Redis Cluster node"),
+            "{error}"
+        );
+        let error =
+            RedisStore::cluster(&["redis://127.0.0.1:7000", "nonsense://:hunter2@x"]).unwrap_err();
+        assert!(matches!(error, Error::Config { .. }), "{error:?}");
+        assert!(error.to_string().contains("#2"), "{error}");
+        assert!(!error.to_string().contains("hunter2"), "{error}");
+        let store = RedisStore::cluster(&["redis://:hunter2@127.0.0.1:7000"]).unwrap();
+        let debug = format!("{store:?}");
+        assert!(debug.contains("127.0.0.1:7000"), "{debug}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+    }
+
+    #[cfg(feature = "redis-sentinel")]
+    #[test]
+    fn sentinels_and_the_master_name_are_checked() {
+        let error = RedisStore::sentinel(&[], "mymaster").unwrap_err();
+        assert!(error.to_string().contains("no Redis Sentinel"), "{error}");
+        let error = RedisStore::sentinel(&["redis://127.0.0.1:26379"], "").unwrap_err();
+        assert!(
+            error.to_string().contains("master name is empty"),
+            "{error}"
+        );
+        let error = RedisStore::sentinel(&["nonsense://:hunter2@x"], "m").unwrap_err();
+        assert!(!error.to_string().contains("hunter2"), "{error}");
+        let store = RedisStore::sentinel(&["redis://:hunter2@127.0.0.1:26379"], "m").unwrap();
+        let debug = format!("{store:?}");
+        assert!(
+            debug.contains("127.0.0.1:26379") && debug.contains("\"m\""),
+            "{debug}"
+        );
+        assert!(!debug.contains("hunter2"), "{debug}");
+    }
+
+    /// Nothing listens on the port: a call fails (the token source then fetches alone), it
+    /// never hangs or panics.
+    #[cfg(feature = "redis-sentinel")]
+    #[tokio::test]
+    async fn no_sentinel_answering_is_an_error_not_a_hang() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let store = RedisStore::sentinel(&[&format!("redis://127.0.0.1:{port}")], "m").unwrap();
+        let result = tokio::time::timeout(Duration::from_secs(5), store.get("k")).await;
+        assert!(matches!(result, Ok(Err(_))), "an error in time");
+    }
+}
