@@ -20,9 +20,15 @@ use crate::error::{BoxError, Error};
 /// Deletes the lock only if this holder still holds it.
 const UNLOCK: &str = r#"if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) else return 0 end"#;
 
-/// How long connecting and each answer may take. The token source puts its own limit
-/// (`store_timeout`, 500 ms by default) around each call as well.
+/// How long connecting and each answer may take on one Redis. The token source puts its own
+/// limit (`store_timeout`, 500 ms by default) around each call as well.
 const TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The same on a Cluster or behind Sentinel: half the token source's default limit, so that
+/// the client sees a node that does not answer itself (and reconnects, or looks for the new
+/// primary) instead of being cancelled from outside first.
+#[cfg(any(feature = "redis-cluster", feature = "redis-sentinel"))]
+const FAILOVER_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// A [`TokenStore`] on Redis, for sharing one token across a fleet.
 ///
@@ -144,8 +150,8 @@ impl RedisStore {
     pub fn cluster(nodes: &[&str]) -> Result<Self, Error> {
         let addresses = addresses(nodes, "Redis Cluster node")?;
         let client = redis::cluster::ClusterClientBuilder::new(nodes.to_vec())
-            .connection_timeout(TIMEOUT)
-            .response_timeout(TIMEOUT)
+            .connection_timeout(FAILOVER_TIMEOUT)
+            .response_timeout(FAILOVER_TIMEOUT)
             .retries(2)
             .build()
             .map_err(|e| {
@@ -320,7 +326,7 @@ mod sentinel {
     use redis::sentinel::SentinelClient;
     use redis::{AsyncConnectionConfig, FromRedisValue};
 
-    use super::TIMEOUT;
+    use super::FAILOVER_TIMEOUT as TIMEOUT;
     use crate::error::BoxError;
 
     /// The master that Sentinel names, and a connection to it that is dropped (and the
@@ -439,9 +445,11 @@ mod sentinel {
         }
     }
 
-    /// The master behind the connection is gone, or is no longer the master.
+    /// The master behind the connection is gone, or is no longer the master. Not a timeout:
+    /// a master that hangs may still be named by the Sentinels, and asking them again would
+    /// only hang on it once more; the next call asks them.
     fn gone(error: &redis::RedisError) -> bool {
-        error.is_io_error()
+        (error.is_io_error() && !error.is_timeout())
             || error.is_connection_dropped()
             || error.is_connection_refusal()
             || error.kind() == redis::ErrorKind::ReadOnly
