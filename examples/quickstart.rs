@@ -17,6 +17,11 @@
 //! your own calls `Config::from_env()`, which asks for them. The other variables
 //! (`ENTUR_AUDIENCE`, `ENTUR_TOKEN_URL`, `ENTUR_TOKEN_BODY`) are read as `Config` documents.
 //!
+//! With a private key, Maskinporten or a client certificate instead of a secret, build the
+//! source with `TokenSource::builder(endpoint, Credentials::private_key_jwt(..))` (or
+//! `jwt_bearer`, `tls_client_auth`) as the README's "Credentials" section shows; the layer
+//! and everything after it stay as they are.
+//!
 //! ```text
 //! ENTUR_CLIENT_ID=… ENTUR_CLIENT_SECRET=… ENTUR_ENVIRONMENT=dev ET_CLIENT_NAME=acme-ticketing \
 //!   cargo run --example quickstart -- https://api.dev.entur.io/<some partner API path>

@@ -194,6 +194,17 @@ impl TokenRequest {
             ) => Err(Error::config(format!(
                 "the token endpoint is set to ClientAuth::{method:?} but the credentials are a client secret: use Credentials::private_key_jwt, Credentials::jwt_bearer or Credentials::tls_client_auth, or ClientAuth::Body or Basic"
             ))),
+            (CredentialKind::PrivateKeyJwt(signer) | CredentialKind::JwtBearer(signer), _)
+                if signer.algorithm() != crate::assertion::Algorithm::Rs256 =>
+            {
+                match self.assertion.rsa_only {
+                    Some(server) => Err(Error::config(format!(
+                        "{server} accepts assertions signed with RSA only (RS256, RS384 or RS512), and this key signs {}: register an RSA key (or a business certificate) with {server} and use that",
+                        signer.algorithm().as_str()
+                    ))),
+                    None => Ok(()),
+                }
+            }
             _ => Ok(()),
         }
     }

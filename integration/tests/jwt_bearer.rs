@@ -262,3 +262,44 @@ async fn a_business_certificate_goes_in_the_x5c_header() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn maskinporten_refuses_an_es256_key_at_build_with_the_reason() {
+    let server = maskinporten_server().await;
+    let ec_key = PrivateKey::from_pem(
+        include_str!("../../tests/fixtures/test-only-client-ec.key.pem").as_bytes(),
+    )
+    .unwrap()
+    .key_id("mp-ec-key");
+    let endpoint =
+        TokenEndpoint::maskinporten(MaskinportenEnvironment::Test, "digdir:dialogporten");
+    let error = maskinporten_with(&server, endpoint, ec_key)
+        .await
+        .expect_err("Maskinporten documents RS256, RS384 and RS512 only");
+    assert!(matches!(error, Error::Config { .. }), "{error:?}");
+    let text = error.to_string();
+    assert!(
+        text.contains("Maskinporten accepts assertions signed with RSA only"),
+        "{text}"
+    );
+    assert!(text.contains("ES256"), "{text}");
+    assert_eq!(
+        server.token_requests(),
+        0,
+        "refused before anything is sent"
+    );
+
+    // The same key is fine for a server without that rule (the embedded server verifies ES256).
+    let endpoint = TokenEndpoint::new(&server.token_url()).unwrap();
+    let key = PrivateKey::from_pem(
+        include_str!("../../tests/fixtures/test-only-client-ec.key.pem").as_bytes(),
+    )
+    .unwrap();
+    assert!(
+        TokenSource::builder(endpoint, Credentials::jwt_bearer(server.client_id(), key))
+            .allow_http_loopback(true)
+            .transport(server.token_transport())
+            .build()
+            .is_ok()
+    );
+}

@@ -186,6 +186,9 @@ pub(crate) struct AssertionSettings {
     pub(crate) subject: bool,
     /// More claims (Maskinporten's `scope` and `resource`).
     pub(crate) claims: Vec<(String, serde_json::Value)>,
+    /// The server that accepts RSA signatures only, by name (Maskinporten: RS256, RS384 and
+    /// RS512), so that an ES256 key is refused at `build()` with the reason.
+    pub(crate) rsa_only: Option<&'static str>,
 }
 
 impl Default for AssertionSettings {
@@ -195,6 +198,7 @@ impl Default for AssertionSettings {
             lifetime: std::time::Duration::from_secs(60),
             subject: true,
             claims: Vec::new(),
+            rsa_only: None,
         }
     }
 }
@@ -301,6 +305,7 @@ impl TokenEndpoint {
             .expect("the Maskinporten token URLs are valid")
             .assertion_audience(environment.issuer())
             .assertion_subject(false);
+        endpoint.assertion.rsa_only = Some("Maskinporten");
         endpoint
             .assertion
             .claims

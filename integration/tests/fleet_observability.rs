@@ -3,6 +3,7 @@
 //! `Status::store_fallbacks`, the status line, and the `entur_auth.store.bypassed` gauge.
 #![cfg(all(feature = "shared-store", feature = "metrics"))]
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
