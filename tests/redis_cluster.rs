@@ -21,21 +21,9 @@ use entur_auth::store::RedisStore;
 use entur_auth::testing::TestServer;
 use entur_auth::TokenSource;
 use procs::Cluster;
-use traffic::{bypassing, just_before_refresh, phase, Traffic};
-
-const REPLICAS: u64 = 16;
-const LIFETIME: Duration = Duration::from_secs(3);
-const EVERY: Duration = Duration::from_millis(50);
-
-/// At most this many token requests in `length` of 3 s tokens when the fleet shares them:
-/// one replica alone refreshes every ~2.1-2.25 s; one more for a phase that ends mid-refresh.
-fn shared_bound(length: Duration) -> usize {
-    (length.as_secs_f64() / 2.1).ceil() as usize + 1
-}
-
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
-}
+use traffic::{
+    blocking, bypassing, just_before_refresh, shared_bound, Traffic, EVERY, LIFETIME, REPLICAS,
+};
 
 struct Fleet {
     cluster: Cluster,
@@ -118,14 +106,7 @@ async fn the_token_and_its_lock_share_a_slot_and_the_fleet_one_token() {
     let fleet = fleet().await;
     let traffic = Traffic::start(&fleet.server, &fleet.replicas, EVERY);
     let length = Duration::from_secs(9);
-    let steady = phase(
-        "cluster, steady",
-        &fleet.server,
-        &fleet.replicas,
-        &traffic,
-        length,
-    )
-    .await;
+    let steady = traffic.phase("cluster, steady", length).await;
     traffic.stop().await;
     assert!(
         steady.token_requests <= shared_bound(length),
@@ -155,77 +136,51 @@ async fn the_token_and_its_lock_share_a_slot_and_the_fleet_one_token() {
 async fn a_killed_primary_fails_over_a_killed_shard_is_bypassed_and_sharing_resumes() {
     let mut fleet = fleet().await;
     let traffic = Traffic::start(&fleet.server, &fleet.replicas, EVERY);
-    let (server, replicas) = (fleet.server.clone(), fleet.replicas.clone());
-    phase(
-        "cluster kill: before",
-        &server,
-        &replicas,
-        &traffic,
-        Duration::from_secs(4),
-    )
-    .await;
+    let replicas = fleet.replicas.clone();
+    traffic
+        .phase("cluster kill: before", Duration::from_secs(4))
+        .await;
     let (_, slot) = blocking(|| fleet.token_key());
     let primary = blocking(|| fleet.cluster.primary_of(slot));
     just_before_refresh(&replicas, Duration::from_millis(300)).await;
     fleet.cluster.nodes[primary].kill();
-    let failover = phase(
-        "cluster kill: primary killed, failover",
-        &server,
-        &replicas,
-        &traffic,
-        Duration::from_secs(6),
-    )
-    .await;
+    let failover = traffic
+        .phase(
+            "cluster kill: primary killed, failover",
+            Duration::from_secs(6),
+        )
+        .await;
     let promoted = blocking(|| fleet.cluster.primary_of(slot));
     assert_ne!(promoted, primary, "the replica took over the slot");
     blocking(|| {
         fleet.cluster.nodes[primary].restart();
         fleet.cluster.wait_ok();
     });
-    phase(
-        "cluster kill: restarted, settling",
-        &server,
-        &replicas,
-        &traffic,
-        Duration::from_secs(3),
-    )
-    .await;
+    traffic
+        .phase("cluster kill: restarted, settling", Duration::from_secs(3))
+        .await;
 
     // The whole shard goes: nothing serves the slot.
     just_before_refresh(&replicas, Duration::from_millis(300)).await;
     fleet.cluster.nodes[promoted].kill();
     fleet.cluster.nodes[primary].kill();
-    let down = phase(
-        "cluster kill: whole shard down",
-        &server,
-        &replicas,
-        &traffic,
-        Duration::from_secs(5),
-    )
-    .await;
+    let down = traffic
+        .phase("cluster kill: whole shard down", Duration::from_secs(5))
+        .await;
     let bypassed_while_down = bypassing(&replicas);
     blocking(|| {
         fleet.cluster.nodes[promoted].restart();
         fleet.cluster.nodes[primary].restart();
         fleet.cluster.wait_ok();
     });
-    phase(
-        "cluster kill: shard restarted, settling",
-        &server,
-        &replicas,
-        &traffic,
-        Duration::from_secs(4),
-    )
-    .await;
+    traffic
+        .phase(
+            "cluster kill: shard restarted, settling",
+            Duration::from_secs(4),
+        )
+        .await;
     let length = Duration::from_secs(6);
-    let resumed = phase(
-        "cluster kill: resumed",
-        &server,
-        &replicas,
-        &traffic,
-        length,
-    )
-    .await;
+    let resumed = traffic.phase("cluster kill: resumed", length).await;
     traffic.stop().await;
     assert!(
         failover.fallbacks <= 2 * REPLICAS,
@@ -260,46 +215,24 @@ async fn a_killed_primary_fails_over_a_killed_shard_is_bypassed_and_sharing_resu
 async fn a_paused_primary_costs_fallbacks_never_a_request() {
     let fleet = fleet().await;
     let traffic = Traffic::start(&fleet.server, &fleet.replicas, EVERY);
-    let (server, replicas) = (fleet.server.clone(), fleet.replicas.clone());
-    phase(
-        "cluster pause: before",
-        &server,
-        &replicas,
-        &traffic,
-        Duration::from_secs(4),
-    )
-    .await;
+    let replicas = fleet.replicas.clone();
+    traffic
+        .phase("cluster pause: before", Duration::from_secs(4))
+        .await;
     let (_, slot) = blocking(|| fleet.token_key());
     let primary = blocking(|| fleet.cluster.primary_of(slot));
     just_before_refresh(&replicas, Duration::from_millis(300)).await;
     fleet.cluster.nodes[primary].pause();
-    let paused = phase(
-        "cluster pause: primary paused",
-        &server,
-        &replicas,
-        &traffic,
-        Duration::from_secs(5),
-    )
-    .await;
+    let paused = traffic
+        .phase("cluster pause: primary paused", Duration::from_secs(5))
+        .await;
     fleet.cluster.nodes[primary].resume();
     blocking(|| fleet.cluster.wait_ok());
-    phase(
-        "cluster pause: resumed, settling",
-        &server,
-        &replicas,
-        &traffic,
-        Duration::from_secs(3),
-    )
-    .await;
+    traffic
+        .phase("cluster pause: resumed, settling", Duration::from_secs(3))
+        .await;
     let length = Duration::from_secs(6);
-    let resumed = phase(
-        "cluster pause: sharing again",
-        &server,
-        &replicas,
-        &traffic,
-        length,
-    )
-    .await;
+    let resumed = traffic.phase("cluster pause: sharing again", length).await;
     traffic.stop().await;
     assert!(
         paused.fallbacks <= 2 * REPLICAS,
@@ -327,14 +260,9 @@ async fn a_slot_move_and_a_tampered_entry_cost_no_request() {
     let fleet = fleet().await;
     let traffic = Traffic::start(&fleet.server, &fleet.replicas, EVERY);
     let (server, replicas) = (fleet.server.clone(), fleet.replicas.clone());
-    phase(
-        "cluster slot move: before",
-        &server,
-        &replicas,
-        &traffic,
-        Duration::from_secs(4),
-    )
-    .await;
+    traffic
+        .phase("cluster slot move: before", Duration::from_secs(4))
+        .await;
     let (key, slot) = blocking(|| fleet.token_key());
     let from = blocking(|| fleet.cluster.primary_of(slot));
     let to = blocking(|| {
@@ -345,14 +273,7 @@ async fn a_slot_move_and_a_tampered_entry_cost_no_request() {
     just_before_refresh(&replicas, Duration::from_millis(300)).await;
     blocking(|| fleet.cluster.move_slot(slot, from, to));
     let length = Duration::from_secs(6);
-    let moved = phase(
-        "cluster slot move: moved",
-        &server,
-        &replicas,
-        &traffic,
-        length,
-    )
-    .await;
+    let moved = traffic.phase("cluster slot move: moved", length).await;
     assert_eq!(
         blocking(|| fleet.cluster.primary_of(slot)),
         to,
@@ -405,14 +326,12 @@ async fn a_slot_move_and_a_tampered_entry_cost_no_request() {
         newcomer.current().unwrap().header_value(),
         replicas[0].current().unwrap().header_value()
     );
-    phase(
-        "cluster: after the entry was tampered with",
-        &server,
-        &replicas,
-        &traffic,
-        Duration::from_secs(3),
-    )
-    .await;
+    traffic
+        .phase(
+            "cluster: after the entry was tampered with",
+            Duration::from_secs(3),
+        )
+        .await;
     traffic.stop().await;
     fleet.assert_sharing();
     fleet.assert_never_refused();

@@ -22,20 +22,9 @@ use entur_auth::testing::TestServer;
 use entur_auth::TokenSource;
 use procs::{wait_for, Sentinels, MASTER_NAME};
 use tower::Layer as _;
-use traffic::{bypassing, just_before_refresh, phase, Traffic};
-
-const REPLICAS: u64 = 16;
-const LIFETIME: Duration = Duration::from_secs(3);
-const EVERY: Duration = Duration::from_millis(50);
-
-/// As in tests/redis_cluster.rs: one replica alone refreshes 3 s tokens every ~2.1-2.25 s.
-fn shared_bound(length: Duration) -> usize {
-    (length.as_secs_f64() / 2.1).ceil() as usize + 1
-}
-
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
-}
+use traffic::{
+    blocking, bypassing, just_before_refresh, shared_bound, Traffic, EVERY, LIFETIME, REPLICAS,
+};
 
 async fn fleet(lifetime: Duration) -> (Sentinels, TestServer, Vec<TokenSource>) {
     let setup = blocking(Sentinels::start);
@@ -88,49 +77,35 @@ fn wait_for_demotion(setup: &Sentinels) {
 async fn a_killed_master_fails_over_and_sharing_resumes_on_the_new_one() {
     let (mut setup, server, replicas) = fleet(LIFETIME).await;
     let traffic = Traffic::start(&server, &replicas, EVERY);
-    let steady = phase(
-        "sentinel kill: before",
-        &server,
-        &replicas,
-        &traffic,
-        Duration::from_secs(6),
-    )
-    .await;
+    let steady = traffic
+        .phase("sentinel kill: before", Duration::from_secs(6))
+        .await;
     assert!(steady.token_requests <= shared_bound(Duration::from_secs(6)));
     assert_eq!(steady.fallbacks, 0);
 
     just_before_refresh(&replicas, Duration::from_millis(300)).await;
     setup.master.kill();
-    let down = phase(
-        "sentinel kill: master killed, failover",
-        &server,
-        &replicas,
-        &traffic,
-        Duration::from_secs(6),
-    )
-    .await;
+    let down = traffic
+        .phase(
+            "sentinel kill: master killed, failover",
+            Duration::from_secs(6),
+        )
+        .await;
     blocking(|| wait_for_failover(&setup));
     blocking(|| {
         setup.master.restart();
         wait_for_demotion(&setup);
     });
-    phase(
-        "sentinel kill: old master back as a replica, settling",
-        &server,
-        &replicas,
-        &traffic,
-        Duration::from_secs(3),
-    )
-    .await;
+    traffic
+        .phase(
+            "sentinel kill: old master back as a replica, settling",
+            Duration::from_secs(3),
+        )
+        .await;
     let length = Duration::from_secs(6);
-    let resumed = phase(
-        "sentinel kill: resumed on the new master",
-        &server,
-        &replicas,
-        &traffic,
-        length,
-    )
-    .await;
+    let resumed = traffic
+        .phase("sentinel kill: resumed on the new master", length)
+        .await;
     traffic.stop().await;
 
     assert!(
@@ -156,44 +131,28 @@ async fn a_killed_master_fails_over_and_sharing_resumes_on_the_new_one() {
 async fn a_paused_master_is_replaced_and_demoted_without_a_failed_request() {
     let (setup, server, replicas) = fleet(LIFETIME).await;
     let traffic = Traffic::start(&server, &replicas, EVERY);
-    phase(
-        "sentinel pause: before",
-        &server,
-        &replicas,
-        &traffic,
-        Duration::from_secs(4),
-    )
-    .await;
+    traffic
+        .phase("sentinel pause: before", Duration::from_secs(4))
+        .await;
     just_before_refresh(&replicas, Duration::from_millis(300)).await;
     setup.master.pause();
-    let paused = phase(
-        "sentinel pause: master paused (SIGSTOP)",
-        &server,
-        &replicas,
-        &traffic,
-        Duration::from_secs(6),
-    )
-    .await;
+    let paused = traffic
+        .phase(
+            "sentinel pause: master paused (SIGSTOP)",
+            Duration::from_secs(6),
+        )
+        .await;
     blocking(|| wait_for_failover(&setup));
     setup.master.resume();
     blocking(|| wait_for_demotion(&setup));
-    phase(
-        "sentinel pause: resumed and demoted, settling",
-        &server,
-        &replicas,
-        &traffic,
-        Duration::from_secs(3),
-    )
-    .await;
+    traffic
+        .phase(
+            "sentinel pause: resumed and demoted, settling",
+            Duration::from_secs(3),
+        )
+        .await;
     let length = Duration::from_secs(6);
-    let resumed = phase(
-        "sentinel pause: sharing again",
-        &server,
-        &replicas,
-        &traffic,
-        length,
-    )
-    .await;
+    let resumed = traffic.phase("sentinel pause: sharing again", length).await;
     traffic.stop().await;
 
     assert!(

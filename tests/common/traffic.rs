@@ -12,6 +12,22 @@ use tower::Layer;
 
 use crate::common::{api_request, send};
 
+/// The chaos tests' fleet: 16 replicas, 3-second tokens, a request every 50 ms each.
+pub const REPLICAS: u64 = 16;
+pub const LIFETIME: Duration = Duration::from_secs(3);
+pub const EVERY: Duration = Duration::from_millis(50);
+
+/// At most this many token requests in `length` of 3 s tokens when the fleet shares them:
+/// one replica alone refreshes every ~2.1-2.25 s; one more for a phase that ends mid-refresh.
+pub fn shared_bound(length: Duration) -> usize {
+    (length.as_secs_f64() / 2.1).ceil() as usize + 1
+}
+
+/// Runs `f`, which blocks (a Redis process started or waited for), off the async workers.
+pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
 #[derive(Default)]
 struct Counters {
     ok: AtomicU64,
@@ -22,6 +38,8 @@ struct Counters {
 /// Each replica sends a request every `every` (through its own `EnturAuth`, no replay: a
 /// refused token is a failed request) until stopped.
 pub struct Traffic {
+    server: TestServer,
+    replicas: Vec<TokenSource>,
     stop: Arc<AtomicBool>,
     counters: Arc<Vec<Counters>>,
     tasks: tokio::task::JoinSet<()>,
@@ -103,6 +121,8 @@ impl Traffic {
             });
         }
         Traffic {
+            server: server.clone(),
+            replicas: replicas.to_vec(),
             stop,
             counters,
             tasks,
@@ -156,39 +176,35 @@ pub struct Phase {
     pub slowest_ms: u64,
 }
 
-/// Lets `traffic` run for `length`, then checks that no request failed and every replica
-/// had requests answered meanwhile, and says what the phase cost (printed, and returned for
-/// bounds).
-pub async fn phase(
-    name: &'static str,
-    server: &TestServer,
-    replicas: &[TokenSource],
-    traffic: &Traffic,
-    length: Duration,
-) -> Phase {
-    let before = traffic.snapshot();
-    let (tokens, fallbacks_before) = (server.token_requests(), fallbacks(replicas));
-    tokio::time::sleep(length).await;
-    let span = traffic.snapshot().since(&before);
-    let phase = Phase {
-        name,
-        requests: span.requests(),
-        failed: span.failed(),
-        token_requests: server.token_requests() - tokens,
-        fallbacks: fallbacks(replicas) - fallbacks_before,
-        slowest_ms: span.slowest_ms,
-    };
-    println!(
-        "{name}: {} requests, {} failed, {} token requests, {} fallback fetches (slowest request so far {} ms)",
-        phase.requests, phase.failed, phase.token_requests, phase.fallbacks, phase.slowest_ms
-    );
-    assert_eq!(phase.failed, 0, "{name}: failed requests");
-    assert!(
-        span.silent_replicas().is_empty(),
-        "{name}: replicas {:?} served nothing",
-        span.silent_replicas()
-    );
-    phase
+impl Traffic {
+    /// Lets the traffic run for `length`, then checks that no request failed and every
+    /// replica had requests answered meanwhile, and says what the phase cost (printed, and
+    /// returned for bounds).
+    pub async fn phase(&self, name: &'static str, length: Duration) -> Phase {
+        let before = self.snapshot();
+        let (tokens, fallbacks_before) = (self.server.token_requests(), fallbacks(&self.replicas));
+        tokio::time::sleep(length).await;
+        let span = self.snapshot().since(&before);
+        let phase = Phase {
+            name,
+            requests: span.requests(),
+            failed: span.failed(),
+            token_requests: self.server.token_requests() - tokens,
+            fallbacks: fallbacks(&self.replicas) - fallbacks_before,
+            slowest_ms: span.slowest_ms,
+        };
+        println!(
+            "{name}: {} requests, {} failed, {} token requests, {} fallback fetches (slowest request so far {} ms)",
+            phase.requests, phase.failed, phase.token_requests, phase.fallbacks, phase.slowest_ms
+        );
+        assert_eq!(phase.failed, 0, "{name}: failed requests");
+        assert!(
+            span.silent_replicas().is_empty(),
+            "{name}: replicas {:?} served nothing",
+            span.silent_replicas()
+        );
+        phase
+    }
 }
 
 /// How many of `replicas` bypass their store now (`Status::store`).
