@@ -5,77 +5,23 @@
 //! counting is switched on. The calls are driven synchronously (`poll_ready`, `call`, one
 //! poll with a no-op waker) on a current-thread runtime, so nothing else runs meanwhile.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::convert::Infallible;
 use std::fmt;
 use std::future::{ready, Future, Ready};
 use std::pin::pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+#[path = "common/counting_alloc.rs"]
+mod counting_alloc;
+
+use counting_alloc::allocations_in;
 use entur_auth::testing::TestServer;
 use entur_auth::{ClientName, EnturAuthLayer};
 use futures_util::task::noop_waker_ref;
 use http::header::{ACCEPT, AUTHORIZATION, HOST};
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use tower::{Service, ServiceBuilder};
-
-/// `System`, counting allocations (and reallocations) made while [`COUNTING`] is on.
-struct CountingAllocator;
-
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    /// Only the thread that measures counts: not the test harness, not other tests.
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-}
-
-fn count() {
-    // `try_with`: the allocator also runs while thread-locals are being torn down.
-    if COUNTING.try_with(Cell::get).unwrap_or(false) {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-// SAFETY: every call is forwarded unchanged to `System`; counting allocates nothing.
-unsafe impl GlobalAlloc for CountingAllocator {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: as `alloc`.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count();
-        // SAFETY: `ptr` and `layout` come from this allocator, that is from `System`.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` and `layout` come from this allocator, that is from `System`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: CountingAllocator = CountingAllocator;
-
-/// The allocations this thread makes while running `f`.
-fn allocations_in(f: impl FnOnce()) -> usize {
-    let before = ALLOCATIONS.load(Ordering::SeqCst);
-    COUNTING.with(|c| c.set(true));
-    f();
-    COUNTING.with(|c| c.set(false));
-    ALLOCATIONS.load(Ordering::SeqCst) - before
-}
 
 /// A ready service that answers at once: `200` when the request carries `Authorization`,
 /// `401` when it does not.

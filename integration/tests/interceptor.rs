@@ -6,9 +6,10 @@
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
+#[path = "../../tests/common/counting_alloc.rs"]
+mod counting_alloc;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+use counting_alloc::{allocations_in, counted};
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::{ready, Future};
@@ -446,68 +447,6 @@ async fn serve_checked(server: &TestServer) -> (SocketAddr, BearerCheck) {
     let check = BearerCheck::new(server);
     let addr = check.serve_health().await.unwrap();
     (addr, check)
-}
-
-// --- counting allocations ---
-
-/// `System`, counting allocations (and reallocations) made while [`COUNTING`] is on.
-struct CountingAllocator;
-
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    /// Only the thread that measures counts: not the test harness, not other tests.
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-}
-
-fn count() {
-    // `try_with`: the allocator also runs while thread-locals are being torn down.
-    if COUNTING.try_with(Cell::get).unwrap_or(false) {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-// SAFETY: every call is forwarded unchanged to `System`; counting allocates nothing.
-unsafe impl GlobalAlloc for CountingAllocator {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: as `alloc`.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count();
-        // SAFETY: `ptr` and `layout` come from this allocator, that is from `System`.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` and `layout` come from this allocator, that is from `System`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: CountingAllocator = CountingAllocator;
-
-/// The allocations this thread makes while running `f`.
-fn allocations_in(f: impl FnOnce()) -> usize {
-    counted(f).1
-}
-
-/// What `f` returns, and the allocations this thread made while running it.
-fn counted<T>(f: impl FnOnce() -> T) -> (T, usize) {
-    let before = ALLOCATIONS.load(Ordering::SeqCst);
-    COUNTING.with(|c| c.set(true));
-    let value = f();
-    COUNTING.with(|c| c.set(false));
-    (value, ALLOCATIONS.load(Ordering::SeqCst) - before)
 }
 
 const N: usize = 1_000;
