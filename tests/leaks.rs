@@ -43,8 +43,9 @@ fn chain(error: &(dyn std::error::Error + 'static)) -> Vec<String> {
     out
 }
 
-#[tokio::test(start_paused = true)]
-async fn secrets_and_tokens_never_leak() {
+/// Captures every event and span of the crate at TRACE level on this thread (the embedded
+/// test server, a test tool that logs the faults it was told to inject, is left out).
+fn capture_trace() -> (Capture, tracing::subscriber::DefaultGuard) {
     let capture = Capture::default();
     let writer = capture.clone();
     let subscriber = tracing_subscriber::registry().with(
@@ -52,12 +53,15 @@ async fn secrets_and_tokens_never_leak() {
             .with_writer(move || writer.clone())
             .with_ansi(false)
             .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
-                // The crate's own events and spans; the embedded test server is a test tool
-                // that logs the faults it was told to inject.
                 !meta.target().starts_with("entur_auth::testing")
             })),
     );
-    let _guard = tracing::subscriber::set_default(subscriber);
+    (capture, tracing::subscriber::set_default(subscriber))
+}
+
+#[tokio::test(start_paused = true)]
+async fn secrets_and_tokens_never_leak() {
+    let (capture, _guard) = capture_trace();
 
     let server = TestServer::builder()
         .client_secret(SECRET)
@@ -171,17 +175,7 @@ async fn private_keys_and_assertions_never_leak() {
     use entur_auth::assertion::PrivateKey;
     use entur_auth::{Credentials, TokenSource};
 
-    let capture = Capture::default();
-    let writer = capture.clone();
-    let subscriber = tracing_subscriber::registry().with(
-        tracing_subscriber::fmt::layer()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
-                !meta.target().starts_with("entur_auth::testing")
-            })),
-    );
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (capture, _guard) = capture_trace();
 
     let server = TestServer::builder()
         .client_public_key_pem(RSA_PUB)
