@@ -315,6 +315,8 @@ where
                         ));
                     };
                     let future = replay.service.call(request);
+                    // `()` without the metrics feature.
+                    #[allow(clippy::let_unit_value)]
                     let labels = std::mem::take(&mut replay.labels);
                     this.state.set(State::Replayed { future, labels });
                 }
