@@ -103,6 +103,7 @@ impl Fleet {
     ignore = "redis-server or redis-cli not found: install them (apt-get install redis-server redis-tools) to run this test"
 )]
 async fn the_token_and_its_lock_share_a_slot_and_the_fleet_one_token() {
+    let _one_at_a_time = traffic::ONE_AT_A_TIME.lock().await;
     let fleet = fleet().await;
     let traffic = Traffic::start(&fleet.server, &fleet.replicas, EVERY);
     let length = Duration::from_secs(9);
@@ -134,6 +135,7 @@ async fn the_token_and_its_lock_share_a_slot_and_the_fleet_one_token() {
     ignore = "redis-server or redis-cli not found: install them (apt-get install redis-server redis-tools) to run this test"
 )]
 async fn a_killed_primary_fails_over_a_killed_shard_is_bypassed_and_sharing_resumes() {
+    let _one_at_a_time = traffic::ONE_AT_A_TIME.lock().await;
     let mut fleet = fleet().await;
     let traffic = Traffic::start(&fleet.server, &fleet.replicas, EVERY);
     let replicas = fleet.replicas.clone();
@@ -213,6 +215,7 @@ async fn a_killed_primary_fails_over_a_killed_shard_is_bypassed_and_sharing_resu
     ignore = "redis-server or redis-cli not found: install them (apt-get install redis-server redis-tools) to run this test"
 )]
 async fn a_paused_primary_costs_fallbacks_never_a_request() {
+    let _one_at_a_time = traffic::ONE_AT_A_TIME.lock().await;
     let fleet = fleet().await;
     let traffic = Traffic::start(&fleet.server, &fleet.replicas, EVERY);
     let replicas = fleet.replicas.clone();
@@ -257,6 +260,7 @@ async fn a_paused_primary_costs_fallbacks_never_a_request() {
     ignore = "redis-server or redis-cli not found: install them (apt-get install redis-server redis-tools) to run this test"
 )]
 async fn a_slot_move_and_a_tampered_entry_cost_no_request() {
+    let _one_at_a_time = traffic::ONE_AT_A_TIME.lock().await;
     let fleet = fleet().await;
     let traffic = Traffic::start(&fleet.server, &fleet.replicas, EVERY);
     let (server, replicas) = (fleet.server.clone(), fleet.replicas.clone());

@@ -23,6 +23,11 @@ pub fn shared_bound(length: Duration) -> usize {
     (length.as_secs_f64() / 2.1).ceil() as usize + 1
 }
 
+/// The chaos tests of a file run one at a time. Each starts its own Redis processes and 16
+/// replicas on real timeouts (250 ms store calls): several side by side on a 2-core machine
+/// turn into timeouts that measure the machine, not the crate.
+pub static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Runs `f`, which blocks (a Redis process started or waited for), off the async workers.
 pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
