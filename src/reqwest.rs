@@ -87,8 +87,8 @@ use reqwest_middleware::{Middleware, Next};
 
 use crate::config::ClientName;
 use crate::error::Error;
-use crate::layer::{Refusal, ReplayOutcome, ET_CLIENT_NAME};
-use crate::source::{registry, Invalidation, TokenSource};
+use crate::layer::{refuse_cleartext, Refusal, ReplayOutcome, ET_CLIENT_NAME};
+use crate::source::{Invalidation, TokenSource};
 use crate::token::AccessToken;
 
 /// A [`reqwest_middleware::Middleware`] that authenticates requests with tokens from a
@@ -151,11 +151,7 @@ impl EnturAuthMiddleware {
         let refused =
             crate::classify::refusal(response.status(), response.headers(), self.reauth_on_408);
         let Some(reason) = refused else {
-            if token.on_probation() {
-                if let Some(shared) = registry::lookup(self.source.key()) {
-                    shared.accepted(token.id());
-                }
-            }
+            self.source.accepted(token);
             return None;
         };
         let invalidation = self.source.invalidate(token.id());
@@ -179,13 +175,8 @@ impl Middleware for EnturAuthMiddleware {
     ) -> reqwest_middleware::Result<Response> {
         let url = request.url();
         if url.scheme() == "http" && !self.allow_plain_http {
-            let host = url.host_str().unwrap_or_default();
-            if !crate::config::is_loopback(host) {
-                return Err(reqwest_middleware::Error::middleware(
-                    Error::CleartextRefused {
-                        host: crate::error::sanitize(host, 100),
-                    },
-                ));
+            if let Some(refused) = refuse_cleartext(url.host_str().unwrap_or_default()) {
+                return Err(reqwest_middleware::Error::middleware(refused));
             }
         }
         if let Some(name) = &self.client_name {

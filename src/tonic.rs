@@ -91,7 +91,6 @@ use http::{HeaderMap, HeaderValue};
 use crate::config::ClientName;
 use crate::error::Error;
 use crate::layer::ET_CLIENT_NAME;
-use crate::source::registry;
 use crate::source::{Invalidation, TokenSource};
 use crate::token::AccessToken;
 
@@ -189,10 +188,8 @@ impl EnturAuthInterceptor {
         let Some(token) = current.as_ref() else {
             return;
         };
-        if token.id().get() == sent && token.on_probation() {
-            if let Some(shared) = registry::lookup(self.source.key()) {
-                shared.accepted(token.id());
-            }
+        if token.id().get() == sent {
+            self.source.accepted(token);
         }
     }
 

@@ -237,7 +237,7 @@ where
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         // `scheme_str` compares four bytes inline; a `Scheme` comparison is a call.
         if request.uri().scheme_str() == Some("http") && !self.allow_plain_http {
-            if let Some(refused) = refuse_cleartext(request.uri()) {
+            if let Some(refused) = refuse_cleartext(request.uri().host().unwrap_or_default()) {
                 return self.fail(request, refused);
             }
         }
@@ -304,12 +304,11 @@ impl<S> EnturAuth<S> {
     }
 }
 
-/// The error for a request to `http://` on a host that is not loopback; `None` for
-/// loopback hosts (tests, local sidecars).
+/// The error for a request to `http://` on `host` when it is not loopback; `None` for
+/// loopback hosts (tests, local sidecars). Also the reqwest middleware's check.
 #[cold]
 #[inline(never)]
-fn refuse_cleartext(uri: &http::Uri) -> Option<Error> {
-    let host = uri.host().unwrap_or_default();
+pub(crate) fn refuse_cleartext(host: &str) -> Option<Error> {
     if crate::config::is_loopback(host) {
         return None;
     }

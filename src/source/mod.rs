@@ -376,6 +376,16 @@ impl TokenSource {
         self.handle.shared.settings.reauth_on_408
     }
 
+    /// The API accepted `token`: if it came from a forced refresh (on probation), the
+    /// forced-refresh backoff starts over. For the integrations that hold the source (reqwest,
+    /// tonic); the layer's response future reaches the source through the registry.
+    #[cfg(any(feature = "reqwest", feature = "tonic"))]
+    pub(crate) fn accepted(&self, token: &AccessToken) {
+        if token.on_probation() {
+            self.handle.shared.accepted(token.id());
+        }
+    }
+
     /// For callers that cannot wait (the tonic interceptor): with no usable token, starts
     /// the fetch as [`token`](Self::token) does (waking the refresher, or taking it over on
     /// this caller's runtime if it stopped), and returns without waiting for it.
