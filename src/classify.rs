@@ -27,8 +27,7 @@
 //! ```
 //!
 //! [`EnturAuth`](crate::EnturAuth) acts on refusals itself (it drops the refused token);
-//! [`ReplayLayer`](crate::replay::ReplayLayer) and
-//! [`ReauthPolicy`](crate::retry::ReauthPolicy) replay the request once;
+//! [`ReplayLayer`](crate::replay::ReplayLayer) replays the request once;
 //! [`ErrorForStatusLayer`](crate::error_for_status::ErrorForStatusLayer) turns the
 //! failures into typed errors.
 

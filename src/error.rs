@@ -598,14 +598,18 @@ fn unauthorized(
     };
     const CHECK: &str = "the client_secret may have changed, or the token's audience is not this API's (Entur: the token server and the API must be the same environment)";
     match (refusal.invalidation, refusal.replay) {
+        (Invalidation::RateLimited { retry_in }, replay) => write!(
+            f,
+            " right after a forced refresh: the API keeps refusing new tokens, so re-authentication backs off (next in {} s){}; {CHECK}",
+            retry_in.as_secs().max(1),
+            match replay {
+                Replay::Replayed => " and the request, replayed with the same token, was refused again",
+                _ => " and the request was not replayed",
+            }
+        ),
         (_, Replay::Replayed) => write!(
             f,
             " again after re-authenticating: the request was replayed with a new token and refused too; {CHECK}"
-        ),
-        (Invalidation::RateLimited { retry_in }, _) => write!(
-            f,
-            " right after a forced refresh: the API keeps refusing new tokens, so re-authentication backs off (next in {} s) and the request was not replayed; {CHECK}",
-            retry_in.as_secs().max(1)
         ),
         (Invalidation::SourceGone, _) => f.write_str(
             "; the token source was dropped, so no new token is coming",

@@ -23,8 +23,8 @@
 //! # let _ = api; }
 //! ```
 //!
-//! Placed inside a `tower::retry` layer with [`ReauthPolicy`](crate::retry::ReauthPolicy)
-//! instead, it still works: the policy reads the refusal from the typed error and replays.
+//! Put it outside the replay, as above: inside, the replay would see an error instead of the
+//! refused answer, and not replay.
 
 use std::future::Future;
 use std::pin::Pin;

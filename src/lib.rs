@@ -83,7 +83,6 @@ pub mod replay;
 #[cfg(feature = "reqwest")]
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
 pub mod reqwest;
-pub mod retry;
 pub mod source;
 #[cfg(feature = "shared-store")]
 #[cfg_attr(docsrs, doc(cfg(feature = "shared-store")))]

@@ -65,13 +65,12 @@
 //! in the refresher whether or not a request was under way).
 //!
 //! Refusal reasons: `http_401`, `http_408` (Entur: the token expired) and
-//! `grpc_unauthenticated` (in the headers or the trailers) are seen by
-//! [`EnturAuth`](crate::EnturAuth); `direct` is a call of [`TokenSource::invalidate`]. Replay
-//! outcomes: the replay's answer did not refuse the new token (`accepted`), refused it too
-//! (`refused`), or the replay failed with an error (`failed`); or the request was not
-//! replayed: its body is a stream (`not_replayable`), or forced refreshes are backing off
-//! (`rate_limited`). Replays by a `tower::retry` stack with
-//! [`ReauthPolicy`](crate::retry::ReauthPolicy) are not counted here.
+//! `grpc_unauthenticated` (in the headers or the trailers), whichever saw the answer: the
+//! tower layer, the reqwest middleware or the tonic interceptor; `direct` is a call of
+//! [`TokenSource::invalidate`]. Replay outcomes, counted alike by the replay layer and the
+//! reqwest middleware: the replay's answer did not refuse the token (`accepted`), refused it
+//! too (`refused`), or the replay failed with an error (`failed`); or the request was not
+//! replayed because its body is a stream (`not_replayable`).
 //!
 //! [`TokenSource`]: crate::TokenSource
 //! [`TokenSource::status`]: crate::TokenSource::status
@@ -249,29 +248,9 @@ pub(crate) fn refusal(labels: &SourceLabels, reason: Option<Reauth>, action: Inv
     .increment(1);
 }
 
-/// What became of a refused request in the replay layer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Replay {
-    /// Replayed; the answer did not refuse the new token.
-    Accepted,
-    /// Replayed; refused again.
-    Refused,
-    /// Replayed; failed with an error.
-    Failed,
-    /// Not replayed: the body cannot be sent twice.
-    NotReplayable,
-    /// Not replayed: forced refreshes are backing off, the same token would go again.
-    RateLimited,
-}
-
-pub(crate) fn replay(labels: &SourceLabels, outcome: Replay) {
-    let outcome = match outcome {
-        Replay::Accepted => "accepted",
-        Replay::Refused => "refused",
-        Replay::Failed => "failed",
-        Replay::NotReplayable => "not_replayable",
-        Replay::RateLimited => "rate_limited",
-    };
+/// What became of a refused request: replayed and `accepted`, `refused` or `failed`, or not
+/// replayed (`not_replayable`, `rate_limited`).
+pub(crate) fn replay(labels: &SourceLabels, outcome: &'static str) {
     ::metrics::counter!(REPLAYS, labels.with(&[("outcome", outcome)])).increment(1);
 }
 

@@ -17,14 +17,19 @@
 //! When the API refuses the token (401, an Entur 408, gRPC `UNAUTHENTICATED`),
 //! [`EnturAuth`] inside has already dropped it and started the one shared fetch. [`Replay`]
 //! then waits for the new token and sends the request once more, if its body can be sent
-//! twice ([`ReplayBody`]); a second refusal is final. The answer that comes out carries a
+//! twice ([`ReplayBody`]); a second refusal is final. While forced refreshes back off (the
+//! API refused the last new tokens too), the request goes once more at once with the same
+//! token: behind a load balancer another replica may take it, and an API that refuses every
+//! token costs one more call and no token request. The answer that comes out carries a
 //! [`Refusal`] saying what happened, so that
 //! [`ErrorForStatusLayer`](crate::error_for_status::ErrorForStatusLayer) can tell the truth:
 //! refused again after a replay, not replayed because the body is a stream, or forced
 //! refreshes backing off.
 //!
-//! Put a timeout outside for a limit on the whole exchange (both attempts and the wait for
-//! the token). For `tower::retry` stacks there is [`ReauthPolicy`](crate::retry::ReauthPolicy).
+//! This is the crate's one replay: the reqwest middleware replays by the same rules. Put a
+//! timeout outside for a limit on the whole exchange (both attempts and the wait for the
+//! token). Around a `tower::retry` layer of your own, put `EnturAuthLayer` inside it, so that
+//! every attempt reads the current token.
 
 use std::fmt;
 use std::future::Future;
@@ -39,7 +44,10 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::error::BoxError;
+use crate::layer::future::RefusedBy;
+use crate::layer::verdict::{self, Replay as Outcome};
 use crate::layer::{EnturAuth, EnturAuthLayer, Refusal, ReplayOutcome, ResponseBody};
+use crate::source::registry::{self, SourceKey};
 
 /// A request body that may be cloned for a replay.
 ///
@@ -174,7 +182,7 @@ where
                 request: Some(request),
                 service: self.auth.clone(),
                 token: None,
-                labels: Labels::default(),
+                refused_by: None,
             })
         });
         ResponseFuture {
@@ -191,35 +199,14 @@ struct Second<S, B> {
     request: Option<Request<B>>,
     service: S,
     token: Option<crate::layer::future::TokenFuture>,
-    /// The refusing source's metric labels, once a refusal is seen.
-    labels: Labels,
+    /// The refusing source, once a refusal is seen.
+    refused_by: Option<SourceKey>,
 }
 
-/// The labels of a refusing source's metrics, carried through the replay; nothing without
-/// the `metrics` feature.
-#[cfg(feature = "metrics")]
-type Labels = Option<crate::metrics::SourceLabels>;
-#[cfg(not(feature = "metrics"))]
-type Labels = ();
-
-/// The labels of the source whose token `response` refused. Runs on refusals only.
-#[cfg(feature = "metrics")]
+/// Counts what became of a refused request, for the source that refused it.
 #[cold]
-fn labels_of<B>(response: &Response<B>) -> Labels {
-    let key = response
-        .extensions()
-        .get::<crate::layer::future::RefusedBy>()?
-        .0;
-    Some(crate::source::registry::lookup(key)?.metric_labels())
-}
-
-/// Counts what became of a refused request.
-#[cfg(feature = "metrics")]
-#[cold]
-fn record(labels: &Labels, outcome: crate::metrics::Replay) {
-    if let Some(labels) = labels {
-        crate::metrics::replay(labels, outcome);
-    }
+fn record(refused_by: Option<SourceKey>, outcome: Outcome) {
+    verdict::replayed(refused_by.and_then(registry::lookup).as_deref(), outcome);
 }
 
 pin_project! {
@@ -250,7 +237,7 @@ pin_project! {
         Replayed {
             #[pin]
             future: S::Future,
-            labels: Labels,
+            refused_by: Option<SourceKey>,
         },
     }
 }
@@ -270,31 +257,23 @@ where
                     let Some(&refusal) = response.extensions().get::<Refusal>() else {
                         return Poll::Ready(Ok(response));
                     };
-                    #[cfg(feature = "metrics")]
-                    let labels = labels_of(&response);
-                    if !refusal.invalidation.replaced() {
-                        // Forced refreshes are backing off: the same token would go again.
-                        #[cfg(feature = "metrics")]
-                        if let crate::Invalidation::RateLimited { .. } = refusal.invalidation {
-                            record(&labels, crate::metrics::Replay::RateLimited);
-                        }
+                    let refused_by = response.extensions().get::<RefusedBy>().map(|by| by.0);
+                    let Some(fresh) = verdict::replay(refusal.invalidation) else {
                         return Poll::Ready(Ok(response));
-                    }
+                    };
                     let Some(mut replay) = replay.take() else {
                         if let Some(refusal) = response.extensions_mut().get_mut::<Refusal>() {
                             refusal.replay = ReplayOutcome::NotReplayable;
                         }
-                        #[cfg(feature = "metrics")]
-                        record(&labels, crate::metrics::Replay::NotReplayable);
+                        record(refused_by, Outcome::NotReplayable);
                         return Poll::Ready(Ok(response));
                     };
-                    #[cfg(feature = "metrics")]
-                    {
-                        replay.labels = labels;
+                    replay.refused_by = refused_by;
+                    tracing::debug!(reason = ?refusal.reason, fresh, "token refused; replaying");
+                    if fresh {
+                        let source = replay.service.source().clone();
+                        replay.token = Some(Box::pin(async move { source.token().await }));
                     }
-                    tracing::debug!(reason = ?refusal.reason, "token refused; replaying with a fresh token");
-                    let source = replay.service.source().clone();
-                    replay.token = Some(Box::pin(async move { source.token().await }));
                     this.state.set(State::Waiting { replay });
                 }
                 StateProj::Waiting { replay } => {
@@ -305,8 +284,7 @@ where
                         replay.token = None;
                     }
                     if let Err(error) = ready!(replay.service.poll_ready(cx)) {
-                        #[cfg(feature = "metrics")]
-                        record(&replay.labels, crate::metrics::Replay::Failed);
+                        record(replay.refused_by, Outcome::Failed);
                         return Poll::Ready(Err(error));
                     }
                     let Some(request) = replay.request.take() else {
@@ -315,26 +293,21 @@ where
                         ));
                     };
                     let future = replay.service.call(request);
-                    // `()` without the metrics feature.
-                    #[allow(clippy::let_unit_value)]
-                    let labels = std::mem::take(&mut replay.labels);
-                    this.state.set(State::Replayed { future, labels });
+                    let refused_by = replay.refused_by;
+                    this.state.set(State::Replayed { future, refused_by });
                 }
-                StateProj::Replayed { future, labels } => {
+                StateProj::Replayed { future, refused_by } => {
                     let result = ready!(future.poll(cx));
-                    #[cfg(feature = "metrics")]
                     record(
-                        labels,
+                        *refused_by,
                         match &result {
-                            Err(_) => crate::metrics::Replay::Failed,
+                            Err(_) => Outcome::Failed,
                             Ok(response) if response.extensions().get::<Refusal>().is_some() => {
-                                crate::metrics::Replay::Refused
+                                Outcome::Refused
                             }
-                            Ok(_) => crate::metrics::Replay::Accepted,
+                            Ok(_) => Outcome::Accepted,
                         },
                     );
-                    #[cfg(not(feature = "metrics"))]
-                    let _ = labels;
                     let mut response = result?;
                     if let Some(refusal) = response.extensions_mut().get_mut::<Refusal>() {
                         refusal.replay = ReplayOutcome::Replayed;

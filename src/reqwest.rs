@@ -31,8 +31,8 @@
 //!   408 means "token expired" ([`TokenEndpoint::reauth_on_408`](crate::TokenEndpoint::reauth_on_408),
 //!   on for Entur's presets), drops the token that request carried
 //!   ([`TokenSource::invalidate`]) and stamps a [`Refusal`] on the response's extensions.
-//! - Replays the request once, with the new token, if a new token is coming
-//!   ([`Invalidation::replaced`]) and the request can be cloned
+//! - Replays the request once, with the new token (or the same one while forced refreshes
+//!   back off), if the request can be cloned
 //!   ([`reqwest::Request::try_clone`]: not when its body is a stream). A second refusal is
 //!   returned as it is, with [`ReplayOutcome::Replayed`]. A refused stream is returned with
 //!   [`ReplayOutcome::NotReplayable`]; its token is dropped all the same, so the next request
@@ -40,7 +40,8 @@
 //!
 //! Forced refreshes back off as they do for the tower layer (see
 //! [`TokenSource::invalidate`]): an API that refuses every token costs a bounded number of
-//! token requests, and while refreshes back off nothing is replayed.
+//! token requests; while refreshes back off, the request is replayed once with the same
+//! token (another replica behind a load balancer may take it), as the tower replay does.
 //!
 //! # Errors
 //!
@@ -81,13 +82,14 @@
 use std::sync::Arc;
 
 use ::reqwest::header::AUTHORIZATION;
-use ::reqwest::{Request, Response};
+use ::reqwest::{Request, Response, ResponseBuilderExt, Url};
 use http::{Extensions, HeaderValue};
 use reqwest_middleware::{Middleware, Next};
 
 use crate::config::ClientName;
 use crate::error::Error;
-use crate::layer::{refuse_cleartext, Refusal, ReplayOutcome, ET_CLIENT_NAME};
+use crate::layer::verdict::{self, Head, Replay as Outcome, Verdict};
+use crate::layer::{refuse_cleartext, Refusal, ReplayOutcome, ResponseBody, ET_CLIENT_NAME};
 use crate::source::{Invalidation, TokenSource};
 use crate::token::AccessToken;
 
@@ -143,26 +145,70 @@ impl EnturAuthMiddleware {
         }
     }
 
-    /// Acts on an answer to a request that carried `token`, as
-    /// [`EnturAuth`](crate::EnturAuth)'s response future does: a refusal drops the token and
-    /// is stamped on the response; an accepted token on probation ends the forced-refresh
-    /// backoff. Returns what the source did with a refused token.
-    fn inspect(&self, response: &mut Response, token: &AccessToken) -> Option<Invalidation> {
-        let refused =
-            crate::classify::refusal(response.status(), response.headers(), self.reauth_on_408);
-        let Some(reason) = refused else {
-            self.source.accepted(token);
-            return None;
+    /// Acts on an answer to a request that carried `token` to `sent_to`, by the same
+    /// verdict as [`EnturAuth`](crate::EnturAuth): a refusal drops the token and is stamped
+    /// on the response; a success for a token on probation has its body watched, and accepts
+    /// the token once the body finishes. An answer from a host the token never reached
+    /// (reqwest drops `Authorization` when a redirect leaves the host) says nothing about it.
+    /// Returns the response and what the source did with a refused token.
+    fn inspect(
+        &self,
+        mut response: Response,
+        token: &AccessToken,
+        sent_to: &Url,
+    ) -> (Response, Option<Invalidation>) {
+        let reached = same_origin(sent_to, response.url());
+        let head = verdict::head_from(
+            response.status(),
+            response.headers(),
+            self.reauth_on_408,
+            reached,
+        );
+        let verdict = match head {
+            Head::Body { grpc } if token.on_probation() => {
+                return (self.watch(response, token, grpc), None);
+            }
+            Head::Body { .. } => return (response, None),
+            Head::Done(verdict) => verdict,
         };
-        let invalidation = self.source.invalidate(token.id());
-        response.extensions_mut().insert(Refusal {
-            token: token.id(),
-            reason,
-            invalidation,
-            replay: ReplayOutcome::NotAttempted,
-        });
-        Some(invalidation)
+        let shared = self.source.shared();
+        let invalidation = verdict::act(Some(shared), token.id(), verdict);
+        if let (Verdict::Refused(reason), Some(invalidation)) = (verdict, invalidation) {
+            response.extensions_mut().insert(Refusal {
+                token: token.id(),
+                reason,
+                invalidation,
+                replay: ReplayOutcome::NotAttempted,
+            });
+        }
+        (response, invalidation)
     }
+
+    /// The response with its body watched by the layer's [`ResponseBody`]: its end accepts
+    /// `token`. Only for a token on probation (rare), as it boxes the body.
+    #[cold]
+    fn watch(&self, response: Response, token: &AccessToken, grpc: bool) -> Response {
+        let url = response.url().clone();
+        let response: http::Response<::reqwest::Body> = response.into();
+        let (mut parts, body) = response.into_parts();
+        let watched = ResponseBody::watching(body, self.source.key(), token.id(), grpc);
+        // `From<http::Response>` takes the URL from an extension only reqwest can name.
+        if let Ok(with_url) = http::Response::builder().url(url).body(()) {
+            parts.extensions.extend(with_url.into_parts().0.extensions);
+        }
+        Response::from(http::Response::from_parts(
+            parts,
+            ::reqwest::Body::wrap(watched),
+        ))
+    }
+}
+
+/// Whether `answered` is the origin `sent_to` was: reqwest keeps `Authorization` on a
+/// redirect only within the same scheme, host and port.
+fn same_origin(sent_to: &Url, answered: &Url) -> bool {
+    sent_to.scheme() == answered.scheme()
+        && sent_to.host_str() == answered.host_str()
+        && sent_to.port_or_known_default() == answered.port_or_known_default()
 }
 
 #[async_trait::async_trait]
@@ -189,35 +235,54 @@ impl Middleware for EnturAuthMiddleware {
         request
             .headers_mut()
             .insert(AUTHORIZATION, token.header_value().clone());
+        let sent_to = request.url().clone();
         // A copy for the replay, made before the request is consumed; `None` for a stream.
         let replay = request.try_clone();
-        let mut response = next.clone().run(request, extensions).await?;
-        let Some(invalidation) = self.inspect(&mut response, &token) else {
+        let response = next.clone().run(request, extensions).await?;
+        let (mut response, invalidation) = self.inspect(response, &token, &sent_to);
+        let Some(invalidation) = invalidation else {
             return Ok(response);
         };
-        if !invalidation.replaced() {
-            // Forced refreshes are backing off: the same token would go again.
+        let shared = Some(self.source.shared());
+        let Some(fresh) = verdict::replay(invalidation) else {
             return Ok(response);
-        }
+        };
         let Some(mut replay) = replay else {
             set_replay(&mut response, ReplayOutcome::NotReplayable);
+            verdict::replayed(shared, Outcome::NotReplayable);
             return Ok(response);
         };
-        tracing::debug!("token refused; replaying with a fresh token");
+        tracing::debug!(fresh, "token refused; replaying");
         // The refused answer is dropped here; the replay's answer, or the fetch's error
         // (which says more than the refusal would), is what the caller gets.
         drop(response);
-        let token = self
-            .source
-            .token()
-            .await
-            .map_err(reqwest_middleware::Error::middleware)?;
+        let token = match fresh {
+            true => self.source.token().await,
+            false => Ok(token),
+        };
+        let token = match token {
+            Ok(token) => token,
+            Err(error) => {
+                verdict::replayed(shared, Outcome::Failed);
+                return Err(reqwest_middleware::Error::middleware(error));
+            }
+        };
         replay
             .headers_mut()
             .insert(AUTHORIZATION, token.header_value().clone());
-        let mut response = next.run(replay, extensions).await?;
-        if self.inspect(&mut response, &token).is_some() {
+        let response = match next.run(replay, extensions).await {
+            Ok(response) => response,
+            Err(error) => {
+                verdict::replayed(shared, Outcome::Failed);
+                return Err(error);
+            }
+        };
+        let (mut response, refused) = self.inspect(response, &token, &sent_to);
+        if refused.is_some() {
             set_replay(&mut response, ReplayOutcome::Replayed);
+            verdict::replayed(shared, Outcome::Refused);
+        } else {
+            verdict::replayed(shared, Outcome::Accepted);
         }
         Ok(response)
     }

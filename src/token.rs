@@ -30,6 +30,12 @@ impl TokenId {
         self.0.get()
     }
 
+    /// The id whose [`get`](Self::get) is `raw`; `None` for 0.
+    #[cfg_attr(not(feature = "tonic"), allow(dead_code))]
+    pub(crate) fn from_raw(raw: u64) -> Option<Self> {
+        NonZeroU64::new(raw).map(Self)
+    }
+
     fn next() -> Self {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         // Starts at 1 and would take centuries to wrap; `max(1)` keeps it non-zero anyway.

@@ -83,16 +83,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use ::tonic::service::Interceptor;
-use ::tonic::{Code, Request, Status};
+use ::tonic::{Request, Status};
 use arc_swap::{ArcSwapOption, Cache};
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderValue};
 
 use crate::config::ClientName;
 use crate::error::Error;
+use crate::layer::verdict::{self, Verdict};
 use crate::layer::ET_CLIENT_NAME;
 use crate::source::{Invalidation, TokenSource};
-use crate::token::AccessToken;
+use crate::token::{AccessToken, TokenId};
 
 /// The message of the `UNAVAILABLE` status for a call made before the first token.
 const NO_TOKEN_YET: &str = "no access token yet: the first fetch has started; retry, or call TokenSource::ready() at startup";
@@ -149,48 +150,65 @@ impl EnturAuthInterceptor {
     /// when the server keeps refusing new tokens (see [`TokenSource::invalidate`]). Call it
     /// with the status of a unary call, or of a stream's message.
     pub fn refused(&self, status: &Status) -> Option<Invalidation> {
-        if status.code() != Code::Unauthenticated {
-            return None;
+        match verdict::grpc(code_of(status)) {
+            refused @ Verdict::Refused(_) => self.act(refused),
+            _ => None,
         }
-        let sent = self.sent.load(Ordering::Relaxed);
-        let invalidation = match self.source.current() {
-            Some(current) if current.id().get() == sent => self.source.invalidate(current.id()),
-            _ => Invalidation::AlreadyReplaced,
-        };
-        Some(invalidation)
     }
 
     /// Reports a call's result, and returns it unchanged:
     /// `auth.observe(client.method(request).await)?`.
     ///
-    /// An error is reported with [`refused`](Self::refused). A success tells the source that
-    /// the server accepts the token attached last: after forced refreshes, that ends their
-    /// backoff, as the tower layer does for every accepted answer.
+    /// An error is reported with [`refused`](Self::refused). A success accepts the token
+    /// attached last only when the call has finished: a unary call's response holds the
+    /// trailers' `grpc-status`. A streaming call's response comes before its trailers and
+    /// accepts nothing; report its end with [`observe_message`](Self::observe_message).
+    /// After forced refreshes, an accepted token lets their backoff end, by the same rule
+    /// as the tower layer's.
     ///
     /// # Errors
     ///
     /// The `status` of `result`, unchanged.
-    pub fn observe<T>(&self, result: Result<T, Status>) -> Result<T, Status> {
-        match &result {
-            Ok(_) => self.accepted(),
-            Err(status) => {
-                self.refused(status);
-            }
-        }
+    pub fn observe<T>(
+        &self,
+        result: Result<::tonic::Response<T>, Status>,
+    ) -> Result<::tonic::Response<T>, Status> {
+        let verdict = match &result {
+            Ok(response) => response
+                .metadata()
+                .get("grpc-status")
+                .and_then(|code| code.to_str().ok()?.trim().parse().ok())
+                .map_or(Verdict::Neither, verdict::grpc),
+            Err(status) => verdict::grpc(code_of(status)),
+        };
+        self.act(verdict);
         result
     }
 
-    /// A call with the token attached last succeeded: if that token came from a forced
-    /// refresh, the forced-refresh backoff starts over.
-    fn accepted(&self) {
-        let sent = self.sent.load(Ordering::Relaxed);
-        let current = self.source.cell().load();
-        let Some(token) = current.as_ref() else {
-            return;
+    /// Reports what a stream gave, and returns it unchanged:
+    /// `while let Some(m) = auth.observe_message(stream.message().await)? { … }`.
+    ///
+    /// The end of the stream (`Ok(None)`: the trailers said `OK`) accepts the token attached
+    /// last, as a finished unary call does; an error is reported with
+    /// [`refused`](Self::refused); a message says nothing yet.
+    ///
+    /// # Errors
+    ///
+    /// The `status` of `item`, unchanged.
+    pub fn observe_message<M>(&self, item: Result<Option<M>, Status>) -> Result<Option<M>, Status> {
+        let verdict = match &item {
+            Ok(Some(_)) => Verdict::Neither,
+            Ok(None) => Verdict::Accepted,
+            Err(status) => verdict::grpc(code_of(status)),
         };
-        if token.id().get() == sent {
-            self.source.accepted(token);
-        }
+        self.act(verdict);
+        item
+    }
+
+    /// Acts on a verdict about the token attached last, by the layer's rules.
+    fn act(&self, verdict: Verdict) -> Option<Invalidation> {
+        let token = TokenId::from_raw(self.sent.load(Ordering::Relaxed))?;
+        verdict::act(Some(self.source.shared()), token, verdict)
     }
 
     /// Sets the metadata from `token`.
@@ -277,4 +295,9 @@ impl fmt::Debug for EnturAuthInterceptor {
             .field("sent", &self.sent.load(Ordering::Relaxed))
             .finish()
     }
+}
+
+/// A status's gRPC code, as it goes over the wire.
+fn code_of(status: &Status) -> u32 {
+    u32::try_from(i32::from(status.code())).unwrap_or(u32::MAX)
 }

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use common::*;
 use entur_auth::error_for_status::ErrorForStatusLayer;
-use entur_auth::retry::ReauthPolicy;
 use entur_auth::testing::{Fault, TestServer};
 use entur_auth::{BoxError, EnturAuthLayer};
 use http::StatusCode;
@@ -85,7 +84,7 @@ async fn secrets_and_tokens_never_leak() {
         .unwrap();
     let mut api = ServiceBuilder::new()
         .layer(ErrorForStatusLayer::new())
-        .retry(ReauthPolicy::new(source.clone()))
+        .retry(RetryOnce401::default())
         .layer(EnturAuthLayer::new(source.clone()))
         .service(server.api_service());
     let mut texts: Vec<String> = Vec::new();

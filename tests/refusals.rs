@@ -14,7 +14,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use entur_auth::error_for_status::ErrorForStatusLayer;
-use entur_auth::retry::ReauthPolicy;
 use entur_auth::testing::TestServer;
 use entur_auth::{
     BoxError, EnturAuthLayer, Error, Invalidation, Refusal, ReplayOutcome, TokenEndpoint,
@@ -89,7 +88,7 @@ async fn a_refused_streaming_request_drops_the_token_in_every_stack() {
     let (server, source) = setup().await;
     server.revoke_all();
     let mut retry = ServiceBuilder::new()
-        .retry(ReauthPolicy::new(source.clone()))
+        .retry(RetryOnce401::default())
         .layer(EnturAuthLayer::new(source.clone()))
         .service(server.api_service());
     let status = request(&mut retry, streaming_request(&server, "/a"))
@@ -130,10 +129,10 @@ async fn a_refused_streaming_request_drops_the_token_in_every_stack() {
 }
 
 /// Sends one request after the server revoked every token; returns the final status.
-async fn after_revocation<S>(mut svc: S, server: &TestServer) -> Result<StatusCode, BoxError>
+async fn after_revocation<S, B>(mut svc: S, server: &TestServer) -> Result<StatusCode, BoxError>
 where
-    S: Service<Request<Body>, Error = BoxError>,
-    S::Response: HasStatus,
+    S: Service<Request<Body>, Response = Response<B>, Error = BoxError>,
+    B: http_body::Body,
 {
     server.revoke_all();
     send(&mut svc, api_request(server, "/a")).await
@@ -174,19 +173,19 @@ async fn every_order_of_the_documented_layers_recovers_from_a_revocation() {
     recovers!("errors → retry → timeout → auth (README)", |source| {
         ServiceBuilder::new()
             .layer(ErrorForStatusLayer::new())
-            .retry(ReauthPolicy::new(source.clone()))
+            .retry(RetryOnce401::default())
             .timeout(timeout)
             .layer(EnturAuthLayer::new(source.clone()))
     });
     recovers!("retry → errors → auth (the wrong order)", |source| {
         ServiceBuilder::new()
-            .retry(ReauthPolicy::new(source.clone()))
+            .retry(RetryOnce401::default())
             .layer(ErrorForStatusLayer::new())
             .layer(EnturAuthLayer::new(source.clone()))
     });
     recovers!("retry → timeout → errors → auth", |source| {
         ServiceBuilder::new()
-            .retry(ReauthPolicy::new(source.clone()))
+            .retry(RetryOnce401::default())
             .timeout(timeout)
             .layer(ErrorForStatusLayer::new())
             .layer(EnturAuthLayer::new(source.clone()))

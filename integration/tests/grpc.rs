@@ -13,9 +13,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use entur_auth::buffer::{BufferRequest, BufferRequestLayer};
 use entur_auth::error_for_status::{ErrorForStatus, ErrorForStatusLayer};
-use entur_auth::retry::ReauthPolicy;
+use entur_auth::replay::Replay;
 use entur_auth::testing::TestServer;
-use entur_auth::{EnturAuth, EnturAuthLayer, Error, TokenSource};
+use entur_auth::{EnturAuthLayer, Error, TokenSource};
 use entur_auth_integration::grpc::BearerCheck;
 use http_body_util::Full;
 use tonic::transport::server::TcpIncoming;
@@ -24,14 +24,13 @@ use tonic::{Code, Status};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
-use tower::retry::Retry;
 use tower::util::MapRequest;
 use tower::{Layer, ServiceBuilder};
 
 type ToTonic = fn(http::Request<Full<Bytes>>) -> http::Request<tonic::body::Body>;
 
-/// buffer → retry(ReauthPolicy) → auth → tonic body → channel.
-type Stack = BufferRequest<Retry<ReauthPolicy, EnturAuth<MapRequest<Channel, ToTonic>>>>;
+/// buffer → auth with its replay → tonic body → channel.
+type Stack = BufferRequest<Replay<MapRequest<Channel, ToTonic>>>;
 
 fn to_tonic(request: http::Request<Full<Bytes>>) -> http::Request<tonic::body::Body> {
     request.map(tonic::body::Body::new)
@@ -40,8 +39,7 @@ fn to_tonic(request: http::Request<Full<Bytes>>) -> http::Request<tonic::body::B
 fn stack(source: &TokenSource, channel: Channel) -> Stack {
     ServiceBuilder::new()
         .layer(BufferRequestLayer::new(64 * 1024))
-        .retry(ReauthPolicy::new(source.clone()))
-        .layer(EnturAuthLayer::new(source.clone()))
+        .layer(EnturAuthLayer::new(source.clone()).with_replay())
         .map_request(to_tonic as ToTonic)
         .service(channel)
 }

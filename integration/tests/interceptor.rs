@@ -255,10 +255,24 @@ async fn observe_reports_refusals_and_ends_the_forced_refresh_backoff() {
     assert_ne!(source.current().unwrap().id(), refused.id());
     assert_eq!(source.status().forced_refreshes_in_a_row, 1);
 
-    // A success without `observe` says nothing to the source; with it, the new token is
-    // known to be accepted and forced refreshes stop backing off.
+    // A success without `observe` says nothing to the source, nor do ten quiet minutes
+    // alone.
     serving(&mut client).await;
     assert_eq!(source.status().forced_refreshes_in_a_row, 1);
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_secs(601)).await;
+    assert_eq!(source.status().forced_refreshes_in_a_row, 1);
+    // A streaming call's response comes before its trailers: it accepts nothing yet.
+    let stream = auth
+        .observe(client.watch(HealthCheckRequest::default()).await)
+        .unwrap();
+    assert_eq!(
+        source.status().forced_refreshes_in_a_row,
+        1,
+        "a stream's headers are not an accepted token"
+    );
+    drop(stream);
+    // A finished unary call is: the backoff ends.
     let response = auth
         .observe(client.check(HealthCheckRequest::default()).await)
         .unwrap();

@@ -474,11 +474,12 @@ async fn refusals_and_replays_by_reason_and_outcome() {
     assert_eq!(refusals("http_401", "started"), 2.0);
     assert_eq!(refusals("http_401", "rate_limited"), 1.0);
 
-    // While forced refreshes back off, a refused request is not replayed.
+    // While forced refreshes back off, a refused request is replayed with the same token.
     server.push_api_fault(ApiFault::invalid_token());
     let response = send(&mut api, api_request(&server, "/d")).await.unwrap();
-    assert_eq!(response, StatusCode::UNAUTHORIZED);
-    assert_eq!(replays("rate_limited"), 1.0);
+    assert_eq!(response, StatusCode::OK);
+    assert_eq!(refusals("http_401", "rate_limited"), 2.0);
+    assert_eq!(replays("accepted"), 3.0);
 
     // A streamed body is not replayed; an Entur 408 is a refusal.
     tokio::time::sleep(Duration::from_secs(600)).await;

@@ -1,5 +1,5 @@
 //! The response body of [`EnturAuth`](super::EnturAuth): the inner body, watched for a gRPC
-//! `UNAUTHENTICATED` in its trailers.
+//! `UNAUTHENTICATED` in its trailers and, for a token on probation, for a finished success.
 
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -8,15 +8,18 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use crate::classify::{self, Decision};
+use super::verdict::{self, Verdict};
 use crate::source::registry::{self, SourceKey};
 use crate::token::TokenId;
 
-/// Which token to drop if the trailers refuse it.
+/// Which token to drop if the trailers refuse it, and whether the end of the body accepts it.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Watch {
     pub(super) key: SourceKey,
     pub(super) token: TokenId,
+    /// `Some(grpc)` when the head was a success and the token is on probation: the end of
+    /// the body, without a refusal, accepts it (a gRPC body only with `grpc-status: 0`).
+    pub(super) accept: Option<bool>,
 }
 
 pin_project! {
@@ -35,6 +38,19 @@ pin_project! {
 impl<B> ResponseBody<B> {
     pub(super) fn new(inner: B, watch: Option<Watch>) -> Self {
         Self { inner, watch }
+    }
+
+    /// `inner`, whose end accepts `token` of source `key` (for an adapter whose answer's head
+    /// was a success for a token on probation).
+    pub(crate) fn watching(inner: B, key: SourceKey, token: TokenId, grpc: bool) -> Self {
+        Self::new(
+            inner,
+            Some(Watch {
+                key,
+                token,
+                accept: Some(grpc),
+            }),
+        )
     }
 
     /// A reference to the inner body.
@@ -59,12 +75,21 @@ impl<B: Body> Body for ResponseBody<B> {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
         let frame = ready!(this.inner.poll_frame(cx));
-        if let Some(Ok(frame)) = &frame {
-            if let Some(trailers) = frame.trailers_ref() {
-                if let Some(watch) = this.watch.take() {
-                    trailers_seen(trailers, watch);
+        match &frame {
+            Some(Ok(frame)) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    if let Some(watch) = this.watch.take() {
+                        ended(watch, Some(trailers));
+                    }
                 }
             }
+            None => {
+                if let Some(watch) = this.watch.take() {
+                    ended(watch, None);
+                }
+            }
+            // A body that failed says nothing about the token.
+            Some(Err(_)) => *this.watch = None,
         }
         Poll::Ready(frame)
     }
@@ -78,13 +103,21 @@ impl<B: Body> Body for ResponseBody<B> {
     }
 }
 
+/// The body ended, with `trailers` or without: a refusal in the trailers drops the token; a
+/// finished success accepts it when its head left that open.
 #[cold]
 #[inline(never)]
-fn trailers_seen(trailers: &HeaderMap, watch: Watch) {
-    if let Decision::Reauthenticate(reason) = classify::classify_trailers(trailers) {
-        if let Some(shared) = registry::lookup(watch.key) {
-            let outcome = shared.invalidate_because(watch.token, Some(reason));
-            tracing::debug!(token = %watch.token, ?outcome, "gRPC UNAUTHENTICATED in the trailers");
-        }
-    }
+fn ended(watch: Watch, trailers: Option<&HeaderMap>) {
+    let verdict = match (trailers, watch.accept) {
+        (Some(trailers), _) => verdict::trailers(trailers),
+        (None, Some(grpc)) => verdict::end(grpc),
+        (None, None) => return,
+    };
+    let verdict = match verdict {
+        Verdict::Accepted if watch.accept.is_none() => return,
+        Verdict::Neither => return,
+        verdict => verdict,
+    };
+    let outcome = verdict::act(registry::lookup(watch.key).as_deref(), watch.token, verdict);
+    tracing::debug!(token = %watch.token, ?verdict, ?outcome, "the end of an answer's body");
 }

@@ -12,16 +12,15 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use super::body::{ResponseBody, Watch};
+use super::verdict::{self, Head, Verdict};
 use super::{Refusal, ReplayOutcome, SentToken};
-use crate::classify::{self, GRPC_STATUS};
+use crate::classify::GRPC_STATUS;
 use crate::error::{BoxError, Error};
 use crate::source::registry::{self, SourceKey};
-use crate::source::Invalidation;
 use crate::token::{AccessToken, TokenId};
 
 /// Which source the token of a refused answer came from, next to the [`Refusal`]: the
-/// replay layer labels its metrics with it. Set on refusals only.
-#[cfg(feature = "metrics")]
+/// replay layer counts its outcome there. Set on refusals only.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct RefusedBy(pub(crate) SourceKey);
 
@@ -125,16 +124,18 @@ where
                     // `grpc-status` (gRPC runs over HTTP/2 only; trailers are watched by the
                     // body whatever the version).
                     let status = response.status().as_u16();
+                    let mut accept = None;
                     if sent.probation
                         || matches!(status, 300..=308 | 401 | 408)
                         || (response.version() == Version::HTTP_2
                             && response.headers().contains_key(GRPC_STATUS))
                     {
-                        inspect(&mut response, sent);
+                        accept = inspect(&mut response, sent);
                     }
                     let watch = sent.token.map(|token| Watch {
                         key: sent.key,
                         token,
+                        accept,
                     });
                     return Poll::Ready(Ok(response.map(|body| ResponseBody::new(body, watch))));
                 }
@@ -147,41 +148,37 @@ where
     }
 }
 
-/// Acts on an answer that may refuse the token: drops the token (once per token, however
-/// many requests carried it) and records what was done in a [`Refusal`]. Ends the
-/// forced-refresh backoff when a token on probation was accepted. Marks redirects with the
-/// token that was sent.
+/// Acts on an answer that may refuse the token, by [`verdict`]: a refusal drops the token
+/// (once per token, however many requests carried it) and is recorded in a [`Refusal`]; a
+/// token on probation is accepted by a success that finished (or, returned `Some(grpc)`,
+/// will be once its body finishes without a refusal). Marks redirects with the token that
+/// was sent.
 #[cold]
 #[inline(never)]
-fn inspect<B>(response: &mut Response<B>, sent: Sent) {
-    let Some(token) = sent.token else { return };
+fn inspect<B>(response: &mut Response<B>, sent: Sent) -> Option<bool> {
+    let token = sent.token?;
     if response.status().is_redirection() {
         response.extensions_mut().insert(SentToken(token));
-        return;
+        return None;
     }
+    let verdict = match verdict::head(response.status(), response.headers(), sent.reauth_on_408) {
+        Head::Body { grpc } => return sent.probation.then_some(grpc),
+        Head::Done(Verdict::Accepted) if !sent.probation => return None,
+        Head::Done(verdict) => verdict,
+    };
     let shared = registry::lookup(sent.key);
-    match classify::refusal(response.status(), response.headers(), sent.reauth_on_408) {
-        Some(reason) => {
-            let invalidation = match &shared {
-                Some(shared) => shared.invalidate_because(token, Some(reason)),
-                None => Invalidation::SourceGone,
-            };
-            response.extensions_mut().insert(Refusal {
-                token,
-                reason,
-                invalidation,
-                replay: ReplayOutcome::NotAttempted,
-            });
-            #[cfg(feature = "metrics")]
-            response.extensions_mut().insert(RefusedBy(sent.key));
-        }
-        None if sent.probation => {
-            if let Some(shared) = shared {
-                shared.accepted(token);
-            }
-        }
-        None => {}
+    if let (Verdict::Refused(reason), Some(invalidation)) =
+        (verdict, verdict::act(shared.as_deref(), token, verdict))
+    {
+        response.extensions_mut().insert(Refusal {
+            token,
+            reason,
+            invalidation,
+            replay: ReplayOutcome::NotAttempted,
+        });
+        response.extensions_mut().insert(RefusedBy(sent.key));
     }
+    None
 }
 
 /// The slow path of [`ResponseFuture::poll`]: waits for the token, then calls the inner

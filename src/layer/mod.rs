@@ -48,6 +48,7 @@
 
 mod body;
 pub(crate) mod future;
+pub(crate) mod verdict;
 
 use std::fmt;
 use std::sync::Arc;
@@ -350,7 +351,7 @@ pub enum ReplayOutcome {
     NotAttempted,
     /// The request's body cannot be sent twice (a stream), so it was not replayed.
     NotReplayable,
-    /// This answer is the replay's: the request was sent again with a new token and refused
-    /// again.
+    /// This answer is the replay's: the request was sent again, with a new token (or, while
+    /// forced refreshes back off, the same one), and refused again.
     Replayed,
 }

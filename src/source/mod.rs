@@ -290,9 +290,10 @@ impl TokenSource {
     /// already replaced, this does nothing, so that many requests refused with the same stale
     /// token cause one fetch, not one each. Forced refreshes back off: at most one per
     /// [`min_reauth_interval`](TokenSourceBuilder::min_reauth_interval) (default 5 s),
-    /// doubling with each forced refresh whose token is refused again, up to one per 10
-    /// minutes, until a request with the new token succeeds. So an API that refuses every
-    /// token costs at most about 150 token requests a day, not one per request.
+    /// doubling with each forced refresh, up to one per 10 minutes, until the API has
+    /// accepted a new token (a success whose body finished without a refusal) and then
+    /// refused none for 10 minutes. So an API that refuses every token, or only some (one
+    /// replica of ten), costs at most about 150 token requests a day, not one per request.
     pub fn invalidate(&self, rejected: TokenId) -> Invalidation {
         self.handle.shared.invalidate(rejected)
     }
@@ -353,7 +354,7 @@ impl TokenSource {
             last_error: state.last_error,
             fetch_attempts: shared.attempts.load(Ordering::Relaxed),
             fetch_failures: shared.failures.load(Ordering::Relaxed),
-            forced_refreshes_in_a_row: shared.reauth().streak,
+            forced_refreshes_in_a_row: shared.reauth().streak(now),
             origin: token.as_ref().map(|t| shared.origin(t)),
             store: shared.store_state(),
             store_fallbacks: shared.store_fallbacks(),
@@ -376,14 +377,11 @@ impl TokenSource {
         self.handle.shared.settings.reauth_on_408
     }
 
-    /// The API accepted `token`: if it came from a forced refresh (on probation), the
-    /// forced-refresh backoff starts over. For the integrations that hold the source (reqwest,
-    /// tonic); the layer's response future reaches the source through the registry.
+    /// The shared state, for the refusal verdicts of the adapters that hold the source
+    /// (reqwest, tonic); the layer's response future reaches it through the registry.
     #[cfg(any(feature = "reqwest", feature = "tonic"))]
-    pub(crate) fn accepted(&self, token: &AccessToken) {
-        if token.on_probation() {
-            self.handle.shared.accepted(token.id());
-        }
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.handle.shared
     }
 
     /// For callers that cannot wait (the tonic interceptor): with no usable token, starts

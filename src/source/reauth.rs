@@ -13,6 +13,11 @@ use crate::token::{AccessToken, TokenId};
 
 /// The ceiling of the backoff between forced refreshes when the API keeps refusing tokens.
 const MAX_REAUTH_INTERVAL: Duration = Duration::from_secs(600);
+/// How long the API must go without refusing any token, after it accepted one, before forced
+/// refreshes stop backing off. As long as the backoff's ceiling: an API that refuses some
+/// tokens at least this often (one replica of ten refusing, say) stays at the ceiling, and
+/// costs no more token requests than an API that refuses every token.
+const QUIET: Duration = MAX_REAUTH_INTERVAL;
 /// How many refused tokens a source remembers, so that it never adopts one again from a
 /// shared store.
 const REMEMBERED_REFUSALS: usize = 16;
@@ -21,15 +26,39 @@ const REMEMBERED_REFUSALS: usize = 16;
 #[derive(Default)]
 pub(super) struct Reauth {
     last_forced: Option<Instant>,
-    /// Forced refreshes since a token was last accepted.
-    pub(super) streak: u32,
+    /// Forced refreshes since the backoff last started over.
+    streak: u32,
+    /// When the API last refused a token (acted on or not).
+    last_refusal: Option<Instant>,
+    /// Whether the API accepted a token since the last forced refresh.
+    accepted: bool,
     refused: VecDeque<u64>,
 }
 
 impl Reauth {
+    /// Forced refreshes in a row, the backoff ended if it has done its job.
+    pub(super) fn streak(&mut self, now: Instant) -> u32 {
+        self.settle(now);
+        self.streak
+    }
+
+    /// Ends the backoff once the API accepted a token since the last forced refresh and
+    /// then refused none for [`QUIET`]. One accepted answer is not enough: behind a load
+    /// balancer, one replica in ten refusing every token would otherwise start the backoff
+    /// over after each replay that lands elsewhere.
+    fn settle(&mut self, now: Instant) {
+        let quiet = self
+            .last_refusal
+            .is_none_or(|at| now.saturating_duration_since(at) >= QUIET);
+        if self.streak > 0 && self.accepted && quiet {
+            tracing::debug!("the API accepted the token of a forced refresh and refused none since; forced refreshes no longer back off");
+            self.streak = 0;
+        }
+    }
+
     /// The shortest time between the last forced refresh and the next: `min_interval`,
     /// doubling with every refresh forced since a token was last accepted, up to 10 minutes.
-    pub(super) fn interval(&self, min_interval: Duration) -> Duration {
+    fn interval(&self, min_interval: Duration) -> Duration {
         let doublings = self.streak.saturating_sub(1).min(16);
         min_interval
             .saturating_mul(1 << doublings)
@@ -95,12 +124,14 @@ impl Shared {
     }
 
     fn drop_refused(&self, rejected: TokenId) -> Invalidation {
+        let now = Instant::now();
+        let mut reauth = self.reauth();
+        reauth.settle(now);
+        reauth.last_refusal = Some(now);
         let current = self.cell.load();
         let Some(token) = current.as_ref().filter(|t| t.id() == rejected) else {
             return Invalidation::AlreadyReplaced;
         };
-        let now = Instant::now();
-        let mut reauth = self.reauth();
         if let Some(last) = reauth.last_forced {
             let next = last
                 .checked_add(reauth.interval(self.settings.min_reauth_interval))
@@ -116,6 +147,7 @@ impl Shared {
             return Invalidation::AlreadyReplaced;
         }
         reauth.last_forced = Some(now);
+        reauth.accepted = false;
         reauth.streak = reauth.streak.saturating_add(1);
         if reauth.refused.len() == REMEMBERED_REFUSALS {
             reauth.refused.pop_front();
@@ -137,17 +169,19 @@ impl Shared {
         self.reauth().refused.contains(&print)
     }
 
-    /// A request with `token` was answered without a refusal: the forced-refresh backoff
-    /// starts over.
+    /// The API accepted `token` (a success whose body finished without a refusal): its
+    /// probation ends, and the forced-refresh backoff ends once no refusal follows for
+    /// [`QUIET`].
     pub(crate) fn accepted(&self, token: TokenId) {
         let current = self.cell.load();
-        if let Some(current) = current.as_ref().filter(|t| t.id() == token) {
+        if let Some(current) = current
+            .as_ref()
+            .filter(|t| t.id() == token && t.on_probation())
+        {
             current.end_probation();
             let mut reauth = self.reauth();
-            if reauth.streak > 0 {
-                tracing::debug!(token = %token, "the API accepted the token of a forced refresh; forced refreshes no longer back off");
-                reauth.streak = 0;
-            }
+            reauth.accepted = true;
+            reauth.settle(Instant::now());
         }
     }
 }

@@ -447,7 +447,7 @@ impl Refresher {
         let lifetime = token.expires_at() - token.issued_at();
         // A token fetched while the API was refusing tokens is on probation: the first
         // request it gets accepted ends the forced-refresh backoff.
-        if shared.reauth().streak > 0 {
+        if shared.reauth().streak(Instant::now()) > 0 {
             token.start_probation();
         }
         let refresh_in_s = (token.refresh_at() - token.issued_at()).as_secs_f64();

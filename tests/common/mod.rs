@@ -43,24 +43,17 @@ pub fn client(
     EnturAuthLayer::new(source.clone()).layer(server.api_service())
 }
 
-/// Sends one request; returns the status, or the error.
-pub async fn send<S>(svc: &mut S, request: Request<Body>) -> Result<http::StatusCode, BoxError>
+/// Sends one request and reads the answer's body to its end, as a client does (the end of
+/// a success is what accepts a token on probation); returns the status, or the error.
+pub async fn send<S, B>(svc: &mut S, request: Request<Body>) -> Result<http::StatusCode, BoxError>
 where
-    S: Service<Request<Body>, Error = BoxError>,
-    S::Response: HasStatus,
+    S: Service<Request<Body>, Response = http::Response<B>, Error = BoxError>,
+    B: http_body::Body,
 {
     let response = svc.ready().await?.call(request).await?;
-    Ok(response.status())
-}
-
-pub trait HasStatus {
-    fn status(&self) -> http::StatusCode;
-}
-
-impl<B> HasStatus for http::Response<B> {
-    fn status(&self) -> http::StatusCode {
-        http::Response::status(self)
-    }
+    let status = response.status();
+    let _ = http_body_util::BodyExt::collect(response.into_body()).await;
+    Ok(status)
 }
 
 /// Lets every task that can run, run, without moving a paused clock.
@@ -79,4 +72,47 @@ where
         .await
         .unwrap()
         .call(request)
+}
+
+/// A user's own `tower::retry` policy around the auth layer: one more attempt after a 401
+/// (an answer, or `ErrorForStatus`'s error), knowing nothing of tokens. The auth layer
+/// inside drops the refused token whatever the policy does; each attempt reads the token
+/// afresh.
+#[derive(Clone, Debug, Default)]
+pub struct RetryOnce401 {
+    retried: bool,
+}
+
+impl<B, R> tower::retry::Policy<Request<B>, http::Response<R>, BoxError> for RetryOnce401
+where
+    B: entur_auth::replay::ReplayBody,
+{
+    type Future = std::future::Ready<()>;
+
+    fn retry(
+        &mut self,
+        _request: &mut Request<B>,
+        result: &mut Result<http::Response<R>, BoxError>,
+    ) -> Option<Self::Future> {
+        let refused = match result {
+            Ok(response) => response.status() == http::StatusCode::UNAUTHORIZED,
+            Err(error) => error
+                .downcast_ref::<entur_auth::Error>()
+                .is_some_and(|e| matches!(e, entur_auth::Error::Unauthorized { .. })),
+        };
+        if !refused || self.retried {
+            return None;
+        }
+        self.retried = true;
+        Some(std::future::ready(()))
+    }
+
+    fn clone_request(&mut self, request: &Request<B>) -> Option<Request<B>> {
+        let body = request.body().try_clone()?;
+        let mut clone = Request::new(body);
+        *clone.method_mut() = request.method().clone();
+        *clone.uri_mut() = request.uri().clone();
+        *clone.headers_mut() = request.headers().clone();
+        Some(clone)
+    }
 }
