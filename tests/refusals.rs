@@ -559,3 +559,161 @@ async fn grpc_unauthenticated_in_trailers_drops_the_token() {
     );
     assert_ne!(source.current().unwrap().id(), old);
 }
+
+/// What a scripted API answers to one call.
+#[derive(Clone, Copy, Debug)]
+enum Answer {
+    /// This status, with a short body.
+    Status(u16),
+    /// gRPC: 200, `content-type: application/grpc`, one message, then `grpc-status: code`
+    /// in the trailers.
+    GrpcTrailers(u32),
+}
+
+/// An API whose answer to its `n`-th call (from 0) is `script(n)`.
+#[derive(Clone)]
+struct Scripted {
+    calls: Arc<AtomicUsize>,
+    script: fn(usize) -> Answer,
+}
+
+impl Scripted {
+    fn new(script: fn(usize) -> Answer) -> Self {
+        Self {
+            calls: Arc::default(),
+            script,
+        }
+    }
+}
+
+impl<B> Service<Request<B>> for Scripted {
+    type Response = Response<Stream>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Response<Stream>, Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Request<B>) -> Self::Future {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst);
+        let response = match (self.script)(n) {
+            Answer::Status(status) => Response::builder().status(status).body(
+                http_body_util::Full::new(Bytes::from_static(b"{}"))
+                    .map_err(|never| match never {})
+                    .boxed_unsync(),
+            ),
+            Answer::GrpcTrailers(code) => {
+                let mut trailers = HeaderMap::new();
+                trailers.insert("grpc-status", code.into());
+                let frames = futures_util::stream::iter([
+                    Ok(Frame::data(Bytes::from_static(b"\0\0\0\0\0"))),
+                    Ok(Frame::trailers(trailers)),
+                ]);
+                Response::builder()
+                    .header("content-type", "application/grpc")
+                    .body(StreamBody::new(frames).boxed_unsync())
+            }
+        };
+        std::future::ready(Ok(response.unwrap()))
+    }
+}
+
+/// A simulated day of `per_tick` requests every `tick` through the layer with its replay
+/// over `api`, each answer's body read to its end as a client does. Returns the token
+/// requests made (the first fetch included) and how many answers the callers saw that were
+/// not 200.
+async fn a_day(api: Scripted, tick: Duration, per_tick: usize) -> (usize, usize) {
+    let server = server(Duration::from_secs(24 * 3600)).await;
+    let source = source(&server);
+    source.prefetch().await.unwrap();
+    let mut svc = EnturAuthLayer::new(source.clone()).with_replay().layer(api);
+    let start = tokio::time::Instant::now();
+    let mut failed = 0;
+    while start.elapsed() < Duration::from_secs(24 * 3600) {
+        for _ in 0..per_tick {
+            let request = Request::get(format!("{}/a", server.api_url()))
+                .body(Body::default())
+                .unwrap();
+            if send(&mut svc, request).await.unwrap() != StatusCode::OK {
+                failed += 1;
+            }
+        }
+        tokio::time::sleep(tick).await;
+    }
+    let fetches = server.token_requests();
+    eprintln!("a simulated day: {fetches} token requests, {failed} answers other than 200");
+    (fetches, failed)
+}
+
+/// An API that refuses every token costs ~150 token requests a day; an API that refuses
+/// only some must cost no more.
+const A_DAY_OF_REFUSALS: usize = 160;
+
+/// Defect: a forced refresh's token was "accepted" as soon as an answer's headers carried
+/// no refusal, so a gRPC API that refuses in the trailers ended the backoff on every call
+/// (~8,600 token requests a day at one call per 10 s).
+#[tokio::test(start_paused = true)]
+async fn a_grpc_api_refusing_in_the_trailers_costs_no_more_than_one_refusing_every_token() {
+    let api = Scripted::new(|_| Answer::GrpcTrailers(16));
+    let (fetches, _) = a_day(api, Duration::from_secs(10), 1).await;
+    assert!(
+        fetches <= A_DAY_OF_REFUSALS,
+        "{fetches} token requests in a day"
+    );
+}
+
+/// Defect: a gateway's 503 between refusals was taken for an accepted token and ended the
+/// backoff (~4,300 token requests a day).
+#[tokio::test(start_paused = true)]
+async fn gateway_errors_between_refusals_accept_nothing() {
+    let api = Scripted::new(|n| match n % 4 {
+        0 => Answer::Status(401),
+        1 => Answer::Status(503),
+        2 => Answer::Status(429),
+        _ => Answer::Status(502),
+    });
+    let (fetches, _) = a_day(api, Duration::from_secs(10), 1).await;
+    assert!(
+        fetches <= A_DAY_OF_REFUSALS,
+        "{fetches} token requests in a day"
+    );
+}
+
+/// Ten replicas behind a load balancer, one of which refuses every token.
+fn one_replica_in_ten_refuses(n: usize) -> Answer {
+    match n % 10 {
+        0 => Answer::Status(401),
+        _ => Answer::Status(200),
+    }
+}
+
+/// Defect: one accepted request ended the whole backoff, so one replica in ten refusing
+/// every token cost ~960 token requests a day at one request per 10 s, more than an API
+/// refusing everything. The callers see no refusal: the replay lands on another replica.
+#[tokio::test(start_paused = true)]
+async fn one_refusing_replica_in_ten_costs_no_more_at_one_request_per_10_s() {
+    let api = Scripted::new(one_replica_in_ten_refuses);
+    let (fetches, failed) = a_day(api.clone(), Duration::from_secs(10), 1).await;
+    assert!(
+        fetches <= A_DAY_OF_REFUSALS,
+        "{fetches} token requests in a day"
+    );
+    assert_eq!(failed, 0, "every refused request was replayed elsewhere");
+    assert!(api.calls.load(Ordering::SeqCst) > 8640, "refusals happened");
+}
+
+/// As above at 10 requests a second (a forced refresh per `min_reauth_interval` before).
+#[tokio::test(start_paused = true)]
+async fn one_refusing_replica_in_ten_costs_no_more_at_10_requests_a_second() {
+    let api = Scripted::new(one_replica_in_ten_refuses);
+    let (fetches, failed) = a_day(api, Duration::from_secs(1), 10).await;
+    assert!(
+        fetches <= A_DAY_OF_REFUSALS,
+        "{fetches} token requests in a day"
+    );
+    assert_eq!(failed, 0, "every refused request was replayed elsewhere");
+}

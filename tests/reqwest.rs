@@ -394,3 +394,39 @@ async fn many_requests_refused_with_one_stale_token_cause_one_fetch() {
     assert_eq!(server.api_rejections(), 16);
     assert_eq!(server.api_requests(), 1 + 16 + 16);
 }
+
+/// Defect: reqwest drops `Authorization` when a redirect leaves the host (here, the port),
+/// so the other host's 401 says nothing about the token; the middleware dropped it anyway,
+/// and fetched a new one.
+#[tokio::test(start_paused = true)]
+async fn a_401_from_a_host_the_token_never_reached_keeps_the_token() {
+    let server = server(DAY).await;
+    let elsewhere = common::server(DAY).await;
+    let source = source(&server);
+    let api = client(middleware(&source));
+    api.get(url(&server, "/a")).send().await.unwrap();
+    let token = source.current().unwrap().id();
+
+    server.push_api_fault(ApiFault::Respond {
+        status: StatusCode::FOUND,
+        headers: vec![("location".into(), url(&elsewhere, "/moved"))],
+        body: Bytes::new(),
+    });
+    let response = api.get(url(&server, "/b")).send().await.unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::UNAUTHORIZED,
+        "from the other host"
+    );
+    assert_eq!(elsewhere.api_requests(), 1, "the redirect was followed");
+    assert_eq!(
+        elsewhere.api_requests_log()[0].jti(),
+        None,
+        "without the token"
+    );
+    assert!(response.extensions().get::<Refusal>().is_none());
+    assert_eq!(server.api_requests(), 2, "no replay");
+    settle().await;
+    assert_eq!(server.token_requests(), 1, "the token was kept");
+    assert_eq!(source.current().unwrap().id(), token);
+}

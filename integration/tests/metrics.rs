@@ -703,3 +703,53 @@ async fn sources_are_told_apart_and_names_follow_the_exporters_conventions() {
         scrape.0
     );
 }
+
+/// Defect: refusals seen by the reqwest middleware and the tonic interceptor were counted
+/// with reason `direct`, and the middleware's replays not at all. Every adapter reads an
+/// answer through the same verdict, so the series say the same whichever saw it.
+#[cfg(all(feature = "reqwest", feature = "tonic"))]
+#[tokio::test(start_paused = true)]
+async fn every_adapter_counts_refusals_and_replays_alike() {
+    use entur_auth::reqwest::EnturAuthMiddleware;
+    use entur_auth::tonic::EnturAuthInterceptor;
+    use tonic::service::Interceptor;
+
+    let (recorder, handle) = prometheus();
+    let _recorder = metrics::set_default_local_recorder(&recorder);
+    let server = server(Duration::from_secs(24 * 3600)).await;
+    let source = source(&server);
+    source.prefetch().await.unwrap();
+    let refusals = |reason, action| {
+        Scrape::of(&handle).count(
+            "entur_auth_token_refusals",
+            &[("reason", reason), ("action", action)],
+        )
+    };
+    let replays =
+        |outcome| Scrape::of(&handle).count("entur_auth_replays", &[("outcome", outcome)]);
+
+    // reqwest: a 401, then the replay with the new token.
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let api = reqwest_middleware::ClientBuilder::new(http)
+        .with(EnturAuthMiddleware::new(source.clone()))
+        .build();
+    server.push_api_fault(ApiFault::invalid_token());
+    let response = api
+        .get(format!("{}/a", server.api_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(refusals("http_401", "started"), 1.0);
+    assert_eq!(replays("accepted"), 1.0);
+    assert_eq!(refusals("direct", "started"), 0.0);
+
+    // The tonic interceptor: UNAUTHENTICATED for the token it attached.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let auth = EnturAuthInterceptor::new(source.clone());
+    auth.clone().call(tonic::Request::new(())).unwrap();
+    let invalidation = auth.refused(&tonic::Status::unauthenticated("token expired"));
+    assert_eq!(invalidation, Some(entur_auth::Invalidation::Started));
+    assert_eq!(refusals("grpc_unauthenticated", "started"), 1.0);
+    assert_eq!(refusals("direct", "started"), 0.0);
+}
