@@ -13,3 +13,27 @@ pub mod grpc;
 #[cfg(all(doctest, feature = "tonic", feature = "reqwest", feature = "redis"))]
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeDoctests;
+
+/// The guides' code blocks (docs/*.md), compiled as doc tests like the README's: one item per
+/// guide, under the same features.
+#[cfg(all(doctest, feature = "tonic", feature = "reqwest", feature = "redis"))]
+pub mod guide_doctests {
+    #[doc = include_str!("../../docs/usage.md")]
+    pub struct Usage;
+    #[doc = include_str!("../../docs/credentials.md")]
+    pub struct Credentials;
+    #[doc = include_str!("../../docs/refusals.md")]
+    pub struct Refusals;
+    #[doc = include_str!("../../docs/configuration.md")]
+    pub struct Configuration;
+    #[doc = include_str!("../../docs/lifecycle.md")]
+    pub struct Lifecycle;
+    #[doc = include_str!("../../docs/observability.md")]
+    pub struct Observability;
+    #[doc = include_str!("../../docs/fleet.md")]
+    pub struct Fleet;
+    #[doc = include_str!("../../docs/testing.md")]
+    pub struct Testing;
+    #[doc = include_str!("../../docs/performance.md")]
+    pub struct Performance;
+}
