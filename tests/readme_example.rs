@@ -1,5 +1,6 @@
-//! The README's example "Testing your own code with the embedded server", run as a user's
-//! test runs; `the_readme_shows_this_example` keeps README.md and this file the same.
+//! The example "Testing your own code with the embedded server" of docs/testing.md (the guide
+//! the README links to), run as a user's test runs; `the_readme_shows_this_example` keeps
+//! docs/testing.md and this file the same.
 
 // README example: begin
 use std::time::Duration;
@@ -95,11 +96,11 @@ async fn departures_survive_refused_tokens_and_outages() -> Result<(), BoxError>
 }
 // README example: end
 
-/// The README's code block under "Testing your own code with the embedded server" is the
-/// example above, to the byte.
+/// The code block under "Testing your own code with the embedded server" in docs/testing.md
+/// (the guide the README links to) is the example above, to the byte.
 #[test]
 fn the_readme_shows_this_example() {
-    let readme = include_str!("../README.md");
+    let readme = include_str!("../docs/testing.md");
     let this = include_str!("readme_example.rs");
     let example = this
         .split_once("// README example: begin\n")
@@ -109,7 +110,7 @@ fn the_readme_shows_this_example() {
     let section = readme
         .split_once("## Testing your own code with the embedded server\n")
         .map(|(_, section)| section)
-        .expect("the README section");
+        .expect("the section in docs/testing.md");
     let block = section
         .split_once("```rust,no_run\n")
         .and_then(|(_, rest)| rest.split_once("```\n"))
@@ -117,6 +118,6 @@ fn the_readme_shows_this_example() {
         .expect("a rust,no_run block in the section");
     assert!(
         block == example,
-        "README.md's example differs from tests/readme_example.rs: copy one onto the other"
+        "docs/testing.md's example differs from tests/readme_example.rs: copy one onto the other"
     );
 }
