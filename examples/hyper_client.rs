@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use entur_auth::auth::ResponseBody;
 use entur_auth::error_for_status::ErrorForStatusLayer;
-use entur_auth::layer::ResponseBody;
 use entur_auth::testing::TestServer;
 use entur_auth::{AccessToken, BoxError, ClientName, EnturAuthLayer, TokenSource, ET_CLIENT_NAME};
 use http::{Request, Response, StatusCode};

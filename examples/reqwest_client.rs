@@ -188,11 +188,9 @@ async fn run() -> Result<(), BoxError> {
         .await
     {
         Err(reqwest_middleware::Error::Middleware(error)) => {
-            match error.downcast_ref::<entur_auth::Error>() {
-                Some(refused @ entur_auth::Error::CleartextRefused { .. }) => {
-                    println!("{} refused before sending: {refused}", at());
-                }
-                _ => return Err(format!("expected CleartextRefused, got {error}").into()),
+            match error.downcast_ref::<entur_auth::auth::CleartextRefused>() {
+                Some(refused) => println!("{} refused before sending: {refused}", at()),
+                None => return Err(format!("expected CleartextRefused, got {error}").into()),
             }
         }
         other => return Err(format!("expected CleartextRefused, got {other:?}").into()),

@@ -1,8 +1,13 @@
-//! The one error type of this crate.
+//! The error of obtaining a token, and of configuring a source: one opaque [`Error`], as
+//! hyper's and reqwest's are, with an [`ErrorKind`] to match on, methods for what a caller
+//! acts on (`is_transient`, `is_credentials`, `status`, `oauth_code`, `retry_after`), the
+//! cause behind it as its [`source`](std::error::Error::source), and what to do as its
+//! [`hint`](Error::hint).
 //!
-//! Every failure to obtain a token is an [`Error`]. Services built by this crate fail with
-//! [`BoxError`], as tower middleware does; use `downcast_ref::<entur_auth::Error>()` to
-//! get the variant back.
+//! What the API says about a request is not an [`Error`]: the middleware's own errors are
+//! [`Refused`](crate::error_for_status::Refused) and
+//! [`CleartextRefused`](crate::auth::CleartextRefused). Services built by this crate fail
+//! with [`BoxError`], as tower middleware does; `downcast_ref` gives each back.
 
 use std::fmt;
 use std::sync::Arc;
@@ -10,175 +15,118 @@ use std::time::Duration;
 
 use http::StatusCode;
 
-use crate::config::ClientAuth;
-
 /// The error type tower services use: what the inner service or this crate failed with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Why a token could not be obtained, why the configuration was refused, or why the API
-/// refused a request.
+/// Why a token could not be obtained, or why the configuration was refused.
 ///
-/// The variants separate what a caller can act on: [`Error::Rejected`] means the
-/// credentials or the grant are wrong and waiting will not help; [`Error::Unavailable`]
-/// and [`Error::Timeout`] are transient; [`Error::InvalidResponse`] means the token
-/// endpoint answered something that is not a usable token; [`Error::Config`] means the
-/// configuration is incomplete or unsafe. The last four come from the API's answers, through
-/// [`ErrorForStatus`](crate::error_for_status::ErrorForStatus).
+/// Match on [`kind`](Self::kind), or ask what a caller acts on:
+/// [`is_credentials`](Self::is_credentials) (the credentials or the grant are wrong: waiting
+/// will not help), [`is_transient`](Self::is_transient) (unreachable, overloaded, too slow:
+/// retried with backoff), [`is_config`](Self::is_config).
 ///
-/// Neither `Display` nor `Debug` ever contains the client secret or a token. The error is
+/// `Display` says what happened in one line; [`source`](std::error::Error::source) is the
+/// cause behind it (the transport's error, or the last failure before a startup deadline);
+/// [`hint`](Self::hint) says what to do; [`report`](Self::report) writes all three, as this
+/// crate's logs do. None of them ever contains the client secret or a token. The error is
 /// cheap to clone: every caller waiting on one failed fetch receives the same error.
-///
-/// # `Display` and `source()`
-///
-/// `Display` is the whole story in one line: what happened, where (the token endpoint's
-/// host, for a network failure), why (the messages of the underlying transport error, each
-/// once, repeats removed) and what to do. So [`source`](std::error::Error::source) returns
-/// `None`: an error reporter that prints an error and then its sources (anyhow's `{:#}`,
-/// eyre, a `tracing` field) shows each cause once, not once here and again below. The
-/// transport error itself is still there, in `Unavailable`'s `cause`, and the failure behind
-/// `NotReady` in its `last_error`.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
+pub struct Error {
+    inner: Arc<Kind>,
+}
+
+/// What kind of failure an [`Error`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
-pub enum Error {
+pub enum ErrorKind {
     /// The authorization server refused the credentials or the grant (RFC 6749 section 5.2):
     /// an OAuth2 error answer (in any status, 200 included), or a 400, 401 or 403 with an
-    /// empty body or an HTTP authentication challenge.
-    #[non_exhaustive]
-    Rejected {
-        /// The OAuth2 error code, e.g. [`OAuthErrorCode::InvalidClient`];
-        /// [`OAuthErrorCode::Unspecified`] when the answer carried none.
-        code: OAuthErrorCode,
-        /// The server's `error_description`, shortened and with control characters removed.
-        description: Option<String>,
-        /// The HTTP status of the answer.
-        status: StatusCode,
-        /// The auth-scheme of the answer's `WWW-Authenticate` challenge (`Basic` when one of
-        /// them is), if it had one: a server that answers `Basic` asks for HTTP Basic client
-        /// authentication.
-        challenge: Option<String>,
-        /// How the refused request authenticated the client.
-        client_auth: ClientAuth,
-    },
+    /// empty body or an HTTP authentication challenge. See [`Error::oauth_code`].
+    Rejected,
+    /// The token endpoint, or more likely a gateway in front of it (a WAF, CDN or proxy),
+    /// refused the request (400, 401 or 403) with something that is not an OAuth2 error: an
+    /// HTML page, JSON without an `error` code, plain text. Not a verdict on the
+    /// credentials; retried on the slow schedule.
+    Blocked,
     /// The token endpoint could not be reached or answered with a temporary failure
     /// (connection error, 5xx, 429, or the OAuth2 errors `temporarily_unavailable`,
     /// `server_error` and `slow_down` in any status).
-    #[non_exhaustive]
-    Unavailable {
-        /// The HTTP status, when the server answered.
-        status: Option<StatusCode>,
-        /// How long the server asked us to wait (`Retry-After`).
-        retry_after: Option<Duration>,
-        /// The underlying transport error, when there was one.
-        cause: Option<Arc<dyn std::error::Error + Send + Sync>>,
-        /// The OAuth2 error code, when the answer carried one.
-        code: Option<OAuthErrorCode>,
-        /// The server's `error_description`, shortened and with control characters removed.
-        description: Option<String>,
-        /// The token URL's host (and port, when the URL has one) that could not be reached,
-        /// for a network failure. Never a user name or password.
-        host: Option<String>,
-    },
-    /// The token endpoint, or more likely a gateway in front of it (a WAF, CDN or proxy),
-    /// refused the request (400, 401 or 403) with something that is not an OAuth2 error: an
-    /// HTML page, JSON without an `error` code, plain text. Not a verdict on the credentials:
-    /// a blocked request, or a token URL that does not point at the token endpoint, is more
-    /// likely. Retried on the slow schedule, like rejected credentials.
-    #[non_exhaustive]
-    NotOAuthRefusal {
-        /// The HTTP status of the answer.
-        status: StatusCode,
-        /// What the answer was, e.g. `an HTML page titled "Attention Required! | Cloudflare"`:
-        /// shortened, with control characters and the client secret removed.
-        answer: String,
-        /// The answer's `Server` header (e.g. `cloudflare`, `awselb/2.0`), shortened.
-        server: Option<String>,
-    },
+    Unavailable,
     /// The token endpoint did not answer within the fetch timeout.
-    #[non_exhaustive]
-    Timeout {
-        /// The fetch timeout that elapsed.
-        after: Duration,
-    },
+    Timeout,
     /// [`TokenSource::ready`](crate::TokenSource::ready) waited its whole deadline without
-    /// a token, through transient failures only (unreachable, timeouts, 5xx, 429), or while
-    /// the first token request was still unanswered.
-    #[non_exhaustive]
-    NotReady {
-        /// The deadline that passed.
-        waited: Duration,
-        /// The last transient failure, if an attempt failed by then.
-        last_error: Option<Box<Error>>,
-    },
+    /// a token, through transient failures only, or while the first token request was still
+    /// unanswered. The last failure is the [`source`](std::error::Error::source).
+    NotReady,
     /// The token endpoint answered, but not with a usable token.
-    #[non_exhaustive]
-    InvalidResponse {
-        /// The HTTP status of the answer.
-        status: StatusCode,
-        /// What was wrong with it.
-        reason: String,
-    },
+    InvalidResponse,
     /// The configuration is incomplete or unsafe (for example a plain `http://` token URL).
-    #[non_exhaustive]
-    Config {
-        /// What is wrong and how to fix it.
-        reason: String,
-    },
-    /// The API refused the token (401, gRPC `UNAUTHENTICATED`, or an Entur 408). From
-    /// [`ErrorForStatus`](crate::error_for_status::ErrorForStatus). `refusal` says what was
-    /// done about it: whether the token was dropped and a new one fetched, whether forced
-    /// refreshes are backing off, and whether the request was replayed with the new token.
-    #[non_exhaustive]
-    Unauthorized {
-        /// Whether it came as a gRPC status.
-        grpc: bool,
-        /// What [`EnturAuth`](crate::EnturAuth) and the replay did; `None` when no
-        /// `EnturAuth` below saw the answer.
-        refusal: Option<crate::layer::Refusal>,
-    },
-    /// The API accepted the token but it lacks the permission (403, gRPC
-    /// `PERMISSION_DENIED`, or a 401 with `error="insufficient_scope"`). From
-    /// [`ErrorForStatus`](crate::error_for_status::ErrorForStatus).
-    #[non_exhaustive]
-    PermissionDenied {
-        /// Whether it came as a gRPC status.
-        grpc: bool,
-    },
-    /// A request sent over plain `http://` was redirected (Entur redirects plain HTTP to
-    /// HTTPS). The redirect was not followed. From
-    /// [`ErrorForStatus`](crate::error_for_status::ErrorForStatus).
-    #[non_exhaustive]
-    InsecureRedirect {
-        /// The redirect status.
-        status: StatusCode,
-        /// Where the API redirected to, without its query (which may hold credentials).
-        location: Option<String>,
-        /// Whether the request carried the bearer token (over plain HTTP).
-        token_sent: bool,
-    },
-    /// The API answered 405: usually a request over plain HTTP to an HTTPS-only API.
-    /// From [`ErrorForStatus`](crate::error_for_status::ErrorForStatus).
-    MethodNotAllowed,
-    /// [`EnturAuth`](crate::EnturAuth) refused to send the bearer token over plain
-    /// `http://` to a host that is not loopback: the token would cross the network in
-    /// cleartext. Nothing was sent.
-    #[non_exhaustive]
-    CleartextRefused {
-        /// The request's host.
-        host: String,
-    },
+    Config,
     /// The background refresher is not running (its tokio runtime was shut down or stopped
     /// running it) and this caller could not take it over.
-    #[non_exhaustive]
-    RefresherStopped {
-        /// Why, and what to do.
-        reason: String,
-    },
+    Stopped,
     /// A bug in entur-auth (or in a transport or store it called) was contained.
-    #[non_exhaustive]
-    Internal {
-        /// What happened.
+    Internal,
+}
+
+/// What an [`Error`] holds, by kind. Crate-private: the public face is [`ErrorKind`] and the
+/// accessors.
+#[derive(Clone, Debug)]
+pub(crate) enum Kind {
+    Rejected {
+        code: OAuthErrorCode,
+        description: Option<String>,
+        status: StatusCode,
+        /// The auth-scheme of the answer's `WWW-Authenticate` challenge (`Basic` when one of
+        /// them is).
+        challenge: Option<String>,
+        /// What to do, given the code, the challenge and how the client authenticated.
+        hint: &'static str,
+    },
+    Unavailable {
+        status: Option<StatusCode>,
+        retry_after: Option<Duration>,
+        cause: Option<Arc<dyn std::error::Error + Send + Sync>>,
+        code: Option<OAuthErrorCode>,
+        description: Option<String>,
+        /// The token URL's host (and port) that could not be reached; never a password.
+        host: Option<String>,
+    },
+    Blocked {
+        status: StatusCode,
+        /// What the answer was, shortened, without control characters or the secret.
+        answer: String,
+        /// The answer's `Server` header, shortened.
+        server: Option<String>,
+    },
+    Timeout {
+        after: Duration,
+    },
+    NotReady {
+        waited: Duration,
+        last_error: Option<Error>,
+    },
+    InvalidResponse {
+        status: StatusCode,
         reason: String,
     },
+    Config {
+        reason: String,
+    },
+    Stopped {
+        reason: String,
+    },
+    Internal {
+        reason: String,
+    },
+}
+
+impl From<Kind> for Error {
+    fn from(kind: Kind) -> Self {
+        Self {
+            inner: Arc::new(kind),
+        }
+    }
 }
 
 /// The `error` code of an OAuth2 error response (RFC 6749 section 5.2).
@@ -257,7 +205,8 @@ impl OAuthErrorCode {
         }
     }
 
-    fn advice(&self) -> &'static str {
+    /// What to do about this code, whatever the client sent.
+    pub(crate) fn advice(&self) -> &'static str {
         match self {
             Self::InvalidClient => "check client_id and client_secret",
             Self::InvalidGrant => {
@@ -283,36 +232,6 @@ impl OAuthErrorCode {
             Self::Other(_) => "check client_id, client_secret and audience",
         }
     }
-
-    /// What to do about this code, given the answer's `WWW-Authenticate` auth-scheme and how
-    /// the client authenticated: a server that answers `Basic` to a secret sent in the body
-    /// wants HTTP Basic; one that refuses Basic credentials may not decode them as RFC 6749
-    /// says, or may want them in the body.
-    fn advice_for(&self, challenge: Option<&str>, client_auth: ClientAuth) -> &'static str {
-        let asks_basic = challenge.is_some_and(|scheme| scheme.eq_ignore_ascii_case("basic"));
-        let client_refused = asks_basic || matches!(self, Self::InvalidClient | Self::Unspecified);
-        match client_auth {
-            ClientAuth::Body if asks_basic => {
-                "the token endpoint asks for HTTP Basic client authentication (WWW-Authenticate: Basic) but this client sent its secret in the request body: set TokenEndpoint::client_auth(ClientAuth::Basic) (Amazon Cognito and Spring Authorization Server, for instance, refuse body secrets from clients registered for client_secret_basic); if it is still refused, check client_id and client_secret"
-            }
-            ClientAuth::Basic if client_refused => {
-                "check client_id and client_secret; if they are right, the server may not URL-decode HTTP Basic credentials as RFC 6749 section 2.3.1 requires: when the id or secret has characters other than letters, digits and - . _ *, try ClientAuth::BasicUnencoded; or the server may want them in the body (ClientAuth::Body)"
-            }
-            ClientAuth::BasicUnencoded if client_refused => {
-                "check client_id and client_secret; if they are right, the server may URL-decode HTTP Basic credentials as RFC 6749 section 2.3.1 says (ClientAuth::Basic), or want them in the body (ClientAuth::Body)"
-            }
-            ClientAuth::PrivateKeyJwt if client_refused => {
-                "check client_id, that the public key registered for the client is this private key's (and its kid), the assertion audience the server expects (TokenEndpoint::assertion_audience: its token URL or issuer), and that this machine's clock is right"
-            }
-            ClientAuth::JwtBearer if client_refused || matches!(self, Self::InvalidGrant) => {
-                "check the client id (the assertion's iss), that the key registered for the client is this one (and its kid), the assertion audience (TokenEndpoint::assertion_audience: Maskinporten wants its issuer), the scope the client may ask for, and that this machine's clock is right (Maskinporten allows 10 s)"
-            }
-            ClientAuth::TlsClientAuth if client_refused => {
-                "check client_id and that the TLS client certificate is the one registered for the client (TokenSourceBuilder::client_certificate_files), and that it has not expired"
-            }
-            _ => self.advice(),
-        }
-    }
 }
 
 impl fmt::Display for OAuthErrorCode {
@@ -323,28 +242,40 @@ impl fmt::Display for OAuthErrorCode {
 
 impl Error {
     pub(crate) fn config(reason: impl Into<String>) -> Self {
-        Self::Config {
+        Kind::Config {
             reason: reason.into(),
         }
+        .into()
     }
 
     pub(crate) fn refresher_stopped(reason: impl Into<String>) -> Self {
-        Self::RefresherStopped {
+        Kind::Stopped {
             reason: reason.into(),
         }
+        .into()
     }
 
     pub(crate) fn internal(reason: impl Into<String>) -> Self {
-        Self::Internal {
+        Kind::Internal {
             reason: reason.into(),
         }
+        .into()
     }
 
     pub(crate) fn invalid(status: StatusCode, reason: impl Into<String>) -> Self {
-        Self::InvalidResponse {
+        Kind::InvalidResponse {
             status,
             reason: reason.into(),
         }
+        .into()
+    }
+
+    pub(crate) fn timeout(after: Duration) -> Self {
+        Kind::Timeout { after }.into()
+    }
+
+    pub(crate) fn not_ready(waited: Duration, last_error: Option<Error>) -> Self {
+        Kind::NotReady { waited, last_error }.into()
     }
 
     pub(crate) fn unavailable(
@@ -352,7 +283,7 @@ impl Error {
         retry_after: Option<Duration>,
         cause: Option<Arc<dyn std::error::Error + Send + Sync>>,
     ) -> Self {
-        Self::Unavailable {
+        Kind::Unavailable {
             status,
             retry_after,
             cause,
@@ -360,6 +291,7 @@ impl Error {
             description: None,
             host: None,
         }
+        .into()
     }
 
     /// A refusal of a client that sent its secret in the body, without a challenge.
@@ -369,64 +301,215 @@ impl Error {
         description: Option<String>,
         status: StatusCode,
     ) -> Self {
-        Self::Rejected {
+        let hint = code.advice();
+        Kind::Rejected {
             code,
             description,
             status,
             challenge: None,
-            client_auth: ClientAuth::Body,
+            hint,
+        }
+        .into()
+    }
+
+    /// What this error holds.
+    pub(crate) fn inner(&self) -> &Kind {
+        &self.inner
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        match *self.inner {
+            Kind::Rejected { .. } => ErrorKind::Rejected,
+            Kind::Blocked { .. } => ErrorKind::Blocked,
+            Kind::Unavailable { .. } => ErrorKind::Unavailable,
+            Kind::Timeout { .. } => ErrorKind::Timeout,
+            Kind::NotReady { .. } => ErrorKind::NotReady,
+            Kind::InvalidResponse { .. } => ErrorKind::InvalidResponse,
+            Kind::Config { .. } => ErrorKind::Config,
+            Kind::Stopped { .. } => ErrorKind::Stopped,
+            Kind::Internal { .. } => ErrorKind::Internal,
         }
     }
 
     /// `true` when retrying soon may succeed: the token endpoint was unreachable, overloaded
-    /// or too slow. Rejected credentials, invalid responses and configuration errors are not
-    /// transient; this crate retries them only on a slow schedule.
-    ///
-    /// [`Error::NotReady`] is transient too: it is made of transient failures.
+    /// or too slow ([`ErrorKind::Unavailable`], [`ErrorKind::Timeout`], and
+    /// [`ErrorKind::NotReady`], which is made of those). Rejected credentials, invalid
+    /// answers and configuration errors are not; this crate retries them only on a slow
+    /// schedule.
     pub fn is_transient(&self) -> bool {
         matches!(
-            self,
-            Self::Unavailable { .. } | Self::Timeout { .. } | Self::NotReady { .. }
+            self.kind(),
+            ErrorKind::Unavailable | ErrorKind::Timeout | ErrorKind::NotReady
         )
     }
 
-    /// `true` when the authorization server refused the credentials or the grant.
-    pub fn is_rejected(&self) -> bool {
-        matches!(self, Self::Rejected { .. })
+    /// `true` when the authorization server refused the credentials or the grant
+    /// ([`ErrorKind::Rejected`]): see [`oauth_code`](Self::oauth_code) and
+    /// [`hint`](Self::hint).
+    pub fn is_credentials(&self) -> bool {
+        self.kind() == ErrorKind::Rejected
     }
 
-    /// The OAuth2 error code, for [`Error::Rejected`], and for [`Error::Unavailable`] when
-    /// the answer carried one (`temporarily_unavailable`, say).
+    /// `true` when the configuration is incomplete or unsafe ([`ErrorKind::Config`]).
+    pub fn is_config(&self) -> bool {
+        self.kind() == ErrorKind::Config
+    }
+
+    /// `true` when the token endpoint did not answer within the fetch timeout.
+    pub fn is_timeout(&self) -> bool {
+        self.kind() == ErrorKind::Timeout
+    }
+
+    /// The HTTP status the token endpoint answered with, when it answered.
+    pub fn status(&self) -> Option<StatusCode> {
+        match &*self.inner {
+            Kind::Rejected { status, .. }
+            | Kind::Blocked { status, .. }
+            | Kind::InvalidResponse { status, .. } => Some(*status),
+            Kind::Unavailable { status, .. } => *status,
+            _ => None,
+        }
+    }
+
+    /// The OAuth2 error code: for [`ErrorKind::Rejected`]
+    /// ([`OAuthErrorCode::Unspecified`] when the answer carried none), and for
+    /// [`ErrorKind::Unavailable`] when the answer carried one (`temporarily_unavailable`).
     pub fn oauth_code(&self) -> Option<&OAuthErrorCode> {
-        match self {
-            Self::Rejected { code, .. } => Some(code),
-            Self::Unavailable { code, .. } => code.as_ref(),
+        match &*self.inner {
+            Kind::Rejected { code, .. } => Some(code),
+            Kind::Unavailable { code, .. } => code.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// The server's `error_description`, shortened and with control characters removed.
+    pub fn description(&self) -> Option<&str> {
+        match &*self.inner {
+            Kind::Rejected { description, .. } | Kind::Unavailable { description, .. } => {
+                description.as_deref()
+            }
+            _ => None,
+        }
+    }
+
+    /// The auth-scheme of a refusal's `WWW-Authenticate` challenge (`Basic` when one of
+    /// them is): a server that answers `Basic` asks for HTTP Basic client authentication.
+    pub fn challenge(&self) -> Option<&str> {
+        match &*self.inner {
+            Kind::Rejected { challenge, .. } => challenge.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The token URL's host (and port, when the URL has one) that could not be reached.
+    /// Never a user name or password.
+    pub fn host(&self) -> Option<&str> {
+        match &*self.inner {
+            Kind::Unavailable { host, .. } => host.as_deref(),
+            Kind::NotReady {
+                last_error: Some(last),
+                ..
+            } => last.host(),
             _ => None,
         }
     }
 
     /// How long the token endpoint asked us to wait, from its `Retry-After` header.
     pub fn retry_after(&self) -> Option<Duration> {
-        match self {
-            Self::Unavailable { retry_after, .. } => *retry_after,
-            Self::NotReady {
+        match &*self.inner {
+            Kind::Unavailable { retry_after, .. } => *retry_after,
+            Kind::NotReady {
                 last_error: Some(last),
                 ..
             } => last.retry_after(),
             _ => None,
         }
     }
+
+    /// For [`ErrorKind::NotReady`]: the last transient failure before the deadline, if an
+    /// attempt failed by then (also its [`source`](std::error::Error::source)).
+    pub fn last_error(&self) -> Option<&Error> {
+        match &*self.inner {
+            Kind::NotReady { last_error, .. } => last_error.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// What to do about it, when there is more to say than the message: the checks for a
+    /// refused client, a blocked request, an unreachable or slow endpoint, an untrusted
+    /// certificate. A configuration error's message already says what to change.
+    pub fn hint(&self) -> Option<&'static str> {
+        match &*self.inner {
+            Kind::Rejected { hint, .. } => Some(hint),
+            Kind::Blocked { .. } => Some(
+                "a WAF, CDN, proxy or wrong URL is more likely than bad credentials: check the token URL, and whether a gateway in front of the token endpoint blocks requests from this host or client (it sees the User-Agent set with TokenEndpoint::user_agent); retrying on the slow schedule",
+            ),
+            Kind::Unavailable { cause, .. } => Some(
+                match cause
+                    .as_ref()
+                    .is_some_and(|c| chain(c.as_ref()).contains("certificate"))
+                {
+                    true => "retrying with backoff; the token endpoint's TLS certificate was not accepted: if it comes from a private CA, add the CA with TokenSourceBuilder::extra_root_certificate_pem",
+                    false => "retrying with backoff, and a token still usable is still sent: check network access to the token endpoint (DNS, firewall, proxy) if this persists",
+                },
+            ),
+            Kind::Timeout { .. } => Some(
+                "retrying with backoff: check network access to the token URL, or raise the fetch timeout",
+            ),
+            Kind::NotReady {
+                last_error: Some(last),
+                ..
+            } => last.hint(),
+            Kind::NotReady {
+                last_error: None, ..
+            } => Some(
+                "check network access to the token URL, or give ready() a longer deadline than the fetch timeout",
+            ),
+            Kind::InvalidResponse { .. } => {
+                Some("check that the token URL points at an OAuth2 token endpoint")
+            }
+            Kind::Config { .. } | Kind::Stopped { .. } | Kind::Internal { .. } => None,
+        }
+    }
+
+    /// The whole story in one line, as this crate's logs write it: the message, each cause
+    /// once (repeats removed), and the hint.
+    pub fn report(&self) -> Report<'_> {
+        Report(self)
+    }
+}
+
+/// [`Error::report`]: the message, its causes and the hint, in one line.
+#[derive(Debug)]
+pub struct Report<'a>(&'a Error);
+
+impl fmt::Display for Report<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let error = self.0;
+        write!(f, "{}", chain(error))?;
+        match error.hint() {
+            Some(hint) => write!(f, "; {hint}"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.inner, f)
+    }
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Rejected {
+        match &*self.inner {
+            Kind::Rejected {
                 code,
                 description,
                 status,
                 challenge,
-                client_auth,
+                ..
             } => {
                 write!(
                     f,
@@ -443,13 +526,9 @@ impl fmt::Display for Error {
                 if let Some(scheme) = challenge {
                     write!(f, "; WWW-Authenticate: {scheme}")?;
                 }
-                write!(
-                    f,
-                    "): {}",
-                    code.advice_for(challenge.as_deref(), *client_auth)
-                )
+                f.write_str(")")
             }
-            Self::NotOAuthRefusal {
+            Kind::Blocked {
                 status,
                 answer,
                 server,
@@ -462,164 +541,80 @@ impl fmt::Display for Error {
                 if let Some(server) = server {
                     write!(f, " (Server: {server})")?;
                 }
-                f.write_str(
-                    ", not an OAuth error: a WAF, CDN, proxy or wrong URL is more likely than bad credentials; check the token URL, and whether a gateway in front of the token endpoint blocks requests from this host or client (it sees the User-Agent set with TokenEndpoint::user_agent); retrying on the slow schedule",
-                )
+                f.write_str(", not an OAuth error")
             }
-            Self::Unavailable {
+            Kind::Unavailable {
                 status,
                 retry_after,
-                cause,
                 code,
                 description,
                 host,
+                ..
             } => {
                 f.write_str("token endpoint ")?;
                 if let Some(host) = host {
                     write!(f, "{host} ")?;
                 }
                 match status {
-                    Some(status) => write!(f, "unavailable (answered {}", status.as_u16())?,
+                    Some(status) => {
+                        write!(f, "unavailable (answered {}", status.as_u16())?;
+                        if let Some(code) = code {
+                            write!(f, " {code}")?;
+                        }
+                        if let Some(description) = description {
+                            write!(f, ": {description}")?;
+                        }
+                        f.write_str(")")?;
+                    }
                     None => f.write_str("unreachable")?,
                 }
-                if status.is_some() {
-                    if let Some(code) = code {
-                        write!(f, " {code}")?;
-                    }
-                    if let Some(description) = description {
-                        write!(f, ": {description}")?;
-                    }
-                    f.write_str(")")?;
-                }
-                let cause = cause.as_ref().map(|c| chain(c.as_ref()));
-                if let Some(cause) = &cause {
-                    write!(f, " ({cause})")?;
-                }
-                if let Some(wait) = retry_after {
-                    write!(f, "; it asked to retry after {} s", wait.as_secs())?;
-                }
-                f.write_str("; retrying with backoff, the current token (if any) is still used: ")?;
-                if cause.is_some_and(|c| c.contains("certificate")) {
-                    f.write_str("the token endpoint's TLS certificate was not accepted; if it comes from a private CA, add the CA with TokenSourceBuilder::extra_root_certificate_pem")
-                } else {
-                    match host {
-                        Some(host) => write!(f, "check network access to {host} (DNS, firewall, proxy) if this persists"),
-                        None => f.write_str("check network access to the token URL if this persists"),
-                    }
+                match retry_after {
+                    Some(wait) => write!(f, "; it asked to retry after {} s", wait.as_secs()),
+                    None => Ok(()),
                 }
             }
-            Self::Timeout { after } => write!(
+            Kind::Timeout { after } => write!(
                 f,
-                "token endpoint did not answer within {} ms; retrying with backoff: check network access to the token URL, or raise the fetch timeout",
+                "token endpoint did not answer within {} ms",
                 after.as_millis()
             ),
-            Self::NotReady { waited, last_error } => {
+            Kind::NotReady { waited, last_error } => {
                 write!(
                     f,
                     "no access token within the {} startup deadline of TokenSource::ready: ",
                     seconds(*waited)
                 )?;
-                match last_error {
-                    Some(last) => write!(f, "the token endpoint kept failing transiently; the last attempt: {last}"),
-                    None => f.write_str("the first token request was still unanswered; check network access to the token URL, or give ready() a longer deadline than the fetch timeout"),
-                }
+                f.write_str(match last_error {
+                    Some(_) => "the token endpoint kept failing transiently",
+                    None => "the first token request was still unanswered",
+                })
             }
-            Self::InvalidResponse { status, reason } => write!(
+            Kind::InvalidResponse { status, reason } => write!(
                 f,
-                "token endpoint answered {} but not with a usable token: {reason}; check that the token URL points at an OAuth2 token endpoint",
+                "token endpoint answered {} but not with a usable token: {reason}",
                 status.as_u16()
             ),
-            Self::Config { reason } => write!(f, "invalid configuration: {reason}"),
-            Self::Unauthorized { grpc, refusal } => unauthorized(f, *grpc, refusal.as_ref()),
-            Self::PermissionDenied { grpc } => write!(
-                f,
-                "the API accepted the token but refused the request ({}): the client lacks the permission (scope) this endpoint needs; ask Entur to grant it or check the client is set up for this API",
-                if *grpc { "gRPC PERMISSION_DENIED" } else { "403 Forbidden" }
-            ),
-            Self::InsecureRedirect {
-                status,
-                location,
-                token_sent,
-            } => {
-                write!(
-                    f,
-                    "the API answered {} to a request over plain http://, redirecting to {}; the redirect was not followed: use https://",
-                    status.as_u16(),
-                    location.as_deref().unwrap_or("an unnamed location")
-                )?;
-                if *token_sent {
-                    f.write_str(" (the bearer token was sent with the plain-http request: treat it as exposed)")
-                } else {
-                    f.write_str(" (no bearer token was sent)")
-                }
-            }
-            Self::CleartextRefused { host } => write!(
-                f,
-                "refused to send the bearer token over plain http:// to {host}: it would cross the network in cleartext; use https://, or, if this host is reached over a network you trust (a sidecar, a mesh with mTLS), allow it with EnturAuthLayer::allow_plain_http(true) (reqwest: EnturAuthMiddleware::allow_plain_http(true))"
-            ),
-            Self::RefresherStopped { reason } => {
-                write!(f, "the token refresher is not running: {reason}")
-            }
-            Self::Internal { reason } => write!(f, "internal error in entur-auth: {reason}"),
-            Self::MethodNotAllowed => f.write_str(
-                "the API answered 405 Method Not Allowed: this usually means the request went over plain http://, which Entur's APIs do not support; use https:// (or check the HTTP method)",
-            ),
+            Kind::Config { reason } => write!(f, "invalid configuration: {reason}"),
+            Kind::Stopped { reason } => write!(f, "the token refresher is not running: {reason}"),
+            Kind::Internal { reason } => write!(f, "internal error in entur-auth: {reason}"),
         }
     }
 }
 
-/// `source()` is `None`: `Display` already says everything, causes included (see
-/// [`Error`]'s documentation).
-impl std::error::Error for Error {}
-
-/// Says what happened to a refused token and what to do, from the [`Refusal`] the auth layer
-/// and the replay recorded.
-///
-/// [`Refusal`]: crate::layer::Refusal
-fn unauthorized(
-    f: &mut fmt::Formatter<'_>,
-    grpc: bool,
-    refusal: Option<&crate::layer::Refusal>,
-) -> fmt::Result {
-    use crate::classify::Reauth;
-    use crate::layer::ReplayOutcome as Replay;
-    use crate::source::Invalidation;
-
-    let answer = match refusal.map(|r| r.reason) {
-        Some(Reauth::SessionTimeout) => "408: the token expired during the session",
-        _ if grpc => "gRPC UNAUTHENTICATED",
-        _ => "401 Unauthorized",
-    };
-    write!(f, "the API refused the token ({answer})")?;
-    let Some(refusal) = refusal else {
-        return f.write_str(
-            "; no EnturAuth layer below saw the answer, so the token was not dropped: build the stack with EnturAuthLayer::with_replay(), or put ErrorForStatusLayer outside EnturAuthLayer",
-        );
-    };
-    const CHECK: &str = "the client_secret may have changed, or the token's audience is not this API's (Entur: the token server and the API must be the same environment)";
-    match (refusal.invalidation, refusal.replay) {
-        (Invalidation::RateLimited { retry_in }, replay) => write!(
-            f,
-            " right after a forced refresh: the API keeps refusing new tokens, so re-authentication backs off (next in {} s){}; {CHECK}",
-            retry_in.as_secs().max(1),
-            match replay {
-                Replay::Replayed => " and the request, replayed with the same token, was refused again",
-                _ => " and the request was not replayed",
-            }
-        ),
-        (_, Replay::Replayed) => write!(
-            f,
-            " again after re-authenticating: the request was replayed with a new token and refused too; {CHECK}"
-        ),
-        (Invalidation::SourceGone, _) => f.write_str(
-            "; the token source was dropped, so no new token is coming",
-        ),
-        (_, Replay::NotReplayable) => f.write_str(
-            "; a new token is being fetched, but this request was not replayed because its body cannot be sent twice (a stream): send it again, or buffer bodies with BufferRequestLayer",
-        ),
-        _ => f.write_str(
-            "; a new token is being fetched, but this request was not replayed (no replay layer around EnturAuth): send it again, or build the stack with EnturAuthLayer::with_replay()",
-        ),
+/// The cause behind the error: the transport's error for an unreachable endpoint, the last
+/// failure for a missed startup deadline.
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &*self.inner {
+            Kind::Unavailable {
+                cause: Some(cause), ..
+            } => Some(cause.as_ref()),
+            Kind::NotReady {
+                last_error: Some(last),
+                ..
+            } => Some(last),
+            _ => None,
+        }
     }
 }
 
@@ -700,10 +695,10 @@ mod tests {
             None,
             StatusCode::UNAUTHORIZED,
         );
-        let text = e.to_string();
+        let text = e.report().to_string();
         assert!(text.contains("invalid_client"), "{text}");
         assert!(text.contains("check client_id and client_secret"), "{text}");
-        assert!(e.is_rejected() && !e.is_transient());
+        assert!(e.is_credentials() && !e.is_transient());
 
         let e = Error::unavailable(
             Some(StatusCode::SERVICE_UNAVAILABLE),
@@ -712,7 +707,7 @@ mod tests {
         );
         assert!(e.is_transient());
         assert_eq!(e.retry_after(), Some(Duration::from_secs(7)));
-        assert!(e.to_string().contains("503"), "{e}");
+        assert!(e.report().to_string().contains("503"), "{e}");
     }
 
     /// An error with a message and a source, as transports nest them.
@@ -756,34 +751,39 @@ mod tests {
 
     #[test]
     fn a_rendered_chain_says_the_cause_once() {
-        let unreachable = Error::Unavailable {
+        let unreachable = Error::from(Kind::Unavailable {
             status: None,
             retry_after: None,
             cause: Some(Arc::new(refused())),
             code: None,
             description: None,
             host: Some("partner.dev.entur.org".into()),
-        };
+        });
+        // An error reporter: the message, then each source.
         let text = report(&unreachable);
-        assert_eq!(text.matches("Connection refused").count(), 1, "{text}");
-        assert_eq!(text.matches("tcp connect error").count(), 1, "{text}");
         assert!(
-            text.starts_with("token endpoint partner.dev.entur.org unreachable (client error (Connect): tcp connect error: Connection refused (os error 111))"),
+            text.starts_with("token endpoint partner.dev.entur.org unreachable\ncaused by: client error (Connect)"),
             "{text}"
         );
+        assert_eq!(text.matches("Connection refused").count(), 2, "{text}");
+        // This crate's own one line: each cause once, then what to do.
+        let line = unreachable.report().to_string();
+        assert_eq!(line.matches("Connection refused").count(), 1, "{line}");
+        assert_eq!(line.matches("tcp connect error").count(), 1, "{line}");
         assert!(
-            text.contains("check network access to partner.dev.entur.org"),
-            "{text}"
+            line.starts_with("token endpoint partner.dev.entur.org unreachable: client error (Connect): tcp connect error: Connection refused (os error 111); retrying with backoff"),
+            "{line}"
         );
+        assert!(line.contains("check network access"), "{line}");
+        assert_eq!(unreachable.host(), Some("partner.dev.entur.org"));
 
-        let not_ready = Error::NotReady {
-            waited: Duration::from_secs(30),
-            last_error: Some(Box::new(unreachable)),
-        };
-        let text = report(&not_ready);
-        assert_eq!(text.matches("Connection refused").count(), 1, "{text}");
-        assert!(text.contains("partner.dev.entur.org"), "{text}");
-        assert!(!text.contains('\n'), "{text}");
+        let not_ready = Error::not_ready(Duration::from_secs(30), Some(unreachable));
+        let line = not_ready.report().to_string();
+        assert_eq!(line.matches("Connection refused").count(), 1, "{line}");
+        assert!(line.contains("partner.dev.entur.org"), "{line}");
+        assert!(!line.contains('\n'), "{line}");
+        assert_eq!(not_ready.host(), Some("partner.dev.entur.org"));
+        assert!(std::error::Error::source(&not_ready).is_some());
     }
 
     #[test]

@@ -65,49 +65,41 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-pub mod assertion;
-pub mod buffer;
-mod challenge;
-pub mod classify;
-#[cfg(feature = "rustls")]
-mod client;
+pub mod auth;
 pub mod config;
-mod endpoint;
 pub mod error;
-pub mod error_for_status;
-pub mod layer;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub mod metrics;
-pub mod replay;
+pub mod oauth;
 #[cfg(feature = "reqwest")]
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
 pub mod reqwest;
 pub mod source;
-#[cfg(feature = "shared-store")]
-#[cfg_attr(docsrs, doc(cfg(feature = "shared-store")))]
-pub mod store;
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod testing;
-pub mod token;
 #[cfg(feature = "tonic")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
 pub mod tonic;
 
-pub use config::{
-    BodyEncoding, ClientAuth, ClientName, ClientSecret, Config, Credentials, Environment,
-    MaskinportenEnvironment, TokenEndpoint,
+pub use auth::{classify, error_for_status, replay};
+pub use auth::{EnturAuth, EnturAuthLayer, Refusal, ReplayOutcome, SentToken, ET_CLIENT_NAME};
+pub use config::Config;
+pub use error::{BoxError, Error, ErrorKind, OAuthErrorCode};
+pub use oauth::assertion;
+pub use oauth::{
+    BodyEncoding, ClientAuth, ClientName, ClientSecret, Credentials, Environment,
+    MaskinportenEnvironment, TokenEndpoint, TokenRequestBody,
 };
-pub use endpoint::TokenRequestBody;
-pub use error::{BoxError, Error, OAuthErrorCode};
-pub use layer::{EnturAuth, EnturAuthLayer, Refusal, ReplayOutcome, SentToken, ET_CLIENT_NAME};
 pub use replay::ReplayLayer;
+#[cfg(feature = "shared-store")]
+#[cfg_attr(docsrs, doc(cfg(feature = "shared-store")))]
+pub use source::store;
 pub use source::{
-    FetchOutcome, Health, Invalidation, Status, StoreState, TokenOrigin, TokenSource,
-    TokenSourceBuilder, WeakTokenSource,
+    AccessToken, FetchOutcome, Health, Invalidation, Status, StoreState, TokenId, TokenOrigin,
+    TokenSource, TokenSourceBuilder, WeakTokenSource,
 };
-pub use token::{AccessToken, TokenId};
 
 /// Entry points for the fuzz targets in `fuzz/` and the property tests. Not part of the API.
 #[doc(hidden)]
@@ -117,8 +109,8 @@ pub mod __fuzz {
     use bytes::Bytes;
     use http::{HeaderMap, HeaderValue, StatusCode};
 
-    use crate::endpoint::{read_response, RawResponse};
-    use crate::token::{AccessToken, Claims, Issued, Lifecycle};
+    use crate::oauth::exchange::{read_response, RawResponse};
+    use crate::source::token::{AccessToken, Claims, Issued, Lifecycle};
 
     /// Reads a token endpoint answer the way the token source does, up to the finished
     /// `AccessToken`, with the request sent now. Returns the token's lifetime, or the error.

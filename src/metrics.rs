@@ -89,9 +89,7 @@ use std::time::Duration;
 
 use ::metrics::{describe_counter, describe_gauge, describe_histogram, Label, SharedString, Unit};
 
-use crate::classify::Reauth;
-use crate::error::Error;
-use crate::source::{Health, Invalidation};
+use crate::error::{Error, ErrorKind};
 
 /// Token requests, by `outcome`.
 pub const TOKEN_REQUESTS: &str = "entur_auth.token.requests";
@@ -215,32 +213,19 @@ pub(crate) fn token_request_panicked(labels: &SourceLabels) {
 }
 
 /// The source's health and how much longer its token will be sent.
-pub(crate) fn source_state(labels: &SourceLabels, health: Health, usable_for: Option<Duration>) {
+pub(crate) fn source_state(labels: &SourceLabels, current: &str, usable_for: Option<Duration>) {
     ::metrics::gauge!(TOKEN_USABLE_FOR, labels.with(&[]))
         .set(usable_for.unwrap_or_default().as_secs_f64());
-    let current = health_state(health);
     for state in HEALTH_STATES {
         let value = if state == current { 1.0 } else { 0.0 };
         ::metrics::gauge!(SOURCE_HEALTH, labels.with(&[("state", state)])).set(value);
     }
 }
 
-/// The source was told that the API refused a token (`reason`, `None` for a direct call of
-/// `TokenSource::invalidate`), and did `action`.
-pub(crate) fn refusal(labels: &SourceLabels, reason: Option<Reauth>, action: Invalidation) {
-    let reason = match reason {
-        Some(Reauth::Unauthorized) => "http_401",
-        Some(Reauth::SessionTimeout) => "http_408",
-        Some(Reauth::GrpcUnauthenticated) => "grpc_unauthenticated",
-        None => "direct",
-    };
-    let action = match action {
-        Invalidation::Started => "started",
-        Invalidation::AlreadyReplaced => "already_replaced",
-        Invalidation::RateLimited { .. } => "rate_limited",
-        // Not recorded: without the source there are no labels.
-        Invalidation::SourceGone => return,
-    };
+/// The source was told that the API refused a token (`reason`: `http_401`, `http_408`,
+/// `grpc_unauthenticated`, or `direct` for a call of `TokenSource::invalidate`), and did
+/// `action` (`started`, `already_replaced`, `rate_limited`).
+pub(crate) fn refusal(labels: &SourceLabels, reason: &'static str, action: &'static str) {
     ::metrics::counter!(
         TOKEN_REFUSALS,
         labels.with(&[("reason", reason), ("action", action)])
@@ -249,7 +234,7 @@ pub(crate) fn refusal(labels: &SourceLabels, reason: Option<Reauth>, action: Inv
 }
 
 /// What became of a refused request: replayed and `accepted`, `refused` or `failed`, or not
-/// replayed (`not_replayable`, `rate_limited`).
+/// replayed (`not_replayable`).
 pub(crate) fn replay(labels: &SourceLabels, outcome: &'static str) {
     ::metrics::counter!(REPLAYS, labels.with(&[("outcome", outcome)])).increment(1);
 }
@@ -283,7 +268,7 @@ pub(crate) fn store_bypassed(labels: &SourceLabels, bypassed: bool) {
     ::metrics::gauge!(STORE_BYPASSED, labels.with(&[])).set(if bypassed { 1.0 } else { 0.0 });
 }
 
-const HEALTH_STATES: [&str; 7] = [
+pub(crate) const HEALTH_STATES: [&str; 7] = [
     "idle",
     "fresh",
     "refreshing",
@@ -293,50 +278,25 @@ const HEALTH_STATES: [&str; 7] = [
     "stopped",
 ];
 
-fn health_state(health: Health) -> &'static str {
-    match health {
-        Health::Idle => "idle",
-        Health::Fresh => "fresh",
-        Health::Refreshing => "refreshing",
-        Health::Degraded => "degraded",
-        Health::Fetching => "fetching",
-        Health::Failing => "failing",
-        Health::Stopped => "stopped",
-    }
-}
-
 fn request_outcome(result: Result<(), &Error>) -> &'static str {
-    match result {
-        Ok(()) => "success",
-        Err(Error::Rejected { .. }) => "rejected",
-        Err(Error::NotOAuthRefusal { .. }) => "blocked",
-        Err(Error::Unavailable { .. }) => "unavailable",
-        Err(Error::Timeout { .. }) => "timeout",
-        Err(Error::InvalidResponse { .. }) => "invalid",
-        Err(Error::Config { .. }) => "config",
+    let Err(error) = result else {
+        return "success";
+    };
+    match error.kind() {
+        ErrorKind::Rejected => "rejected",
+        ErrorKind::Blocked => "blocked",
+        ErrorKind::Unavailable => "unavailable",
+        ErrorKind::Timeout => "timeout",
+        ErrorKind::InvalidResponse => "invalid",
+        ErrorKind::Config => "config",
         // The rest never come from a token request; a contained panic is `Internal`.
-        Err(_) => "internal",
+        _ => "internal",
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn every_health_state_has_its_label() {
-        let all = [
-            Health::Idle,
-            Health::Fresh,
-            Health::Refreshing,
-            Health::Degraded,
-            Health::Fetching,
-            Health::Failing,
-            Health::Stopped,
-        ];
-        let labels: Vec<_> = all.into_iter().map(health_state).collect();
-        assert_eq!(labels, HEALTH_STATES);
-    }
 
     #[test]
     fn outcomes_name_the_error_kinds() {
@@ -346,22 +306,18 @@ mod tests {
             (Error::config("bad"), "config"),
             (Error::internal("a bug"), "internal"),
             (Error::unavailable(None, None, None), "unavailable"),
-            (
-                Error::Timeout {
-                    after: Duration::from_secs(1),
-                },
-                "timeout",
-            ),
+            (Error::timeout(Duration::from_secs(1)), "timeout"),
             (
                 Error::rejected(crate::OAuthErrorCode::InvalidClient, None, status),
                 "rejected",
             ),
             (
-                Error::NotOAuthRefusal {
+                crate::error::Kind::Blocked {
                     status,
                     answer: "an HTML page".into(),
                     server: None,
-                },
+                }
+                .into(),
                 "blocked",
             ),
         ];

@@ -24,7 +24,7 @@
 //!   `ET-Client-Name`. With no usable token yet, the request waits on the one fetch shared
 //!   by every caller of the source ([`TokenSource::token`]).
 //! - Refuses a request to `http://` on a host that is not loopback with
-//!   [`Error::CleartextRefused`] before anything is sent (no DNS lookup, no connection);
+//!   [`CleartextRefused`](crate::auth::CleartextRefused) before anything is sent (no DNS lookup, no connection);
 //!   [`EnturAuthMiddleware::allow_plain_http`] lifts the check.
 //! - Reads the answer as [`EnturAuth`](crate::EnturAuth) does: a 401 (but not one whose
 //!   Bearer challenge says `insufficient_scope`), and a 408 when the source's endpoint says a
@@ -45,19 +45,23 @@
 //!
 //! # Errors
 //!
-//! A token that cannot be had, and a refused cleartext request, come out as
-//! [`reqwest_middleware::Error::Middleware`] wrapping an [`entur_auth::Error`](Error); get the
-//! variant back with `downcast_ref`:
+//! A token that cannot be had comes out as [`reqwest_middleware::Error::Middleware`]
+//! wrapping an [`entur_auth::Error`](Error), and a refused cleartext request wrapping a
+//! [`CleartextRefused`](crate::auth::CleartextRefused); get them back with `downcast_ref`:
 //!
 //! ```
 //! # async fn run(api: reqwest_middleware::ClientWithMiddleware) {
 //! match api.get("http://api.entur.io/journey-planner/v3").send().await {
 //!     Err(reqwest_middleware::Error::Middleware(error)) => {
-//!         match error.downcast_ref::<entur_auth::Error>() {
-//!             Some(entur_auth::Error::CleartextRefused { host, .. }) => eprintln!("not over http: {host}"),
-//!             Some(error) if error.is_transient() => eprintln!("token endpoint down, retry later: {error}"),
-//!             Some(error) => eprintln!("fix the configuration: {error}"),
-//!             None => eprintln!("another middleware failed: {error}"),
+//!         if let Some(refused) = error.downcast_ref::<entur_auth::auth::CleartextRefused>() {
+//!             eprintln!("not over http: {refused}; {}", refused.hint());
+//!         } else if let Some(error) = error.downcast_ref::<entur_auth::Error>() {
+//!             match error.is_transient() {
+//!                 true => eprintln!("token endpoint down, retry later: {error}"),
+//!                 false => eprintln!("fix the configuration: {error}"),
+//!             }
+//!         } else {
+//!             eprintln!("another middleware failed: {error}");
 //!         }
 //!     }
 //!     Err(error) => eprintln!("reqwest failed: {error}"),
@@ -86,12 +90,12 @@ use ::reqwest::{Request, Response, ResponseBuilderExt, Url};
 use http::{Extensions, HeaderValue};
 use reqwest_middleware::{Middleware, Next};
 
-use crate::config::ClientName;
+use crate::auth::verdict::{self, Head, Replay as Outcome, Verdict};
+use crate::auth::{refuse_cleartext, Refusal, ReplayOutcome, ResponseBody, ET_CLIENT_NAME};
 use crate::error::Error;
-use crate::layer::verdict::{self, Head, Replay as Outcome, Verdict};
-use crate::layer::{refuse_cleartext, Refusal, ReplayOutcome, ResponseBody, ET_CLIENT_NAME};
+use crate::oauth::ClientName;
+use crate::source::token::AccessToken;
 use crate::source::{Invalidation, TokenSource};
-use crate::token::AccessToken;
 
 /// A [`reqwest_middleware::Middleware`] that authenticates requests with tokens from a
 /// shared [`TokenSource`]; see the [module docs](self).
@@ -124,7 +128,7 @@ impl EnturAuthMiddleware {
     }
 
     /// Allows sending the bearer token over plain `http://` to hosts that are not loopback.
-    /// Default `false`: such requests fail with [`Error::CleartextRefused`] and nothing is
+    /// Default `false`: such requests fail with [`CleartextRefused`](crate::auth::CleartextRefused) and nothing is
     /// sent. Allow it only when the network path is protected otherwise (a sidecar proxy, a
     /// service mesh with mTLS).
     pub fn allow_plain_http(mut self, allow: bool) -> Self {

@@ -34,7 +34,7 @@
 //! | | `EnturAuthInterceptor` | `EnturAuthLayer::with_replay()` over a `Channel` |
 //! |---|---|---|
 //! | no token yet | the call fails at once with `UNAVAILABLE`, and the fetch starts: call [`TokenSource::ready`] at startup | the call waits for the one shared fetch |
-//! | the server answers `UNAUTHENTICATED` | the call fails; you report it with [`refused`](EnturAuthInterceptor::refused) or [`observe`](EnturAuthInterceptor::observe), which drop the token, and the next call carries a new one | the layer sees it (in the headers or the trailers) and drops the token itself; the call is replayed once with the new token (with `BufferRequestLayer` outside) |
+//! | the server answers `UNAUTHENTICATED` | the call fails; you report it with [`refused`](EnturAuthInterceptor::refused) or [`observe`](EnturAuthInterceptor::observe), which drop the token, and the next call carries a new one | the layer sees it (in the headers or the trailers) and drops the token itself; the call is replayed once with the new token (with `CollectBodyLayer` outside) |
 //! | the client's type | `Client<InterceptedService<Channel, EnturAuthInterceptor>>`, tonic's usual pattern | a tower stack; the request body goes through `Full<Bytes>` for the replay |
 //! | `http://` to a host that is not loopback | sent: the interceptor does not see the URI (use `https://` endpoints) | refused before anything is sent |
 //!
@@ -88,12 +88,12 @@ use arc_swap::{ArcSwapOption, Cache};
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderValue};
 
-use crate::config::ClientName;
-use crate::error::Error;
-use crate::layer::verdict::{self, Verdict};
-use crate::layer::ET_CLIENT_NAME;
+use crate::auth::verdict::{self, Verdict};
+use crate::auth::ET_CLIENT_NAME;
+use crate::error::ErrorKind;
+use crate::oauth::ClientName;
+use crate::source::token::{AccessToken, TokenId};
 use crate::source::{Invalidation, TokenSource};
-use crate::token::{AccessToken, TokenId};
 
 /// The message of the `UNAVAILABLE` status for a call made before the first token.
 const NO_TOKEN_YET: &str = "no access token yet: the first fetch has started; retry, or call TokenSource::ready() at startup";
@@ -242,9 +242,12 @@ impl EnturAuthInterceptor {
         if let Err(error) = self.source.start_fetch() {
             // Only the message reaches the caller: `InterceptedService` sends the status
             // through its HTTP form, so a source would be lost.
-            let message = match error {
-                Error::RefresherStopped { .. } => format!("no access token: {error}"),
-                _ => format!("no access token: the last token fetch failed: {error}"),
+            let message = match error.kind() {
+                ErrorKind::Stopped => format!("no access token: {}", error.report()),
+                _ => format!(
+                    "no access token: the last token fetch failed: {}",
+                    error.report()
+                ),
             };
             return Err(Status::unavailable(message));
         }

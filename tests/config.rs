@@ -47,8 +47,8 @@ fn load(vars: HashMap<String, String>) -> Result<Config, Error> {
 /// configuration error that never shows the secret.
 fn refused(changes: &[(&str, Option<&str>)]) -> String {
     let error = load(vars(ENTUR, changes)).expect_err("the configuration was accepted");
-    assert!(matches!(error, Error::Config { .. }), "{error:?}");
-    let text = error.to_string();
+    assert!(error.kind() == entur_auth::ErrorKind::Config, "{error:?}");
+    let text = error.report().to_string();
     assert!(!text.contains(SECRET), "{text}");
     assert!(!format!("{error:?}").contains(SECRET), "{error:?}");
     text
@@ -908,7 +908,8 @@ async fn an_unreachable_token_endpoint_is_named_by_host_and_its_cause_said_once(
 
     let error = source.token().await.unwrap_err();
     assert!(
-        matches!(&error, Error::Unavailable { host: Some(host), .. } if *host == format!("127.0.0.1:{port}")),
+        error.kind() == entur_auth::ErrorKind::Unavailable
+            && error.host() == Some(format!("127.0.0.1:{port}").as_str()),
         "{error:?}"
     );
     let text = report(&error);
@@ -922,7 +923,7 @@ async fn an_unreachable_token_endpoint_is_named_by_host_and_its_cause_said_once(
 
     // The startup wait that gives up says it once too, with the host.
     let error = source.ready(Duration::from_millis(300)).await.unwrap_err();
-    assert!(matches!(error, Error::NotReady { .. }), "{error:?}");
+    assert!(error.kind() == entur_auth::ErrorKind::NotReady, "{error:?}");
     let text = report(&error);
     assert_eq!(text.matches(cause).count(), 1, "{text}");
     says(&text, &[&format!("127.0.0.1:{port}")]);

@@ -78,7 +78,10 @@ async fn auth0() {
     let wrong_audience = r#"{"error":"access_denied","error_description":"Service not enabled within domain: https://api.example.com"}"#;
     let error = error_from(Fault::respond(403, &[JSON], wrong_audience)).await;
     assert_rejected(&error, OAuthErrorCode::AccessDenied);
-    assert!(error.to_string().contains("Service not enabled"), "{error}");
+    assert!(
+        error.report().to_string().contains("Service not enabled"),
+        "{error}"
+    );
 
     let limited =
         r#"{"error":"too_many_requests","error_description":"Global limit has been reached"}"#;
@@ -129,7 +132,10 @@ async fn entra_id_v2() {
     let bad_secret = r#"{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID.","error_codes":[7000215],"timestamp":"2026-11-28 10:00:00Z","trace_id":"0000aaaa-11bb-cccc-dd22-eeeeee333333","correlation_id":"aaaa0000-bb11-2222-33cc-444444dddddd","error_uri":"https://login.microsoftonline.com/error?code=7000215"}"#;
     let error = error_from(Fault::respond(401, &[JSON], bad_secret)).await;
     assert_rejected(&error, OAuthErrorCode::InvalidClient);
-    assert!(error.to_string().contains("AADSTS7000215"), "{error}");
+    assert!(
+        error.report().to_string().contains("AADSTS7000215"),
+        "{error}"
+    );
 
     let bad_scope = r#"{"error":"invalid_scope","error_description":"AADSTS1002012: The provided value for scope api://example is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier (application ID URI).","error_codes":[1002012]}"#;
     let error = error_from(Fault::respond(400, &[JSON], bad_scope)).await;
@@ -202,7 +208,7 @@ async fn cognito() {
     .await;
     assert_rejected(&error, OAuthErrorCode::InvalidClient);
     assert!(
-        error.to_string().contains("ClientAuth::Basic"),
+        error.report().to_string().contains("ClientAuth::Basic"),
         "the advice says to switch to Basic: {error}"
     );
 }
@@ -245,7 +251,10 @@ async fn ory_hydra() {
     let wrong_method = r#"{"error":"invalid_client","error_description":"Client authentication failed (e.g., unknown client, no client authentication included, or unsupported authentication method). The OAuth 2.0 Client supports client authentication method 'client_secret_basic', but method 'client_secret_post' was requested."}"#;
     let error = error_from(Fault::respond(401, &[JSON], wrong_method)).await;
     assert_rejected(&error, OAuthErrorCode::InvalidClient);
-    assert!(error.to_string().contains("client_secret_basic"), "{error}");
+    assert!(
+        error.report().to_string().contains("client_secret_basic"),
+        "{error}"
+    );
 }
 
 /// Spring Authorization Server: `scope` as an array in the JWT; `invalid_client` with a
@@ -278,7 +287,10 @@ async fn spring_authorization_server() {
     ))
     .await;
     assert_rejected(&error, OAuthErrorCode::InvalidClient);
-    assert!(error.to_string().contains("ClientAuth::Basic"), "{error}");
+    assert!(
+        error.report().to_string().contains("ClientAuth::Basic"),
+        "{error}"
+    );
 }
 
 /// eBay, application access tokens: characters outside RFC 6750's `b64token` (`^`, `#`),
@@ -328,7 +340,10 @@ async fn salesforce() {
     .await;
     assert_rejected(&error, OAuthErrorCode::InvalidGrant);
     assert!(
-        error.to_string().contains("no client credentials user"),
+        error
+            .report()
+            .to_string()
+            .contains("no client credentials user"),
         "{error}"
     );
 }

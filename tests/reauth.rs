@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use entur_auth::error_for_status::ErrorForStatusLayer;
+use entur_auth::error_for_status::{ErrorForStatusLayer, Refused};
 use entur_auth::replay::Replay;
 use entur_auth::Invalidation;
-use entur_auth::{EnturAuthLayer, Error, TokenSource};
+use entur_auth::{EnturAuthLayer, TokenSource};
 use http::header::{AUTHORIZATION, LOCATION};
 use http::{Request, Response, StatusCode};
 use hyper_util::client::legacy::Client;
@@ -140,10 +140,13 @@ async fn an_api_that_always_refuses_gets_one_replay_then_backoff_and_no_hammerin
         let error = send(&mut typed, api_request(&server, "/a"))
             .await
             .unwrap_err();
-        let error = error.downcast_ref::<Error>().unwrap();
+        let error = error.downcast_ref::<Refused>().unwrap();
+        assert!(error.is_unauthorized() && !error.is_grpc(), "{error:?}");
         assert!(
-            matches!(error, Error::Unauthorized { grpc: false, refusal: Some(r), .. }
-                if matches!(r.invalidation, Invalidation::RateLimited { .. })),
+            matches!(
+                error.refusal().unwrap().invalidation,
+                Invalidation::RateLimited { .. }
+            ),
             "{error:?}"
         );
         assert!(error.to_string().contains("backs off"), "{error}");
@@ -184,30 +187,30 @@ async fn refusals_that_retrying_cannot_fix_are_typed_errors_and_not_retried() {
         let error = send(&mut api, api_request(&server, "/a"))
             .await
             .unwrap_err();
-        let error = error.downcast_ref::<Error>().unwrap();
+        let error = error.downcast_ref::<Refused>().unwrap();
         assert_eq!(calls.load(Ordering::SeqCst), 1, "{status}: not retried");
         assert!(
             server.token_requests() <= fetches.max(1),
             "{status}: no re-auth"
         );
-        match (status, error) {
-            (403, Error::PermissionDenied { grpc: false, .. }) => {}
-            (
-                301 | 302,
-                Error::InsecureRedirect {
-                    status: s,
-                    location: l,
-                    ..
-                },
-            ) => {
-                assert_eq!(s.as_u16(), status);
-                assert_eq!(l.as_deref(), Some(location));
-                assert!(error.to_string().contains("https://"), "{error}");
+        match status {
+            403 => assert!(
+                error.is_permission_denied() && !error.is_grpc(),
+                "{error:?}"
+            ),
+            301 | 302 => {
+                assert!(error.is_insecure_redirect(), "{error:?}");
+                assert!(
+                    error.to_string().contains(&format!("answered {status}")),
+                    "{error}"
+                );
+                assert_eq!(error.location(), Some(location));
+                assert_eq!(error.hint(), "use https://");
             }
-            (405, Error::MethodNotAllowed) => {
+            _ => {
+                assert!(error.is_method_not_allowed(), "{error:?}");
                 assert!(error.to_string().contains("plain http://"), "{error}");
             }
-            _ => panic!("{status} gave {error:?}"),
         }
     }
     assert_eq!(
@@ -321,7 +324,7 @@ async fn full_stack_over_tcp_rides_out_a_revocation_with_zero_failures() {
 
 #[tokio::test(start_paused = true)]
 async fn a_buffered_streaming_body_is_replayed() {
-    use entur_auth::buffer::BufferRequestLayer;
+    use entur_auth::replay::CollectBodyLayer;
     use http_body_util::combinators::UnsyncBoxBody;
     use http_body_util::BodyExt;
     let server = server(Duration::from_secs(3600)).await;
@@ -329,7 +332,7 @@ async fn a_buffered_streaming_body_is_replayed() {
     source.prefetch().await.unwrap();
     server.revoke_all();
     let api = ServiceBuilder::new()
-        .layer(BufferRequestLayer::new(1024))
+        .layer(CollectBodyLayer::new(1024))
         .retry(RetryOnce401::default())
         .layer(EnturAuthLayer::new(source.clone()))
         .service(server.api_service());

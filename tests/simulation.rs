@@ -138,7 +138,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use entur_auth::layer::ResponseBody;
+use entur_auth::auth::ResponseBody;
 use entur_auth::replay::Replay;
 use entur_auth::testing::{Fault, TestBody, TestServer};
 use entur_auth::{

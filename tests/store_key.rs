@@ -7,7 +7,7 @@ use std::time::Duration;
 use entur_auth::assertion::PrivateKey;
 use entur_auth::store::MemoryStore;
 use entur_auth::testing::TestServer;
-use entur_auth::{Credentials, Error, TokenSource};
+use entur_auth::{Credentials, TokenSource};
 use serde_json::Value;
 
 const RSA_KEY: &str = include_str!("fixtures/test-only-client-rsa.key.pem");
@@ -49,13 +49,13 @@ async fn key_credentials_share_through_a_store_key_and_need_one() {
     let error = replica(&server, &store, server.endpoint(), key_credentials(&server))
         .build()
         .unwrap_err();
-    assert!(matches!(error, Error::Config { .. }));
-    assert!(error.to_string().contains("store_key"), "{error}");
+    assert!(error.kind() == entur_auth::ErrorKind::Config);
+    assert!(error.report().to_string().contains("store_key"), "{error}");
     let error = replica(&server, &store, server.endpoint(), key_credentials(&server))
         .store_key(b"too short")
         .build()
         .unwrap_err();
-    assert!(error.to_string().contains("32 bytes"), "{error}");
+    assert!(error.report().to_string().contains("32 bytes"), "{error}");
 
     let replicas: Vec<TokenSource> = (0..3)
         .map(|_| {

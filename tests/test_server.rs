@@ -13,7 +13,7 @@ use common::*;
 use entur_auth::testing::{
     Answer, ApiFault, Fault, LoggedRequest, RequestKind, TestServer, TokenState,
 };
-use entur_auth::{EnturAuthLayer, Error, OAuthErrorCode, Refusal, TokenEndpoint, TokenSource};
+use entur_auth::{EnturAuthLayer, OAuthErrorCode, Refusal, TokenEndpoint, TokenSource};
 use http::header::{
     AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, PRAGMA, RETRY_AFTER, WWW_AUTHENTICATE,
 };
@@ -164,19 +164,14 @@ async fn a_client_that_forgets_the_audience_fails_as_against_auth0() {
         .build()
         .unwrap();
     let error = source.prefetch().await.unwrap_err();
-    assert!(
-        matches!(
-            &error,
-            Error::Rejected {
-                code: OAuthErrorCode::AccessDenied,
-                status: StatusCode::FORBIDDEN,
-                ..
-            }
-        ),
+    assert_eq!(
+        error.oauth_code(),
+        Some(&OAuthErrorCode::AccessDenied),
         "{error:?}"
     );
+    assert_eq!(error.status(), Some(StatusCode::FORBIDDEN));
     assert!(
-        error.to_string().contains("No audience parameter"),
+        error.report().to_string().contains("No audience parameter"),
         "{error}"
     );
 

@@ -141,11 +141,8 @@ async fn token_requests_carry_a_user_agent() {
     .transport(server.token_transport())
     .build()
     .unwrap_err();
-    assert!(
-        matches!(error, entur_auth::Error::Config { .. }),
-        "{error:?}"
-    );
-    assert!(error.to_string().contains("User-Agent"), "{error}");
+    assert!(error.kind() == entur_auth::ErrorKind::Config, "{error:?}");
+    assert!(error.report().to_string().contains("User-Agent"), "{error}");
 }
 
 /// For servers that do not URL-decode Basic credentials: `base64(id ":" secret)` as is.
@@ -179,8 +176,11 @@ async fn basic_unencoded_sends_the_raw_credentials() {
     let body = String::from_utf8(request.body.to_vec()).unwrap();
     assert!(!body.contains("client_secret"), "{body}");
     // It answered invalid_client with a Basic challenge: the hint names the encoding.
-    assert!(error.is_rejected(), "{error}");
-    assert!(error.to_string().contains("(ClientAuth::Basic)"), "{error}");
+    assert!(error.is_credentials(), "{error}");
+    assert!(
+        error.report().to_string().contains("(ClientAuth::Basic)"),
+        "{error}"
+    );
 }
 
 /// Amazon Cognito and Spring Authorization Server refuse a secret sent in the body by a
@@ -197,8 +197,8 @@ async fn a_basic_challenge_to_a_body_secret_says_to_use_basic() {
         r#"{"error":"invalid_client"}"#,
     ));
     let error = source(&server).token().await.unwrap_err();
-    assert!(error.is_rejected(), "{error:?}");
-    let text = error.to_string();
+    assert!(error.is_credentials(), "{error:?}");
+    let text = error.report().to_string();
     assert!(text.contains("WWW-Authenticate: Basic"), "{text}");
     assert!(
         text.contains("TokenEndpoint::client_auth(ClientAuth::Basic)"),

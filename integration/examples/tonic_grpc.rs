@@ -16,7 +16,7 @@
 use std::process::ExitCode;
 
 use bytes::Bytes;
-use entur_auth::buffer::BufferRequestLayer;
+use entur_auth::replay::CollectBodyLayer;
 use entur_auth::testing::TestServer;
 use entur_auth::{BoxError, ClientName, EnturAuthLayer, TokenSource};
 use entur_auth_integration::grpc::BearerCheck;
@@ -59,7 +59,7 @@ async fn run() -> Result<(), BoxError> {
         .connect()
         .await?;
     let stack = ServiceBuilder::new()
-        .layer(BufferRequestLayer::new(64 * 1024))
+        .layer(CollectBodyLayer::new(64 * 1024))
         .layer(
             EnturAuthLayer::new(source.clone())
                 .client_name(ClientName::new("acme-grpc")?)

@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use entur_auth::buffer::{BufferRequest, BufferRequestLayer};
-use entur_auth::error_for_status::{ErrorForStatus, ErrorForStatusLayer};
+use entur_auth::error_for_status::{ErrorForStatus, ErrorForStatusLayer, Refused};
 use entur_auth::replay::Replay;
+use entur_auth::replay::{CollectBody, CollectBodyLayer};
 use entur_auth::testing::TestServer;
-use entur_auth::{EnturAuthLayer, Error, TokenSource};
+use entur_auth::{EnturAuthLayer, TokenSource};
 use entur_auth_integration::grpc::BearerCheck;
 use http_body_util::Full;
 use tonic::transport::server::TcpIncoming;
@@ -30,7 +30,7 @@ use tower::{Layer, ServiceBuilder};
 type ToTonic = fn(http::Request<Full<Bytes>>) -> http::Request<tonic::body::Body>;
 
 /// buffer → auth with its replay → tonic body → channel.
-type Stack = BufferRequest<Replay<MapRequest<Channel, ToTonic>>>;
+type Stack = CollectBody<Replay<MapRequest<Channel, ToTonic>>>;
 
 fn to_tonic(request: http::Request<Full<Bytes>>) -> http::Request<tonic::body::Body> {
     request.map(tonic::body::Body::new)
@@ -38,7 +38,7 @@ fn to_tonic(request: http::Request<Full<Bytes>>) -> http::Request<tonic::body::B
 
 fn stack(source: &TokenSource, channel: Channel) -> Stack {
     ServiceBuilder::new()
-        .layer(BufferRequestLayer::new(64 * 1024))
+        .layer(CollectBodyLayer::new(64 * 1024))
         .layer(EnturAuthLayer::new(source.clone()).with_replay())
         .map_request(to_tonic as ToTonic)
         .service(channel)
@@ -184,12 +184,9 @@ async fn error_for_status_outermost_turns_permission_denied_into_a_typed_error()
     // tonic turns a transport error it does not know into `Unknown`, keeping it as the source.
     assert_eq!(status.code(), Code::Unknown, "{status:?}");
     let error = std::error::Error::source(&status)
-        .and_then(|e| e.downcast_ref::<Error>())
+        .and_then(|e| e.downcast_ref::<Refused>())
         .expect("the typed error is the status's source");
-    assert!(
-        matches!(error, Error::PermissionDenied { grpc: true, .. }),
-        "{error:?}"
-    );
+    assert!(error.is_permission_denied() && error.is_grpc(), "{error:?}");
 }
 
 #[tokio::test]

@@ -130,8 +130,8 @@ async fn a_failed_fetch_is_named_in_the_status() {
     assert!(message.contains("invalid_client"), "{message}");
     assert!(!message.contains(server.client_secret()), "{message}");
     let error = source.status().last_error.unwrap();
-    assert!(error.is_rejected(), "{error:?}");
-    assert!(message.ends_with(&error.to_string()), "{message}");
+    assert!(error.is_credentials(), "{error:?}");
+    assert!(message.ends_with(&error.report().to_string()), "{message}");
     assert!(check.seen().is_empty(), "no call was sent");
     assert_eq!(
         server.token_requests(),

@@ -60,7 +60,9 @@ fn body(access_token: &str, expires_in: Option<Value>) -> Vec<u8> {
 }
 
 fn is_invalid_response(result: &Result<Duration, Error>) -> bool {
-    matches!(result, Err(Error::InvalidResponse { .. }))
+    result
+        .as_ref()
+        .is_err_and(|e| e.kind() == entur_auth::ErrorKind::InvalidResponse)
 }
 
 /// Whether `token` reads as a JWT with both `exp` and `iat`, which would bound the lifetime.
@@ -207,7 +209,7 @@ proptest! {
         prop_assume!(!has_exp_and_iat(&token));
         let lifetime = token_response(status, b"", &body(&token, Some(json!(secs))));
         prop_assert_eq!(
-            lifetime.map_err(|e| e.to_string()),
+            lifetime.map_err(|e| e.report().to_string()),
             Ok(Duration::from_secs(secs).min(MAX_LIFETIME))
         );
     }
@@ -227,7 +229,7 @@ proptest! {
         let secs = read["expires_in"].as_f64().expect("a number");
         let lifetime = token_response(200, b"", &body);
         prop_assert_eq!(
-            lifetime.map_err(|e| e.to_string()),
+            lifetime.map_err(|e| e.report().to_string()),
             Ok(Duration::from_secs_f64(secs).min(MAX_LIFETIME))
         );
     }
@@ -249,7 +251,7 @@ proptest! {
         let as_number = token_response(status, b"", &body(&token, Some(number)));
         let as_string = token_response(status, b"", &body(&token, Some(json!(format!("{pad}{secs}{pad}")))));
         prop_assert!(as_number.is_ok(), "{:?}", as_number);
-        prop_assert_eq!(as_string.map_err(|e| e.to_string()), as_number.map_err(|e| e.to_string()));
+        prop_assert_eq!(as_string.map_err(|e| e.report().to_string()), as_number.map_err(|e| e.report().to_string()));
     }
 
     /// A token with any character outside visible ASCII (CR, LF, space, tab, other
@@ -300,7 +302,7 @@ proptest! {
         }
         let token = jwt(&claims);
         let lifetime = token_response(status, b"", &body(&token, expires_in.map(Value::from)))
-            .map_err(|e| e.to_string());
+            .map_err(|e| e.report().to_string());
         prop_assert!(lifetime.is_ok(), "{:?}", lifetime);
         let lifetime = lifetime.unwrap();
         let by_exp = Duration::from_secs(exp_in);
@@ -336,7 +338,7 @@ proptest! {
         let token = jwt(&claims);
         let lifetime = token_response(status, b"", &body(&token, expires_in.map(Value::from)));
         let expect = Duration::from_secs(expires_in.map_or(life, |e| e.min(life))).min(MAX_LIFETIME);
-        prop_assert_eq!(lifetime.map_err(|e| e.to_string()), Ok(expect));
+        prop_assert_eq!(lifetime.map_err(|e| e.report().to_string()), Ok(expect));
     }
 
     /// A JWT whose `exp` is already past by this machine's clock, no `iat`: never a failed
@@ -350,7 +352,7 @@ proptest! {
         let token = jwt(&json!({ "exp": now_unix().saturating_sub(ago) }));
         let result = token_response(200, b"", &body(&token, expires_in.map(Value::from)));
         let expect = expires_in.map_or(DEFAULT_LIFETIME, |e| Duration::from_secs(e).min(MAX_LIFETIME));
-        prop_assert_eq!(result.map_err(|e| e.to_string()), Ok(expect));
+        prop_assert_eq!(result.map_err(|e| e.report().to_string()), Ok(expect));
     }
 
     /// Well-formed JWTs: `exp` and `iat` (any u64, or a non-negative float, rounded down;
@@ -464,7 +466,7 @@ fn huge_exp_claims_do_not_panic() {
         &body(&jwt(&json!({ "exp": largest_ok })), Some(json!(3600))),
     );
     assert_eq!(
-        lifetime.map_err(|e| e.to_string()),
+        lifetime.map_err(|e| e.report().to_string()),
         Ok(Duration::from_secs(3600))
     );
     for exp in [
@@ -475,7 +477,8 @@ fn huge_exp_claims_do_not_panic() {
     ] {
         let token = jwt(&json!({ "exp": exp }));
         let result = std::panic::catch_unwind(|| {
-            token_response(200, b"", &body(&token, Some(json!(3600)))).map_err(|e| e.to_string())
+            token_response(200, b"", &body(&token, Some(json!(3600))))
+                .map_err(|e| e.report().to_string())
         });
         assert_eq!(
             result.map_err(|_| "panicked"),

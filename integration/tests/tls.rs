@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use entur_auth::testing::TestServer;
-use entur_auth::{Error, TokenEndpoint, TokenSource};
+use entur_auth::{TokenEndpoint, TokenSource};
 use pki::{private_ca, Pki};
 
 /// Serves the embedded server's token endpoint over HTTPS on 127.0.0.1; returns the token URL.
@@ -52,10 +52,10 @@ async fn unknown_ca_is_a_clear_certificate_error() {
     let source = builder(&server, &url).build().unwrap();
     let error = source.prefetch().await.unwrap_err();
     assert!(
-        matches!(error, Error::Unavailable { status: None, .. }),
+        (error.kind() == entur_auth::ErrorKind::Unavailable && error.status().is_none()),
         "{error:?}"
     );
-    let text = error.to_string();
+    let text = error.report().to_string();
     assert!(text.contains("certificate"), "{text}");
     assert!(text.contains("UnknownIssuer"), "{text}");
     assert!(text.contains("extra_root_certificate_pem"), "{text}");
@@ -70,9 +70,12 @@ async fn invalid_extra_root_is_a_configuration_error() {
             .extra_root_certificate_pem(pem)
             .build()
             .unwrap_err();
-        assert!(matches!(error, Error::Config { .. }), "{error}");
+        assert!(error.kind() == entur_auth::ErrorKind::Config, "{error}");
         assert!(
-            error.to_string().contains("extra root certificate"),
+            error
+                .report()
+                .to_string()
+                .contains("extra root certificate"),
             "{error}"
         );
     }
@@ -86,5 +89,5 @@ async fn https_is_required_for_remote_hosts_even_when_loopback_http_is_allowed()
         .allow_http_loopback(true)
         .build()
         .unwrap_err();
-    assert!(error.to_string().contains("HTTPS"), "{error}");
+    assert!(error.report().to_string().contains("HTTPS"), "{error}");
 }

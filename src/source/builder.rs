@@ -9,14 +9,14 @@ use arc_swap::ArcSwapOption;
 use tokio::sync::watch;
 use tower::Service;
 
-use super::reauth::Reauth;
+use super::reauth::Backoff;
 use super::registry::{self, SourceKey};
 use super::supervisor::{check_timers, Supervisor};
 use super::{FetchHook, FetchOutcome, FetchState, Handle, Settings, Shared, TokenSource};
-use crate::config::{Credentials, TokenEndpoint};
-use crate::endpoint::{self, TokenRequest, TokenRequestBody, Transport};
 use crate::error::{BoxError, Error};
-use crate::token::Lifecycle;
+use crate::oauth::exchange::{self, TokenRequest, TokenRequestBody, Transport};
+use crate::oauth::{Credentials, TokenEndpoint};
+use crate::source::token::Lifecycle;
 
 /// Configures a [`TokenSource`]; from [`TokenSource::builder`].
 ///
@@ -36,17 +36,17 @@ pub struct TokenSourceBuilder {
     #[cfg(feature = "rustls")]
     extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
     #[cfg(feature = "rustls")]
-    proxy: crate::client::ProxySettings,
+    proxy: crate::oauth::transport::ProxySettings,
     #[cfg(feature = "rustls")]
-    client_certificate: Option<crate::client::IdentitySource>,
+    client_certificate: Option<crate::oauth::transport::IdentitySource>,
     deferred_error: Option<Error>,
     seed: Option<u64>,
     on_fetch: Option<FetchHook>,
     stall_timeout: Duration,
     #[cfg(feature = "shared-store")]
-    store: Option<Arc<dyn crate::store::TokenStore>>,
+    store: Option<Arc<dyn crate::source::store::TokenStore>>,
     #[cfg(feature = "shared-store")]
-    store_settings: crate::store::StoreSettings,
+    store_settings: crate::source::store::StoreSettings,
     #[cfg(feature = "shared-store")]
     store_key: Option<Arc<[u8]>>,
 }
@@ -184,7 +184,7 @@ impl TokenSourceBuilder {
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
-        self.transport = Some(Box::new(move |cap| endpoint::erase(transport, cap)));
+        self.transport = Some(Box::new(move |cap| exchange::erase(transport, cap)));
         self
     }
 
@@ -193,7 +193,7 @@ impl TokenSourceBuilder {
     #[cfg(feature = "rustls")]
     #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
     pub fn extra_root_certificate_pem(mut self, pem: &[u8]) -> Self {
-        match crate::client::certificates_from_pem(pem) {
+        match crate::oauth::transport::certificates_from_pem(pem) {
             Ok(certs) => self.extra_roots.extend(certs),
             Err(e) => self.deferred_error = self.deferred_error.or(Some(e)),
         }
@@ -233,7 +233,7 @@ impl TokenSourceBuilder {
         cert: impl Into<std::path::PathBuf>,
         key: impl Into<std::path::PathBuf>,
     ) -> Self {
-        self.client_certificate = Some(crate::client::IdentitySource::Files {
+        self.client_certificate = Some(crate::oauth::transport::IdentitySource::Files {
             cert: cert.into(),
             key: key.into(),
         });
@@ -245,7 +245,7 @@ impl TokenSourceBuilder {
     #[cfg(feature = "rustls")]
     #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
     pub fn client_certificate_pem(mut self, cert: &[u8], key: &[u8]) -> Self {
-        self.client_certificate = Some(crate::client::IdentitySource::Pem {
+        self.client_certificate = Some(crate::oauth::transport::IdentitySource::Pem {
             cert: cert.to_vec(),
             key: key.to_vec(),
         });
@@ -297,7 +297,7 @@ impl TokenSourceBuilder {
         mut self,
         lookup: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
     ) -> Self {
-        let lookup: crate::client::EnvLookup = Arc::new(lookup);
+        let lookup: crate::oauth::transport::EnvLookup = Arc::new(lookup);
         self.proxy.env = Some(lookup);
         self
     }
@@ -317,11 +317,11 @@ impl TokenSourceBuilder {
     }
 
     /// Shares one token with every other source (in this or other processes) that uses the
-    /// same `store`, token URL, client id, audience and scope: see [`crate::store`]. The
+    /// same `store`, token URL, client id, audience and scope: see [`crate::source::store`]. The
     /// store is consulted only when this source's token is due for refresh or missing.
     #[cfg(feature = "shared-store")]
     #[cfg_attr(docsrs, doc(cfg(feature = "shared-store")))]
-    pub fn shared_store(mut self, store: impl crate::store::TokenStore) -> Self {
+    pub fn shared_store(mut self, store: impl crate::source::store::TokenStore) -> Self {
         self.store = Some(Arc::new(store));
         self
     }
@@ -330,7 +330,7 @@ impl TokenSourceBuilder {
     /// of one derived from the client secret: required for credentials without a secret
     /// (private key, client certificate), and the way to keep replicas sharing through a
     /// secret rotation. Every replica sharing the store must have the same; at least 32
-    /// bytes, random. See [`crate::store`]'s "When to set a store key". Never shown in
+    /// bytes, random. See [`crate::source::store`]'s "When to set a store key". Never shown in
     /// `Debug`, logs or errors.
     ///
     /// [`build`](Self::build) refuses a key shorter than 32 bytes.
@@ -417,7 +417,7 @@ impl TokenSourceBuilder {
         let fleet = self
             .store
             .map(|store| {
-                crate::store::Fleet::new(
+                crate::source::store::Fleet::new(
                     store,
                     &self.endpoint,
                     &self.credentials,
@@ -464,7 +464,7 @@ impl TokenSourceBuilder {
             attempts: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             adopted: AtomicU64::new(0),
-            reauth: Mutex::new(Reauth::default()),
+            reauth: Mutex::new(Backoff::default()),
             on_fetch: self.on_fetch,
             #[cfg(feature = "shared-store")]
             fleet,
@@ -572,7 +572,7 @@ impl TokenSourceBuilder {
 
 #[cfg(feature = "rustls")]
 fn default_transport(builder: &TokenSourceBuilder) -> Result<Transport, Error> {
-    crate::client::https_transport(
+    crate::oauth::transport::https_transport(
         builder.endpoint.url(),
         &builder.extra_roots,
         builder.allow_http_loopback,
@@ -594,7 +594,7 @@ fn check_url(url: &http::Uri, allow_http_loopback: bool) -> Result<(), Error> {
     match url.scheme_str() {
         Some("https") => Ok(()),
         Some("http") => {
-            let loopback = crate::config::is_loopback(url.host().unwrap_or_default());
+            let loopback = crate::oauth::is_loopback(url.host().unwrap_or_default());
             if allow_http_loopback && loopback {
                 Ok(())
             } else if loopback {
@@ -629,7 +629,10 @@ mod tests {
         ] {
             assert!(check_url(&url(loopback), true).is_ok(), "{loopback}");
             let err = check_url(&url(loopback), false).unwrap_err();
-            assert!(err.to_string().contains("allow_http_loopback"), "{err}");
+            assert!(
+                err.report().to_string().contains("allow_http_loopback"),
+                "{err}"
+            );
         }
         for remote in [
             "http://partner.entur.org/t",
@@ -637,7 +640,10 @@ mod tests {
             "http://[::2]/t",
         ] {
             let err = check_url(&url(remote), true).unwrap_err();
-            assert!(err.to_string().contains("HTTPS"), "{remote}: {err}");
+            assert!(
+                err.report().to_string().contains("HTTPS"),
+                "{remote}: {err}"
+            );
         }
     }
 
@@ -654,7 +660,9 @@ mod tests {
             TokenSource::builder(endpoint(), creds()).default_lifetime(Duration::ZERO),
         ];
         for builder in cases {
-            assert!(matches!(builder.build(), Err(Error::Config { .. })));
+            assert!((builder.build())
+                .as_ref()
+                .is_err_and(|e| e.kind() == crate::ErrorKind::Config));
         }
     }
 
@@ -666,6 +674,6 @@ mod tests {
         )
         .build()
         .unwrap_err();
-        assert!(err.to_string().contains("tokio runtime"), "{err}");
+        assert!(err.report().to_string().contains("tokio runtime"), "{err}");
     }
 }

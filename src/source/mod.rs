@@ -38,7 +38,10 @@ mod builder;
 mod reauth;
 mod refresher;
 pub(crate) mod registry;
+#[cfg(feature = "shared-store")]
+pub mod store;
 mod supervisor;
+pub(crate) mod token;
 mod watchdog;
 
 use std::fmt;
@@ -51,16 +54,16 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 pub use builder::TokenSourceBuilder;
-pub use reauth::Invalidation;
+pub use reauth::{Invalidation, Reauth};
+pub use token::{AccessToken, TokenId};
 
-use self::reauth::Reauth;
 use self::supervisor::{Signals, Stopped, Supervisor};
 
 use self::registry::SourceKey;
-use crate::config::{Credentials, TokenEndpoint};
-use crate::endpoint::{TokenRequest, Transport};
+use self::token::Lifecycle;
 use crate::error::Error;
-use crate::token::{AccessToken, Lifecycle, TokenId};
+use crate::oauth::exchange::{TokenRequest, Transport};
+use crate::oauth::{Credentials, TokenEndpoint};
 
 /// A shared, self-refreshing source of access tokens. Cheap to clone; every clone, and every
 /// layer and service made from it, shares one token and one background task.
@@ -125,10 +128,10 @@ pub(crate) struct Shared {
     failures: AtomicU64,
     /// The id of the last token adopted from the shared store (0: none).
     adopted: AtomicU64,
-    reauth: Mutex<Reauth>,
+    reauth: Mutex<reauth::Backoff>,
     on_fetch: Option<FetchHook>,
     #[cfg(feature = "shared-store")]
-    fleet: Option<crate::store::Fleet>,
+    fleet: Option<crate::source::store::Fleet>,
 }
 
 impl Drop for Shared {
@@ -361,7 +364,7 @@ impl TokenSource {
         };
         // A cheap moment to bring the gauges up to date (no work is done per request).
         #[cfg(feature = "metrics")]
-        crate::metrics::source_state(&shared.metric_labels(), health, status.usable_for);
+        crate::metrics::source_state(&shared.metric_labels(), health.as_str(), status.usable_for);
         status
     }
 
@@ -474,12 +477,7 @@ impl Shared {
             Some(until) => tokio::time::timeout_at(until, wait).await,
             None => Ok(wait.await),
         };
-        result.unwrap_or_else(|_elapsed| {
-            Err(Error::NotReady {
-                waited: deadline,
-                last_error: last.map(Box::new),
-            })
-        })
+        result.unwrap_or_else(|_elapsed| Err(Error::not_ready(deadline, last)))
     }
 }
 

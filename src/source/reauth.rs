@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::Shared;
-use crate::token::{AccessToken, TokenId};
+use crate::source::token::{AccessToken, TokenId};
 
 /// The ceiling of the backoff between forced refreshes when the API keeps refusing tokens.
 const MAX_REAUTH_INTERVAL: Duration = Duration::from_secs(600);
@@ -24,7 +24,7 @@ const REMEMBERED_REFUSALS: usize = 16;
 
 /// Forced refreshes: when, how many in a row, and which tokens were refused.
 #[derive(Default)]
-pub(super) struct Reauth {
+pub(super) struct Backoff {
     last_forced: Option<Instant>,
     /// Forced refreshes since the backoff last started over.
     streak: u32,
@@ -35,7 +35,7 @@ pub(super) struct Reauth {
     refused: VecDeque<u64>,
 }
 
-impl Reauth {
+impl Backoff {
     /// Forced refreshes in a row, the backoff ended if it has done its job.
     pub(super) fn streak(&mut self, now: Instant) -> u32 {
         self.settle(now);
@@ -66,6 +66,29 @@ impl Reauth {
     }
 }
 
+/// Why the API refused a token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Reauth {
+    /// HTTP 401: the token is invalid, expired or revoked.
+    Unauthorized,
+    /// HTTP 408: the token expired during the session (Entur).
+    SessionTimeout,
+    /// gRPC status 16, `UNAUTHENTICATED`.
+    GrpcUnauthenticated,
+}
+
+impl Reauth {
+    /// The reason as the metrics label it: `http_401`, `http_408`, `grpc_unauthenticated`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unauthorized => "http_401",
+            Self::SessionTimeout => "http_408",
+            Self::GrpcUnauthenticated => "grpc_unauthenticated",
+        }
+    }
+}
+
 /// What [`TokenSource::invalidate`](super::TokenSource::invalidate) did with a refused token.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -89,6 +112,17 @@ pub enum Invalidation {
 }
 
 impl Invalidation {
+    /// What was done, as the metrics label it: `started`, `already_replaced`,
+    /// `rate_limited`, `source_gone`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Started => "started",
+            Self::AlreadyReplaced => "already_replaced",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::SourceGone => "source_gone",
+        }
+    }
+
     /// Whether the next request will carry a different token (so a replay is worth it).
     pub fn replaced(self) -> bool {
         matches!(self, Self::Started | Self::AlreadyReplaced)
@@ -96,7 +130,7 @@ impl Invalidation {
 }
 
 impl Shared {
-    pub(super) fn reauth(&self) -> MutexGuard<'_, Reauth> {
+    pub(super) fn reauth(&self) -> MutexGuard<'_, Backoff> {
         self.reauth
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -113,11 +147,18 @@ impl Shared {
     pub(crate) fn invalidate_because(
         &self,
         rejected: TokenId,
-        reason: Option<crate::classify::Reauth>,
+        reason: Option<Reauth>,
     ) -> Invalidation {
         let action = self.drop_refused(rejected);
         #[cfg(feature = "metrics")]
-        crate::metrics::refusal(&self.metric_labels(), reason, action);
+        // Without the source there are no labels.
+        if action != Invalidation::SourceGone {
+            crate::metrics::refusal(
+                &self.metric_labels(),
+                reason.map_or("direct", Reauth::as_str),
+                action.as_str(),
+            );
+        }
         #[cfg(not(feature = "metrics"))]
         let _ = reason;
         action

@@ -11,9 +11,9 @@ use tower::ServiceExt;
 use tracing::Instrument;
 
 use super::{FetchOutcome, FetchState, Shared, Signals, TokenOrigin};
-use crate::endpoint;
 use crate::error::Error;
-use crate::token::{AccessToken, Issued};
+use crate::oauth::exchange;
+use crate::source::token::{AccessToken, Issued};
 
 /// Retry-After is honoured up to this long.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
@@ -50,7 +50,7 @@ impl Shared {
         let usable_for = token
             .as_ref()
             .map(|t| t.usable_until().saturating_duration_since(Instant::now()));
-        crate::metrics::source_state(&self.metric_labels(), health, usable_for);
+        crate::metrics::source_state(&self.metric_labels(), health.as_str(), usable_for);
     }
 
     /// [`TokenSource::set_credentials`](super::TokenSource::set_credentials).
@@ -77,8 +77,8 @@ impl Shared {
     /// 401 `access_denied`): reads the secret file again, if the secret came from one, and
     /// uses it if it changed. Whether it did.
     fn reload_secret_file(&self, error: &Error) -> bool {
-        use crate::error::OAuthErrorCode;
-        let Error::Rejected { code, status, .. } = error else {
+        use crate::error::{Kind, OAuthErrorCode};
+        let Kind::Rejected { code, status, .. } = error.inner() else {
             return false;
         };
         let client_refused = matches!(
@@ -104,7 +104,7 @@ impl Shared {
                 false
             }
             Err(error) => {
-                tracing::warn!(%error, "the client secret file cannot be read again; keeping the secret read before");
+                tracing::warn!(error = %error.report(), "the client secret file cannot be read again; keeping the secret read before");
                 false
             }
         }
@@ -201,15 +201,15 @@ impl Shared {
                 .clone()
                 .oneshot(request)
                 .await
-                .map_err(endpoint::transport_error)?;
+                .map_err(exchange::transport_error)?;
             Ok::<_, Error>((response, redact))
         };
         let (response, redact) = match tokio::time::timeout(timeout, exchange).await {
-            Err(_) => return Err(Error::Timeout { after: timeout }),
+            Err(_) => return Err(Error::timeout(timeout)),
             Ok(result) => result?,
         };
         let granted =
-            endpoint::read_response(&response, &redact, self.request.client_auth(&credentials))?;
+            exchange::read_response(&response, &redact, self.request.client_auth(&credentials))?;
         let issued = Issued {
             access_token: &granted.access_token,
             expires_in: granted.expires_in,
@@ -505,7 +505,7 @@ impl Refresher {
         let serving_token = shared.cell.load().is_some();
         tracing::warn!(
             parent: span,
-            error = %error,
+            error = %error.report(),
             transient = error.is_transient(),
             took_ms = took.as_millis() as u64,
             retry_in_ms = delay.as_millis() as u64,

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use super::watchdog::{self, Probe};
 use super::{refresher, FetchState, Shared};
 use crate::error::Error;
-use crate::token::AccessToken;
+use crate::source::token::AccessToken;
 
 /// How a refresher is reached.
 #[derive(Default)]
@@ -210,7 +210,7 @@ impl Shared {
         self.watched.store(token.id().get(), Ordering::Release);
     }
 
-    pub(super) fn reached_watch_point(&self, token: crate::token::TokenId) -> bool {
+    pub(super) fn reached_watch_point(&self, token: crate::source::token::TokenId) -> bool {
         self.watched.load(Ordering::Acquire) == token.get()
     }
 

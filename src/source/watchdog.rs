@@ -28,7 +28,7 @@ use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::registry::{self, SourceKey};
-use crate::token::TokenId;
+use crate::source::token::TokenId;
 
 /// What a probe is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

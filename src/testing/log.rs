@@ -227,7 +227,7 @@ pub(super) fn summarize(response: &Response<TestBody>, injected: bool) -> Answer
         .get_all(http::header::WWW_AUTHENTICATE)
         .iter()
         .filter_map(|value| value.to_str().ok())
-        .flat_map(crate::challenge::parse)
+        .flat_map(crate::oauth::challenge::parse)
         .find_map(|challenge| challenge.param("error").map(str::to_owned));
     let body_error = || match &response.body().inner {
         BodyInner::Full(Some(data)) => serde_json::from_slice::<Value>(data)

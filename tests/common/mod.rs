@@ -97,8 +97,8 @@ where
         let refused = match result {
             Ok(response) => response.status() == http::StatusCode::UNAUTHORIZED,
             Err(error) => error
-                .downcast_ref::<entur_auth::Error>()
-                .is_some_and(|e| matches!(e, entur_auth::Error::Unauthorized { .. })),
+                .downcast_ref::<entur_auth::error_for_status::Refused>()
+                .is_some_and(|e| e.is_unauthorized()),
         };
         if !refused || self.retried {
             return None;

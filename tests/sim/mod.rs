@@ -61,7 +61,7 @@ impl ErrorKind {
     pub fn of(error: &BoxError) -> Self {
         match error.downcast_ref::<entur_auth::Error>() {
             Some(e) if e.is_transient() => Self::Transient,
-            Some(e) if e.is_rejected() => Self::Rejected,
+            Some(e) if e.is_credentials() => Self::Rejected,
             Some(_) => Self::OtherTokenError,
             None => Self::Other,
         }

@@ -22,7 +22,7 @@
 //! token: behind a load balancer another replica may take it, and an API that refuses every
 //! token costs one more call and no token request. The answer that comes out carries a
 //! [`Refusal`] saying what happened, so that
-//! [`ErrorForStatusLayer`](crate::error_for_status::ErrorForStatusLayer) can tell the truth:
+//! [`ErrorForStatusLayer`](crate::auth::error_for_status::ErrorForStatusLayer) can tell the truth:
 //! refused again after a replay, not replayed because the body is a stream, or forced
 //! refreshes backing off.
 //!
@@ -43,10 +43,11 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
+pub use super::collect::{CollectBody, CollectBodyLayer};
+use crate::auth::future::RefusedBy;
+use crate::auth::verdict::{self, Replay as Outcome};
+use crate::auth::{EnturAuth, EnturAuthLayer, Refusal, ReplayOutcome, ResponseBody};
 use crate::error::BoxError;
-use crate::layer::future::RefusedBy;
-use crate::layer::verdict::{self, Replay as Outcome};
-use crate::layer::{EnturAuth, EnturAuthLayer, Refusal, ReplayOutcome, ResponseBody};
 use crate::source::registry::{self, SourceKey};
 
 /// A request body that may be cloned for a replay.
@@ -57,7 +58,7 @@ use crate::source::registry::{self, SourceKey};
 #[diagnostic::on_unimplemented(
     message = "`{Self}` does not say whether it can be replayed after a refused token",
     label = "request bodies must implement `entur_auth::replay::ReplayBody`",
-    note = "buffer streaming bodies (tonic's, axum's) with `entur_auth::buffer::BufferRequestLayer` (they become `Full<Bytes>`), or implement `ReplayBody` for your body type (return `None` if it cannot be sent twice)"
+    note = "collect streaming bodies (tonic's, axum's) with `entur_auth::replay::CollectBodyLayer` (they become `Full<Bytes>`), or implement `ReplayBody` for your body type (return `None` if it cannot be sent twice)"
 )]
 pub trait ReplayBody: Sized {
     /// A copy of the body to send again, or `None` if it cannot be sent twice.
@@ -198,7 +199,7 @@ where
 struct Second<S, B> {
     request: Option<Request<B>>,
     service: S,
-    token: Option<crate::layer::future::TokenFuture>,
+    token: Option<crate::auth::future::TokenFuture>,
     /// The refusing source, once a refusal is seen.
     refused_by: Option<SourceKey>,
 }
@@ -272,7 +273,10 @@ where
                     tracing::debug!(reason = ?refusal.reason, fresh, "token refused; replaying");
                     if fresh {
                         let source = replay.service.source().clone();
-                        replay.token = Some(Box::pin(async move { source.token().await }));
+                        replay.token =
+                            Some(Box::pin(
+                                async move { source.token().await.map_err(Into::into) },
+                            ));
                     }
                     this.state.set(State::Waiting { replay });
                 }

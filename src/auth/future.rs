@@ -14,10 +14,10 @@ use tower_service::Service;
 use super::body::{ResponseBody, Watch};
 use super::verdict::{self, Head, Verdict};
 use super::{Refusal, ReplayOutcome, SentToken};
-use crate::classify::GRPC_STATUS;
-use crate::error::{BoxError, Error};
+use crate::auth::classify::GRPC_STATUS;
+use crate::error::BoxError;
 use crate::source::registry::{self, SourceKey};
-use crate::token::{AccessToken, TokenId};
+use crate::source::token::{AccessToken, TokenId};
 
 /// Which source the token of a refused answer came from, next to the [`Refusal`]: the
 /// replay layer counts its outcome there. Set on refusals only.
@@ -25,7 +25,8 @@ use crate::token::{AccessToken, TokenId};
 pub(crate) struct RefusedBy(pub(crate) SourceKey);
 
 /// A boxed wait for the source's token.
-pub(crate) type TokenFuture = Pin<Box<dyn Future<Output = Result<Arc<AccessToken>, Error>> + Send>>;
+pub(crate) type TokenFuture =
+    Pin<Box<dyn Future<Output = Result<Arc<AccessToken>, BoxError>> + Send>>;
 
 /// What the future needs to act on a refusal: which source, which token, and how to read
 /// the answer. Plain data: no reference count is taken per request.
@@ -200,7 +201,7 @@ where
     } = waiting;
     let token = match ready!(token.as_mut().poll(cx)) {
         Ok(token) => token,
-        Err(error) => return Poll::Ready(Err(error.into())),
+        Err(error) => return Poll::Ready(Err(error)),
     };
     let Some(mut request) = request.take() else {
         return Poll::Ready(Err("ResponseFuture polled after completion".into()));

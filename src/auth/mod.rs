@@ -35,19 +35,23 @@
 //! the end of the body) drops the token the request
 //! carried at once, whatever else is in the stack and whether or not the request can be
 //! replayed. The answer is passed on with a [`Refusal`] in its extensions, saying what was
-//! done; [`ReplayLayer`](crate::replay::ReplayLayer) then replays the request once with the
+//! done; [`ReplayLayer`](crate::auth::replay::ReplayLayer) then replays the request once with the
 //! new token. Forced refreshes back off when the API keeps refusing (see
 //! [`TokenSource::invalidate`]).
 //!
 //! # Plain HTTP
 //!
 //! A request to `http://` on a host that is not loopback fails with
-//! [`Error::CleartextRefused`] before anything is sent: the
+//! [`CleartextRefused`] before anything is sent: the
 //! bearer token would cross the network in cleartext. Relative URIs (as tonic sends them)
 //! and `https://` pass; [`EnturAuthLayer::allow_plain_http`] lifts the check.
 
 mod body;
+pub mod classify;
+mod collect;
+pub mod error_for_status;
 pub(crate) mod future;
+pub mod replay;
 pub(crate) mod verdict;
 
 use std::fmt;
@@ -64,12 +68,12 @@ pub use self::body::ResponseBody;
 pub use self::future::ResponseFuture;
 
 use self::future::Sent;
-use crate::classify::Reauth;
-use crate::config::ClientName;
-use crate::error::{BoxError, Error};
+use crate::auth::classify::Reauth;
+use crate::error::{sanitize, BoxError};
+use crate::oauth::ClientName;
 use crate::source::registry::SourceKey;
+use crate::source::token::{AccessToken, TokenId};
 use crate::source::{Invalidation, TokenSource};
-use crate::token::{AccessToken, TokenId};
 
 /// The `ET-Client-Name` header Entur asks every client to send.
 pub const ET_CLIENT_NAME: HeaderName = HeaderName::from_static("et-client-name");
@@ -101,7 +105,7 @@ impl EnturAuthLayer {
 
     /// Allows sending the bearer token over plain `http://` to hosts that are not loopback.
     /// Default `false`: such requests fail with
-    /// [`Error::CleartextRefused`] and nothing is sent.
+    /// [`CleartextRefused`] and nothing is sent.
     /// Allow it only when the network path is protected otherwise (a sidecar proxy, a service
     /// mesh with mTLS).
     pub fn allow_plain_http(mut self, allow: bool) -> Self {
@@ -110,9 +114,9 @@ impl EnturAuthLayer {
     }
 
     /// This layer with the one replay after a refusal, in the right order: the default way to
-    /// build a stack. See [`ReplayLayer`](crate::replay::ReplayLayer).
-    pub fn with_replay(self) -> crate::replay::ReplayLayer {
-        crate::replay::ReplayLayer::new(self)
+    /// build a stack. See [`ReplayLayer`](crate::auth::replay::ReplayLayer).
+    pub fn with_replay(self) -> crate::auth::replay::ReplayLayer {
+        crate::auth::replay::ReplayLayer::new(self)
     }
 
     /// The token source.
@@ -141,7 +145,7 @@ impl<S> Layer<S> for EnturAuthLayer {
 /// the token when the API refuses it.
 ///
 /// Cheap to clone; clones share the token source. Each clone keeps its own lock-free view of
-/// the current token. See the [module docs](crate::layer) for the per-request cost.
+/// the current token. See the [module docs](crate::auth) for the per-request cost.
 pub struct EnturAuth<S> {
     inner: S,
     cache: Cache<Arc<ArcSwapOption<AccessToken>>, Option<Arc<AccessToken>>>,
@@ -275,12 +279,12 @@ impl<S> EnturAuth<S> {
     /// state of its own for it.
     #[cold]
     #[inline(never)]
-    fn fail<B>(&mut self, request: Request<B>, error: Error) -> ResponseFuture<S, B>
+    fn fail<B>(&mut self, request: Request<B>, error: CleartextRefused) -> ResponseFuture<S, B>
     where
         S: Service<Request<B>> + Clone,
     {
         let inner = self.inner.clone();
-        let failed = std::future::ready(Err(error));
+        let failed = std::future::ready(Err(error.into()));
         ResponseFuture::waiting(Box::pin(failed), request, inner, self.sent(None))
     }
 
@@ -297,7 +301,7 @@ impl<S> EnturAuth<S> {
         let inner = std::mem::replace(&mut self.inner, clone);
         let source = self.source.clone();
         ResponseFuture::waiting(
-            Box::pin(async move { source.token().await }),
+            Box::pin(async move { source.token().await.map_err(Into::into) }),
             request,
             inner,
             self.sent(None),
@@ -309,17 +313,49 @@ impl<S> EnturAuth<S> {
 /// loopback hosts (tests, local sidecars). Also the reqwest middleware's check.
 #[cold]
 #[inline(never)]
-pub(crate) fn refuse_cleartext(host: &str) -> Option<Error> {
-    if crate::config::is_loopback(host) {
+pub(crate) fn refuse_cleartext(host: &str) -> Option<CleartextRefused> {
+    if crate::oauth::is_loopback(host) {
         return None;
     }
-    Some(Error::CleartextRefused {
-        host: crate::error::sanitize(host, 100),
+    Some(CleartextRefused {
+        host: sanitize(host, 100),
     })
 }
 
+/// [`EnturAuth`] (or the reqwest middleware) refused to send the bearer token over plain
+/// `http://` to a host that is not loopback: the token would cross the network in
+/// cleartext. Nothing was sent.
+#[derive(Clone, Debug)]
+pub struct CleartextRefused {
+    host: String,
+}
+
+impl CleartextRefused {
+    /// The request's host.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// What to do about it.
+    pub fn hint(&self) -> &'static str {
+        "use https://, or, if this host is reached over a network you trust (a sidecar, a mesh with mTLS), allow it with EnturAuthLayer::allow_plain_http(true) (reqwest: EnturAuthMiddleware::allow_plain_http(true))"
+    }
+}
+
+impl fmt::Display for CleartextRefused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "refused to send the bearer token over plain http:// to {}: it would cross the network in cleartext",
+            self.host
+        )
+    }
+}
+
+impl std::error::Error for CleartextRefused {}
+
 /// Which token a request carried, set by [`EnturAuth`] in the extensions of redirects, so
-/// that [`ErrorForStatus`](crate::error_for_status::ErrorForStatus) can say whether the
+/// that [`ErrorForStatus`](crate::auth::error_for_status::ErrorForStatus) can say whether the
 /// token went out with a plain-HTTP request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SentToken(pub TokenId);

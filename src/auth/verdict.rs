@@ -12,9 +12,9 @@
 
 use http::{HeaderMap, StatusCode};
 
-use crate::classify::{self, Reauth};
+use crate::auth::classify::{self, Reauth};
+use crate::source::token::TokenId;
 use crate::source::{Invalidation, Shared};
-use crate::token::TokenId;
 
 /// gRPC `OK`.
 const GRPC_OK: u32 = 0;
@@ -67,6 +67,7 @@ pub(crate) fn head(status: StatusCode, headers: &HeaderMap, reauth_on_408: bool)
 }
 
 /// [`head`] for an answer that may come from a host the token never reached.
+#[cfg_attr(not(feature = "reqwest"), allow(dead_code))]
 pub(crate) fn head_from(
     status: StatusCode,
     headers: &HeaderMap,

@@ -1,18 +1,14 @@
 //! [`Config`]: the token source and the auth layer, configured from the environment or a
 //! configuration file in one call.
 
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
-use super::{
+use crate::auth::EnturAuthLayer;
+use crate::error::{sanitize, Error};
+use crate::oauth::{
     is_loopback, BodyEncoding, ClientName, ClientSecret, Credentials, Environment, TokenEndpoint,
 };
-use crate::error::{sanitize, Error};
-use crate::layer::EnturAuthLayer;
 use crate::source::{TokenSource, TokenSourceBuilder};
-
-/// The largest secret file read: a client secret is a few dozen bytes.
-const MAX_SECRET_FILE: u64 = 64 * 1024;
 
 /// Everything needed to authenticate to Entur (or another OAuth2 server): the client id,
 /// where its secret comes from, the token endpoint and the `ET-Client-Name`, read from the
@@ -356,8 +352,6 @@ impl Setting {
 enum Origin {
     Env,
     File,
-    /// A file given in code ([`ClientSecret::from_file`]).
-    Path,
 }
 
 impl Origin {
@@ -366,14 +360,13 @@ impl Origin {
         match self {
             Self::Env => setting.var().to_owned(),
             Self::File => format!("`{}`", setting.field()),
-            Self::Path => "the client secret path".to_owned(),
         }
     }
 
     fn missing(self, setting: Setting, todo: &str) -> Error {
         Error::config(match self {
             Self::Env => format!("{} is not set: {todo}", setting.var()),
-            Self::File | Self::Path => {
+            Self::File => {
                 format!("the configuration has no `{}`: {todo}", setting.field())
             }
         })
@@ -610,56 +603,9 @@ fn secret_from_env(lookup: &mut Lookup<'_>, for_file: bool) -> Result<ClientSecr
     }
 }
 
-/// The secret in the file at `path`, which `setting` named: the whole content but one
-/// trailing newline.
+/// The secret in the file at `path`, which `setting` named.
 fn read_secret_file(path: &Path, origin: Origin, setting: Setting) -> Result<ClientSecret, Error> {
-    let fail = |what: &str| {
-        Error::config(format!(
-            "{} names the file {:?}, {what}",
-            origin.name(setting),
-            sanitize(&path.display().to_string(), 200)
-        ))
-    };
-    let file = std::fs::File::open(path).map_err(|e| {
-        fail(&format!(
-            "which cannot be opened ({e}): check the path, and that the secret is mounted there and readable by this process"
-        ))
-    })?;
-    let mut bytes = Vec::new();
-    file.take(MAX_SECRET_FILE + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| {
-            fail(&format!(
-                "which cannot be read ({e}): name the file that holds the client secret"
-            ))
-        })?;
-    if bytes.len() as u64 > MAX_SECRET_FILE {
-        return Err(fail(
-            "which is larger than 64 KiB: a client secret file holds the secret alone; check the path",
-        ));
-    }
-    let text = String::from_utf8(bytes)
-        .map_err(|_| fail("which is not UTF-8 text: write the client secret into it as text"))?;
-    let secret = match text.strip_suffix('\n') {
-        Some(line) => line.strip_suffix('\r').unwrap_or(line),
-        None => &text,
-    };
-    if secret.is_empty() {
-        return Err(fail(
-            "which is empty: write the client secret into it (one trailing newline is allowed)",
-        ));
-    }
-    if secret.trim() != secret || secret.contains(['\n', '\r']) {
-        return Err(fail(
-            "which holds more than the secret (spaces around it, or more than one line): write the secret alone, on one line (one trailing newline is allowed)",
-        ));
-    }
-    Ok(ClientSecret::new(secret).with_file(path))
-}
-
-/// [`ClientSecret::from_file`]: the messages name the file alone.
-pub(super) fn read_secret_path(path: &Path) -> Result<ClientSecret, Error> {
-    read_secret_file(path, Origin::Path, Setting::ClientSecretFile)
+    crate::oauth::credentials::read_secret_file(path, &origin.name(setting))
 }
 
 #[cfg(feature = "serde")]
@@ -781,7 +727,7 @@ mod tests {
     fn a_named_variable_that_is_not_set_is_named() {
         let config = config(Secret::Var("MY_SECRET".into()));
         let error = config.secret_with(&mut lookup(&[])).unwrap_err();
-        let text = error.to_string();
+        let text = error.report().to_string();
         assert!(
             text.contains(
                 "`client_secret_env` names the environment variable MY_SECRET, which is not set"
@@ -797,7 +743,10 @@ mod tests {
             .secret_with(&mut lookup(&[("MY_SECRET", " ")]))
             .unwrap_err();
         assert!(
-            error.to_string().contains("MY_SECRET, which is empty"),
+            error
+                .report()
+                .to_string()
+                .contains("MY_SECRET, which is empty"),
             "{error}"
         );
     }
@@ -810,7 +759,7 @@ mod tests {
             .unwrap();
         assert_eq!(secret.expose(), "from-env");
         let error = config.secret_with(&mut lookup(&[])).unwrap_err();
-        let text = error.to_string();
+        let text = error.report().to_string();
         assert!(
             text.contains("the configuration names none (`client_secret_file` or `client_secret_env`) and neither ENTUR_CLIENT_SECRET nor ENTUR_CLIENT_SECRET_FILE is set"),
             "{text}"

@@ -1,5 +1,5 @@
-//! What to authenticate against and with: Entur presets, any OAuth2 token endpoint,
-//! client credentials and the `ET-Client-Name` header.
+//! What to authenticate against: Entur's and Maskinporten's presets, any OAuth2 token
+//! endpoint, and the `ET-Client-Name` header.
 //!
 //! ```
 //! use entur_auth::{ClientName, Credentials, Environment, TokenEndpoint};
@@ -22,14 +22,10 @@
 //! # Ok::<(), entur_auth::Error>(())
 //! ```
 
-mod loader;
-
 use std::fmt;
 use std::str::FromStr;
 
 use http::{HeaderValue, Uri};
-
-pub use self::loader::Config;
 
 use crate::error::Error;
 
@@ -265,9 +261,9 @@ impl TokenEndpoint {
 
     /// Maskinporten's token endpoint, for [`Credentials::jwt_bearer`] with the client id
     /// and the key registered for the client (RS256; give the key its registered `kid` with
-    /// [`PrivateKey::key_id`](crate::assertion::PrivateKey::key_id), or its business
+    /// [`PrivateKey::key_id`](crate::oauth::assertion::PrivateKey::key_id), or its business
     /// certificate with
-    /// [`PrivateKey::certificate_chain_pem`](crate::assertion::PrivateKey::certificate_chain_pem),
+    /// [`PrivateKey::certificate_chain_pem`](crate::oauth::assertion::PrivateKey::certificate_chain_pem),
     /// sent as `x5c`). `scope` is the
     /// whitespace-separated scopes to ask for; add [`maskinporten_resource`](Self::maskinporten_resource)
     /// for an audience-restricted token.
@@ -512,208 +508,6 @@ impl TokenEndpoint {
 /// The client secret. Its `Debug` and `Display` print `[redacted]`; the only way to read
 /// it is [`expose`](Self::expose), so that every use is explicit in the code.
 ///
-/// A secret read from a file ([`from_file`](Self::from_file), `ENTUR_CLIENT_SECRET_FILE`)
-/// remembers the file: when the token endpoint refuses the client (`invalid_client`,
-/// `unauthorized_client`, or any 401, as Entur's server answers a wrong secret), the token
-/// source reads it again, so that a rotated Kubernetes or Docker secret is picked up by
-/// itself.
-#[derive(Clone)]
-pub struct ClientSecret {
-    secret: Box<str>,
-    file: Option<std::sync::Arc<std::path::Path>>,
-}
-
-impl ClientSecret {
-    /// Wraps a secret.
-    pub fn new(secret: impl Into<String>) -> Self {
-        Self {
-            secret: secret.into().into_boxed_str(),
-            file: None,
-        }
-    }
-
-    /// Reads the secret from the file at `path` (its whole content but one trailing
-    /// newline, as Kubernetes and Docker mount secrets), and remembers the file so that the
-    /// token source reads it again after an `invalid_client`.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] when the file cannot be read, is empty, larger than 64 KiB, not
-    /// UTF-8, or holds more than one line.
-    pub fn from_file(path: impl AsRef<std::path::Path>) -> Result<Self, Error> {
-        loader::read_secret_path(path.as_ref())
-    }
-
-    /// The secret in clear. Do not log it.
-    pub fn expose(&self) -> &str {
-        &self.secret
-    }
-
-    /// The file the secret was read from, if it was.
-    pub fn file(&self) -> Option<&std::path::Path> {
-        self.file.as_deref()
-    }
-
-    pub(crate) fn with_file(mut self, path: &std::path::Path) -> Self {
-        self.file = Some(std::sync::Arc::from(path));
-        self
-    }
-}
-
-impl fmt::Debug for ClientSecret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ClientSecret([redacted])")
-    }
-}
-
-impl fmt::Display for ClientSecret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
-
-/// A client id and what proves it: a shared secret, a private key that signs assertions
-/// (`private_key_jwt`, or the JWT bearer grant), or a TLS client certificate.
-///
-/// | constructor | token request | RFC |
-/// |---|---|---|
-/// | [`new`](Self::new), [`from_secret_file`](Self::from_secret_file) | client credentials grant, the secret in the body or HTTP Basic ([`ClientAuth`]) | RFC 6749 section 2.3.1 |
-/// | [`private_key_jwt`](Self::private_key_jwt) | client credentials grant, a signed `client_assertion` | RFC 7523 section 2.2 |
-/// | [`jwt_bearer`](Self::jwt_bearer) | the JWT bearer grant: a signed `assertion` is the grant | RFC 7523 section 2.1 |
-/// | [`tls_client_auth`](Self::tls_client_auth) | client credentials grant, `client_id` alone; the client certificate of the TLS connection authenticates | RFC 8705 section 2 |
-///
-/// Replace them on a running source with
-/// [`TokenSource::set_credentials`](crate::TokenSource::set_credentials). `Debug` shows the
-/// method, the client id and a key's id, never a secret or a key.
-#[derive(Clone)]
-pub struct Credentials {
-    pub(crate) client_id: String,
-    pub(crate) kind: CredentialKind,
-}
-
-/// What proves the client id.
-#[derive(Clone)]
-pub(crate) enum CredentialKind {
-    Secret(ClientSecret),
-    PrivateKeyJwt(std::sync::Arc<dyn crate::assertion::Signer>),
-    JwtBearer(std::sync::Arc<dyn crate::assertion::Signer>),
-    TlsClientAuth,
-}
-
-impl fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut s = f.debug_struct("Credentials");
-        s.field("client_id", &self.client_id);
-        match &self.kind {
-            CredentialKind::Secret(secret) => s.field("client_secret", secret),
-            CredentialKind::PrivateKeyJwt(signer) | CredentialKind::JwtBearer(signer) => s
-                .field("method", &self.method())
-                .field("algorithm", &signer.algorithm())
-                .field("key_id", &signer.key_id()),
-            CredentialKind::TlsClientAuth => s.field("method", &self.method()),
-        };
-        s.finish()
-    }
-}
-
-impl Credentials {
-    /// Credentials from a client id and a secret.
-    pub fn new(client_id: impl Into<String>, client_secret: impl Into<String>) -> Self {
-        Self {
-            client_id: client_id.into(),
-            kind: CredentialKind::Secret(ClientSecret::new(client_secret)),
-        }
-    }
-
-    /// Credentials from a client id and a [`ClientSecret`] (one read with
-    /// [`ClientSecret::from_file`] is read again after an `invalid_client`).
-    pub fn with_secret(client_id: impl Into<String>, client_secret: ClientSecret) -> Self {
-        Self {
-            client_id: client_id.into(),
-            kind: CredentialKind::Secret(client_secret),
-        }
-    }
-
-    /// Credentials whose secret is in the file at `path`, read now and again whenever the
-    /// token endpoint refuses the client (`invalid_client`, `unauthorized_client`, any 401):
-    /// a secret rotated in place (a Kubernetes secret volume) is picked up without a restart.
-    ///
-    /// # Errors
-    ///
-    /// As [`ClientSecret::from_file`].
-    pub fn from_secret_file(
-        client_id: impl Into<String>,
-        path: impl AsRef<std::path::Path>,
-    ) -> Result<Self, Error> {
-        Ok(Self::with_secret(client_id, ClientSecret::from_file(path)?))
-    }
-
-    /// `private_key_jwt` client authentication (RFC 7523 section 2.2, OpenID Connect Core
-    /// section 9): every token request of the client credentials grant carries a fresh
-    /// assertion signed by `signer`, with `iss` and `sub` the client id, `aud` the token URL
-    /// (or [`TokenEndpoint::assertion_audience`]), a random `jti`, `iat` now and `exp` 60 s
-    /// later ([`TokenEndpoint::assertion_lifetime`]).
-    pub fn private_key_jwt(
-        client_id: impl Into<String>,
-        signer: impl crate::assertion::Signer,
-    ) -> Self {
-        Self {
-            client_id: client_id.into(),
-            kind: CredentialKind::PrivateKeyJwt(std::sync::Arc::new(signer)),
-        }
-    }
-
-    /// The JWT bearer grant (RFC 7523 section 2.1): every token request is
-    /// `grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer` with a fresh `assertion`
-    /// signed by `signer`, `iss` the client id, `sub` the client id too unless the endpoint
-    /// says otherwise ([`TokenEndpoint::assertion_subject`]; Maskinporten refuses it), `aud`
-    /// the token URL or [`TokenEndpoint::assertion_audience`]. No other client
-    /// authentication is sent: the assertion is the proof. See
-    /// [`TokenEndpoint::maskinporten`].
-    pub fn jwt_bearer(client_id: impl Into<String>, signer: impl crate::assertion::Signer) -> Self {
-        Self {
-            client_id: client_id.into(),
-            kind: CredentialKind::JwtBearer(std::sync::Arc::new(signer)),
-        }
-    }
-
-    /// Mutual TLS client authentication (RFC 8705 section 2): the token request carries the
-    /// client id alone, and the TLS client certificate authenticates the client. Give the
-    /// certificate to the default HTTPS client with
-    /// [`TokenSourceBuilder::client_certificate_files`](crate::TokenSourceBuilder::client_certificate_files)
-    /// (or use a [transport](crate::TokenSourceBuilder::transport) that presents one).
-    pub fn tls_client_auth(client_id: impl Into<String>) -> Self {
-        Self {
-            client_id: client_id.into(),
-            kind: CredentialKind::TlsClientAuth,
-        }
-    }
-
-    /// The client id.
-    pub fn client_id(&self) -> &str {
-        &self.client_id
-    }
-
-    /// The client secret, for credentials that have one.
-    pub fn client_secret(&self) -> Option<&ClientSecret> {
-        match &self.kind {
-            CredentialKind::Secret(secret) => Some(secret),
-            _ => None,
-        }
-    }
-
-    /// How these credentials authenticate the client: for a secret, the endpoint's
-    /// [`ClientAuth`] decides between the body and HTTP Basic; the other kinds decide alone.
-    pub fn method(&self) -> ClientAuth {
-        match &self.kind {
-            CredentialKind::Secret(_) => ClientAuth::Body,
-            CredentialKind::PrivateKeyJwt(_) => ClientAuth::PrivateKeyJwt,
-            CredentialKind::JwtBearer(_) => ClientAuth::JwtBearer,
-            CredentialKind::TlsClientAuth => ClientAuth::TlsClientAuth,
-        }
-    }
-}
-
 /// The value of Entur's `ET-Client-Name` header: `<company>-<application>`.
 ///
 /// Entur asks every client to send it; requests without it may be rate limited or blocked.
@@ -763,6 +557,7 @@ impl FromStr for ClientName {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::oauth::*;
 
     #[test]
     fn presets_match_entur() {
@@ -810,14 +605,17 @@ mod tests {
             Environment::Production
         );
         let err = "qa".parse::<Environment>().unwrap_err();
-        assert!(err.to_string().contains("dev, staging or production"));
+        assert!(err
+            .report()
+            .to_string()
+            .contains("dev, staging or production"));
     }
 
     #[test]
     fn custom_endpoint_rejects_relative_and_odd_urls() {
         for bad in ["/oauth/token", "ftp://x/y", "not a url", ""] {
             let err = TokenEndpoint::new(bad).unwrap_err();
-            assert!(matches!(err, Error::Config { .. }), "{bad}: {err}");
+            assert!(err.kind() == crate::ErrorKind::Config, "{bad}: {err}");
         }
         let ok = TokenEndpoint::new("https://auth.example.com/token").unwrap();
         assert_eq!(ok.body_encoding(), BodyEncoding::Form);
@@ -845,7 +643,10 @@ mod tests {
             "a\r\n-b",
         ] {
             let err = ClientName::new(bad).unwrap_err();
-            assert!(err.to_string().contains("<company>-<application>"), "{bad}");
+            assert!(
+                err.report().to_string().contains("<company>-<application>"),
+                "{bad}"
+            );
         }
     }
 }

@@ -16,7 +16,7 @@
 //! use entur_auth::assertion::PrivateKey;
 //! use entur_auth::{Credentials, TokenEndpoint};
 //!
-//! # let pem = include_bytes!("../tests/fixtures/test-only-client-rsa.key.pem");
+//! # let pem = include_bytes!("../../tests/fixtures/test-only-client-rsa.key.pem");
 //! let key = PrivateKey::from_pem(pem)?.key_id("2024-key-1");
 //! let credentials = Credentials::private_key_jwt("my-client-id", key);
 //! let endpoint = TokenEndpoint::new("https://auth.example.com/oauth2/token")?;

@@ -27,8 +27,8 @@
 //! ```
 //!
 //! [`EnturAuth`](crate::EnturAuth) acts on refusals itself (it drops the refused token);
-//! [`ReplayLayer`](crate::replay::ReplayLayer) replays the request once;
-//! [`ErrorForStatusLayer`](crate::error_for_status::ErrorForStatusLayer) turns the
+//! [`ReplayLayer`](crate::auth::replay::ReplayLayer) replays the request once;
+//! [`ErrorForStatusLayer`](crate::auth::error_for_status::ErrorForStatusLayer) turns the
 //! failures into typed errors.
 
 use std::time::{Duration, SystemTime};
@@ -36,8 +36,8 @@ use std::time::{Duration, SystemTime};
 use http::header::{HeaderName, LOCATION};
 use http::{HeaderMap, Response, StatusCode, Uri};
 
-use crate::challenge::bearer_error;
-use crate::error::{sanitize, Error};
+use crate::error::sanitize;
+use crate::oauth::challenge::bearer_error;
 
 /// The `grpc-status` header (or trailer) of gRPC responses.
 pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
@@ -73,17 +73,7 @@ pub enum Decision {
     },
 }
 
-/// Why a token was refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Reauth {
-    /// HTTP 401: the token is invalid, expired or revoked.
-    Unauthorized,
-    /// HTTP 408: the token expired during the session (Entur).
-    SessionTimeout,
-    /// gRPC status 16, `UNAUTHENTICATED`.
-    GrpcUnauthenticated,
-}
+pub use crate::source::Reauth;
 
 /// Why a request failed for good.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -120,7 +110,7 @@ pub fn classify_parts(status: StatusCode, headers: &HeaderMap) -> Decision {
         },
         405 => Decision::Fail(Rejection::MethodNotAllowed),
         429 | 503 => Decision::RetryLater {
-            retry_after: crate::endpoint::retry_after(headers, SystemTime::now()),
+            retry_after: crate::oauth::exchange::retry_after(headers, SystemTime::now()),
         },
         _ => classify_grpc(headers),
     }
@@ -181,15 +171,6 @@ pub(crate) fn location(headers: &HeaderMap) -> Option<String> {
             .to_owned(),
     };
     Some(sanitize(&shown, 200))
-}
-
-impl Rejection {
-    pub(crate) fn into_error(self) -> Error {
-        match self {
-            Self::PermissionDenied { grpc } => Error::PermissionDenied { grpc },
-            Self::MethodNotAllowed => Error::MethodNotAllowed,
-        }
-    }
 }
 
 #[cfg(test)]

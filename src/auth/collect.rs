@@ -1,4 +1,4 @@
-//! Buffering request bodies, so that requests with streaming bodies can be replayed after a
+//! Collecting request bodies, so that requests with streaming bodies can be replayed after a
 //! refused token.
 
 use std::future::Future;
@@ -8,15 +8,15 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
 
-/// Buffers request bodies (up to a size limit) into [`Full<Bytes>`], so that requests with
+/// Collects request bodies (up to a size limit) into [`Full<Bytes>`], so that requests with
 /// streaming bodies — tonic's, or hyper's `Incoming` in a proxy — can be replayed after a
 /// refused token. Put it outside the replay:
 ///
 /// ```no_run
-/// # use entur_auth::{EnturAuthLayer, TokenSource, buffer::BufferRequestLayer};
+/// # use entur_auth::{EnturAuthLayer, TokenSource, replay::CollectBodyLayer};
 /// # fn stack<S>(source: TokenSource, channel: S) {
 /// let api = tower::ServiceBuilder::new()
-///     .layer(BufferRequestLayer::new(64 * 1024))
+///     .layer(CollectBodyLayer::new(64 * 1024))
 ///     .layer(EnturAuthLayer::new(source).with_replay())
 ///     // tonic: .map_request(|r: http::Request<http_body_util::Full<bytes::Bytes>>| r.map(tonic::body::Body::new))
 ///     .service(channel);
@@ -26,43 +26,43 @@ use http_body_util::Full;
 /// Without it, a refused streaming request still drops the token (the next request carries
 /// a new one); only the replay of that one request is lost.
 #[derive(Clone, Copy, Debug)]
-pub struct BufferRequestLayer {
+pub struct CollectBodyLayer {
     max_bytes: usize,
 }
 
-impl BufferRequestLayer {
-    /// Buffers bodies of at most `max_bytes`; a larger body fails the request with an error
+impl CollectBodyLayer {
+    /// Collects bodies of at most `max_bytes`; a larger body fails the request with an error
     /// saying so.
     pub fn new(max_bytes: usize) -> Self {
         Self { max_bytes }
     }
 }
 
-impl<S> tower_layer::Layer<S> for BufferRequestLayer {
-    type Service = BufferRequest<S>;
+impl<S> tower_layer::Layer<S> for CollectBodyLayer {
+    type Service = CollectBody<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        BufferRequest {
+        CollectBody {
             inner,
             max_bytes: self.max_bytes,
         }
     }
 }
 
-/// Buffers request bodies into [`Full<Bytes>`]; see [`BufferRequestLayer`].
+/// Collects request bodies into [`Full<Bytes>`]; see [`CollectBodyLayer`].
 #[derive(Clone, Debug)]
-pub struct BufferRequest<S> {
+pub struct CollectBody<S> {
     inner: S,
     max_bytes: usize,
 }
 
-impl<S> BufferRequest<S> {
+impl<S> CollectBody<S> {
     /// The inner service.
     pub fn into_inner(self) -> S {
         self.inner
     }
 }
 
-impl<S, B, ResB> tower_service::Service<Request<B>> for BufferRequest<S>
+impl<S, B, ResB> tower_service::Service<Request<B>> for CollectBody<S>
 where
     S: tower_service::Service<Request<Full<Bytes>>, Response = Response<ResB>>
         + Clone
@@ -99,7 +99,7 @@ where
                 .await
                 .map_err(|e| -> crate::BoxError {
                     if e.is::<http_body_util::LengthLimitError>() {
-                        format!("request body larger than the {max}-byte replay buffer: raise BufferRequestLayer's limit").into()
+                        format!("request body larger than the {max}-byte replay buffer: raise CollectBodyLayer's limit").into()
                     } else {
                         e
                     }

@@ -352,9 +352,13 @@ mod tests {
         for (auth, answer, config, says) in cases {
             let (_, outcome) = exchange(&proxy(auth), answer).await;
             let error = outcome.unwrap_err();
-            assert_eq!(matches!(error, Error::Config { .. }), config, "{error:?}");
+            assert_eq!(
+                error.kind() == crate::ErrorKind::Config,
+                config,
+                "{error:?}"
+            );
             assert_eq!(error.is_transient(), !config, "{error:?}");
-            let text = error.to_string();
+            let text = error.report().to_string();
             assert!(
                 text.contains("p:3128") && text.contains("HTTPS_PROXY"),
                 "{text}"
@@ -376,7 +380,7 @@ mod tests {
         let dst = Uri::from_static("https://partner.entur.org/");
         let error = proxy(false).tunnel(&mut client, &dst).await.unwrap_err();
         assert!(error.is_transient(), "{error:?}");
-        assert!(error.to_string().contains("p:3128"), "{error}");
+        assert!(error.report().to_string().contains("p:3128"), "{error}");
     }
 
     #[test]

@@ -20,8 +20,8 @@ use rustls::pki_types::CertificateDer;
 use rustls::{ClientConfig, RootCertStore};
 use tower::ServiceExt;
 
-use crate::endpoint::{erase, TokenRequestBody, Transport};
 use crate::error::Error;
+use crate::oauth::exchange::{erase, TokenRequestBody, Transport};
 
 /// Parses PEM text into certificates.
 pub(crate) fn certificates_from_pem(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, Error> {

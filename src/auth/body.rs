@@ -10,7 +10,7 @@ use pin_project_lite::pin_project;
 
 use super::verdict::{self, Verdict};
 use crate::source::registry::{self, SourceKey};
-use crate::token::TokenId;
+use crate::source::token::TokenId;
 
 /// Which token to drop if the trailers refuse it, and whether the end of the body accepts it.
 #[derive(Clone, Copy, Debug)]
@@ -42,6 +42,7 @@ impl<B> ResponseBody<B> {
 
     /// `inner`, whose end accepts `token` of source `key` (for an adapter whose answer's head
     /// was a success for a token on probation).
+    #[cfg_attr(not(feature = "reqwest"), allow(dead_code))]
     pub(crate) fn watching(inner: B, key: SourceKey, token: TokenId, grpc: bool) -> Self {
         Self::new(
             inner,

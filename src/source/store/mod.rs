@@ -67,10 +67,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
-use crate::config::{Credentials, TokenEndpoint};
 use crate::error::{BoxError, Error};
+use crate::oauth::{Credentials, TokenEndpoint};
+use crate::source::token::{AccessToken, Lifecycle};
 use crate::source::TokenOrigin;
-use crate::token::{AccessToken, Lifecycle};
 
 /// Where a fleet of token sources shares its token: a key-value store with expiring entries
 /// and a set-if-not-exists lock. Values are opaque (already encrypted) bytes.

@@ -427,8 +427,11 @@ mod tests {
             let error = settings(&[("https_proxy", value)])
                 .route(&token_url())
                 .unwrap_err();
-            assert!(matches!(error, Error::Config { .. }), "{value}: {error:?}");
-            let text = error.to_string();
+            assert!(
+                error.kind() == crate::ErrorKind::Config,
+                "{value}: {error:?}"
+            );
+            let text = error.report().to_string();
             assert!(text.contains("https_proxy"), "{text}");
             assert!(text.contains(says), "{value}: {text}");
             assert!(
@@ -444,7 +447,10 @@ mod tests {
         .route(&token_url())
         .unwrap_err();
         assert!(
-            error.to_string().contains("TokenSourceBuilder::proxy"),
+            error
+                .report()
+                .to_string()
+                .contains("TokenSourceBuilder::proxy"),
             "{error}"
         );
         // An unusable variable is not read when NO_PROXY exempts the host anyway (a SOCKS

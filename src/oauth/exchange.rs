@@ -17,11 +17,11 @@ use serde::Deserialize;
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceExt};
 
-use crate::config::{
+use crate::error::{sanitize, BoxError, Error, Kind, OAuthErrorCode};
+use crate::oauth::{
     AssertionSettings, BodyEncoding, ClientAuth, ClientSecret, CredentialKind, Credentials,
     TokenEndpoint,
 };
-use crate::error::{sanitize, BoxError, Error, OAuthErrorCode};
 
 /// The body type of token requests; a transport plugged in with
 /// [`TokenSourceBuilder::transport`](crate::TokenSourceBuilder::transport) takes
@@ -97,23 +97,23 @@ fn at_host(error: BoxError, host: &Option<String>) -> BoxError {
         Ok(ours) => *ours,
         Err(other) => Error::unavailable(None, None, Some(Arc::from(other))),
     };
-    Box::new(match error {
-        Error::Unavailable {
+    Box::new(match error.inner() {
+        Kind::Unavailable {
             status,
             retry_after,
             cause,
             code,
             description,
             host: None,
-        } => Error::Unavailable {
-            status,
-            retry_after,
-            cause,
-            code,
-            description,
+        } => Error::from(Kind::Unavailable {
+            status: *status,
+            retry_after: *retry_after,
+            cause: cause.clone(),
+            code: code.clone(),
+            description: description.clone(),
             host: host.clone(),
-        },
-        other => other,
+        }),
+        _ => error,
     })
 }
 
@@ -195,7 +195,7 @@ impl TokenRequest {
                 "the token endpoint is set to ClientAuth::{method:?} but the credentials are a client secret: use Credentials::private_key_jwt, Credentials::jwt_bearer or Credentials::tls_client_auth, or ClientAuth::Body or Basic"
             ))),
             (CredentialKind::PrivateKeyJwt(signer) | CredentialKind::JwtBearer(signer), _)
-                if signer.algorithm() != crate::assertion::Algorithm::Rs256 =>
+                if signer.algorithm() != crate::oauth::assertion::Algorithm::Rs256 =>
             {
                 match self.assertion.rsa_only {
                     Some(server) => Err(Error::config(format!(
@@ -255,7 +255,7 @@ impl TokenRequest {
                 fields.push(("client_id", credentials.client_id()));
                 fields.push((
                     "client_assertion_type",
-                    crate::assertion::CLIENT_ASSERTION_TYPE,
+                    crate::oauth::assertion::CLIENT_ASSERTION_TYPE,
                 ));
                 fields.push(("client_assertion", &assertion));
                 assertion.clone()
@@ -264,7 +264,7 @@ impl TokenRequest {
                 assertion = self
                     .sign(signer.as_ref(), credentials, self.assertion.subject)
                     .await?;
-                fields.push(("grant_type", crate::assertion::JWT_BEARER_GRANT));
+                fields.push(("grant_type", crate::oauth::assertion::JWT_BEARER_GRANT));
                 fields.push(("assertion", &assertion));
                 assertion.clone()
             }
@@ -314,19 +314,19 @@ impl TokenRequest {
 
     async fn sign(
         &self,
-        signer: &dyn crate::assertion::Signer,
+        signer: &dyn crate::oauth::assertion::Signer,
         credentials: &Credentials,
         subject: bool,
     ) -> Result<String, Error> {
         let url = self.url.to_string();
-        let claims = crate::assertion::Claims {
+        let claims = crate::oauth::assertion::Claims {
             issuer: credentials.client_id(),
             subject: subject.then_some(credentials.client_id()),
             audience: self.assertion.audience.as_deref().unwrap_or(&url),
             lifetime: self.assertion.lifetime,
             extra: &self.assertion.claims,
         };
-        crate::assertion::sign(signer, &claims).await
+        crate::oauth::assertion::sign(signer, &claims).await
     }
 }
 
@@ -456,28 +456,31 @@ pub(crate) fn read_response(
                 ),
                 None => (None, None),
             };
-            Err(Error::Unavailable {
+            Err(Kind::Unavailable {
                 status: Some(status),
                 retry_after,
                 cause: None,
                 code,
                 description,
                 host: None,
-            })
+            }
+            .into())
         }
         (400..=499, Some(oauth)) => Err(oauth_error(oauth)),
         (400 | 401 | 403, None) => {
             let challenge = challenge_scheme(&response.headers);
             if challenge.is_some() || body.is_empty() {
-                Err(Error::Rejected {
+                let hint = advice(&OAuthErrorCode::Unspecified, challenge.as_deref(), client_auth);
+                Err(Kind::Rejected {
                     code: OAuthErrorCode::Unspecified,
                     description: None,
                     status,
                     challenge,
-                    client_auth,
-                })
+                    hint,
+                }
+                .into())
             } else {
-                Err(Error::NotOAuthRefusal {
+                Err(Kind::Blocked {
                     status,
                     answer: describe_answer(&response.headers, &response.body, secret),
                     server: response
@@ -485,7 +488,8 @@ pub(crate) fn read_response(
                         .get(SERVER)
                         .and_then(|v| v.to_str().ok())
                         .map(|v| sanitize(v, 64)),
-                })
+                }
+                .into())
             }
         }
         (404 | 405, None) => Err(Error::config(format!(
@@ -508,22 +512,26 @@ fn oauth_error(
     let code = OAuthErrorCode::parse(&redact(&oauth.error, secret));
     let description = description(&oauth, secret);
     if code.is_transient() {
-        return Error::Unavailable {
+        return Kind::Unavailable {
             status: Some(response.status),
             retry_after,
             cause: None,
             code: Some(code),
             description,
             host: None,
-        };
+        }
+        .into();
     }
-    Error::Rejected {
+    let challenge = challenge_scheme(&response.headers);
+    let hint = advice(&code, challenge.as_deref(), client_auth);
+    Kind::Rejected {
         code,
         description,
         status: response.status,
-        challenge: challenge_scheme(&response.headers),
-        client_auth,
+        challenge,
+        hint,
     }
+    .into()
 }
 
 fn description(oauth: &ErrorBody, secret: &str) -> Option<String> {
@@ -537,7 +545,7 @@ fn description(oauth: &ErrorBody, secret: &str) -> Option<String> {
 /// one of them is, else the first.
 fn challenge_scheme(headers: &HeaderMap) -> Option<String> {
     let mut first = None;
-    for scheme in crate::challenge::schemes(headers) {
+    for scheme in crate::oauth::challenge::schemes(headers) {
         if scheme.eq_ignore_ascii_case("basic") {
             return Some("Basic".to_owned());
         }
@@ -720,10 +728,44 @@ pub(crate) fn transport_error(error: BoxError) -> Error {
     }
 }
 
+/// What to do about this code, given the answer's `WWW-Authenticate` auth-scheme and how
+/// the client authenticated: a server that answers `Basic` to a secret sent in the body
+/// wants HTTP Basic; one that refuses Basic credentials may not decode them as RFC 6749
+/// says, or may want them in the body.
+fn advice(code: &OAuthErrorCode, challenge: Option<&str>, client_auth: ClientAuth) -> &'static str {
+    let asks_basic = challenge.is_some_and(|scheme| scheme.eq_ignore_ascii_case("basic"));
+    let client_refused = asks_basic
+        || matches!(
+            code,
+            OAuthErrorCode::InvalidClient | OAuthErrorCode::Unspecified
+        );
+    match client_auth {
+        ClientAuth::Body if asks_basic => {
+            "the token endpoint asks for HTTP Basic client authentication (WWW-Authenticate: Basic) but this client sent its secret in the request body: set TokenEndpoint::client_auth(ClientAuth::Basic) (Amazon Cognito and Spring Authorization Server, for instance, refuse body secrets from clients registered for client_secret_basic); if it is still refused, check client_id and client_secret"
+        }
+        ClientAuth::Basic if client_refused => {
+            "check client_id and client_secret; if they are right, the server may not URL-decode HTTP Basic credentials as RFC 6749 section 2.3.1 requires: when the id or secret has characters other than letters, digits and - . _ *, try ClientAuth::BasicUnencoded; or the server may want them in the body (ClientAuth::Body)"
+        }
+        ClientAuth::BasicUnencoded if client_refused => {
+            "check client_id and client_secret; if they are right, the server may URL-decode HTTP Basic credentials as RFC 6749 section 2.3.1 says (ClientAuth::Basic), or want them in the body (ClientAuth::Body)"
+        }
+        ClientAuth::PrivateKeyJwt if client_refused => {
+            "check client_id, that the public key registered for the client is this private key's (and its kid), the assertion audience the server expects (TokenEndpoint::assertion_audience: its token URL or issuer), and that this machine's clock is right"
+        }
+        ClientAuth::JwtBearer if client_refused || matches!(code, OAuthErrorCode::InvalidGrant) => {
+            "check the client id (the assertion's iss), that the key registered for the client is this one (and its kid), the assertion audience (TokenEndpoint::assertion_audience: Maskinporten wants its issuer), the scope the client may ask for, and that this machine's clock is right (Maskinporten allows 10 s)"
+        }
+        ClientAuth::TlsClientAuth if client_refused => {
+            "check client_id and that the TLS client certificate is the one registered for the client (TokenSourceBuilder::client_certificate_files), and that it has not expired"
+        }
+        _ => code.advice(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Environment;
+    use crate::oauth::Environment;
 
     fn raw(status: u16, body: &str) -> RawResponse {
         RawResponse {
@@ -872,9 +914,9 @@ mod tests {
             "a\x7f",
         ] {
             let err = ua(bad).err().unwrap();
-            assert!(matches!(err, Error::Config { .. }), "{bad:?}");
-            assert!(err.to_string().contains("User-Agent"), "{err}");
-            assert!(!err.to_string().contains('\n'), "{err}");
+            assert!(err.kind() == crate::ErrorKind::Config, "{bad:?}");
+            assert!(err.report().to_string().contains("User-Agent"), "{err}");
+            assert!(!err.report().to_string().contains('\n'), "{err}");
         }
     }
 
@@ -911,8 +953,11 @@ mod tests {
         let err = TokenRequest::new_for(&endpoint, &Credentials::new("a:b", "s"))
             .err()
             .unwrap();
-        assert!(matches!(err, Error::Config { .. }));
-        assert!(err.to_string().contains("ClientAuth::Basic"), "{err}");
+        assert!(err.kind() == crate::ErrorKind::Config);
+        assert!(
+            err.report().to_string().contains("ClientAuth::Basic"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -973,8 +1018,8 @@ mod tests {
             ),
         ] {
             let err = read_response(&raw(200, body), "s").err().unwrap();
-            assert!(matches!(err, Error::InvalidResponse { .. }), "{body}");
-            assert!(err.to_string().contains(what), "{body}: {err}");
+            assert!(err.kind() == crate::ErrorKind::InvalidResponse, "{body}");
+            assert!(err.report().to_string().contains(what), "{body}: {err}");
         }
     }
 
@@ -997,7 +1042,7 @@ mod tests {
         let err = read_response(&raw(200, "\u{FEFF}\u{FEFF}{}"), "s")
             .err()
             .unwrap();
-        assert!(err.to_string().contains("not a JSON"), "{err}");
+        assert!(err.report().to_string().contains("not a JSON"), "{err}");
     }
 
     #[test]
@@ -1059,11 +1104,14 @@ mod tests {
         // No body: the server refused without saying why.
         let err = read_response(&raw(403, ""), "s").err().unwrap();
         assert_eq!(err.oauth_code(), Some(&OAuthErrorCode::Unspecified));
-        assert!(err.to_string().contains("no OAuth error code"), "{err}");
+        assert!(
+            err.report().to_string().contains("no OAuth error code"),
+            "{err}"
+        );
         let err = read_response(&raw(503, "{}"), "s").err().unwrap();
         assert!(err.is_transient());
         let err = read_response(&raw(404, ""), "s").err().unwrap();
-        assert!(matches!(err, Error::Config { .. }));
+        assert!(err.kind() == crate::ErrorKind::Config);
     }
 
     fn with_headers(mut r: RawResponse, headers: &[(&'static str, &'static str)]) -> RawResponse {
@@ -1078,16 +1126,13 @@ mod tests {
         // In a 200: the code, not "the response has no access_token".
         let body = r#"{"error":"invalid_client","error_description":"unknown client"}"#;
         let err = read_response(&raw(200, body), "s").err().unwrap();
+        assert!(err.is_credentials(), "{err:?}");
+        assert_eq!(err.oauth_code(), Some(&OAuthErrorCode::InvalidClient));
+        assert_eq!(err.status(), Some(StatusCode::OK));
+        assert_eq!(err.description(), Some("unknown client"));
         assert!(
-            matches!(
-                &err,
-                Error::Rejected { code: OAuthErrorCode::InvalidClient, status, description: Some(d), .. }
-                    if *status == StatusCode::OK && d == "unknown client"
-            ),
-            "{err:?}"
-        );
-        assert!(
-            err.to_string()
+            err.report()
+                .to_string()
                 .contains("200 invalid_client: unknown client"),
             "{err}"
         );
@@ -1100,7 +1145,7 @@ mod tests {
                 Some(&OAuthErrorCode::AccessDenied),
                 "{status}"
             );
-            assert!(err.is_rejected());
+            assert!(err.is_credentials());
         }
         // "Later", not "no": transient, whatever the status, with the code kept.
         for (status, code, expect) in [
@@ -1123,10 +1168,10 @@ mod tests {
                 .insert(RETRY_AFTER, HeaderValue::from_static("60"));
             let err = read_response(&r, "s").err().unwrap();
             assert!(err.is_transient(), "{status} {code}: {err:?}");
-            assert!(!err.is_rejected());
+            assert!(!err.is_credentials());
             assert_eq!(err.oauth_code(), Some(&expect));
             assert_eq!(err.retry_after(), Some(Duration::from_secs(60)));
-            let text = err.to_string();
+            let text = err.report().to_string();
             assert!(
                 text.contains(&format!("answered {status} {code}: maintenance")),
                 "{text}"
@@ -1142,7 +1187,10 @@ mod tests {
         let err = read_response(&raw(200, r#"{"error":{"code":1}}"#), "s")
             .err()
             .unwrap();
-        assert!(err.to_string().contains("no access_token"), "{err}");
+        assert!(
+            err.report().to_string().contains("no access_token"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -1156,16 +1204,18 @@ mod tests {
             ],
         );
         let err = read_response(&r, "s").err().unwrap();
+        assert_eq!(err.kind(), crate::ErrorKind::Blocked, "{err:?}");
+        assert_eq!(err.status(), Some(StatusCode::FORBIDDEN));
+        let shown = err.report().to_string();
         assert!(
-            matches!(&err, Error::NotOAuthRefusal { status, answer, server: Some(server) }
-                if *status == StatusCode::FORBIDDEN
-                    && answer == r#"an HTML page titled "Attention Required! | Cloudflare""#
-                    && server == "cloudflare"),
-            "{err:?}"
+            shown.contains(
+                r#"an HTML page titled "Attention Required! | Cloudflare" (Server: cloudflare)"#
+            ),
+            "{shown}"
         );
-        assert!(!err.is_rejected() && !err.is_transient());
+        assert!(!err.is_credentials() && !err.is_transient());
         assert_eq!(err.oauth_code(), None);
-        let text = err.to_string();
+        let text = err.report().to_string();
         for says in [
             "(or a gateway in front of it) answered 403 with an HTML page",
             "not an OAuth error",
@@ -1181,7 +1231,9 @@ mod tests {
             .err()
             .unwrap();
         assert!(
-            err.to_string().contains("answered 401 with an HTML page,"),
+            err.report()
+                .to_string()
+                .contains("answered 401 with an HTML page,"),
             "{err}"
         );
         // JSON that is not an OAuth error (API gateways), and text.
@@ -1190,9 +1242,10 @@ mod tests {
             &[("content-type", "application/json")],
         );
         let err = read_response(&r, "s").err().unwrap();
-        assert!(matches!(err, Error::NotOAuthRefusal { .. }), "{err:?}");
+        assert!(err.kind() == crate::ErrorKind::Blocked, "{err:?}");
         assert!(
-            err.to_string()
+            err.report()
+                .to_string()
                 .contains(r#"a JSON body without an OAuth error code ({"message":"Forbidden"})"#),
             "{err}"
         );
@@ -1201,7 +1254,7 @@ mod tests {
             &[("content-type", "text/plain")],
         );
         let err = read_response(&r, "hunter22").err().unwrap();
-        let text = err.to_string();
+        let text = err.report().to_string();
         assert!(
             text.contains("a text/plain body (Request blocked. Ref: 42 [redacted])"),
             "{text}"
@@ -1218,13 +1271,15 @@ mod tests {
             ],
         );
         let err = read_response(&r, "s").err().unwrap();
-        assert!(
-            matches!(&err, Error::Rejected { code: OAuthErrorCode::Unspecified, challenge: Some(c), .. } if c == "Basic"),
+        assert_eq!(
+            err.oauth_code(),
+            Some(&OAuthErrorCode::Unspecified),
             "{err:?}"
         );
+        assert_eq!(err.challenge(), Some("Basic"));
         // And so does an empty body.
         let err = read_response(&raw(401, " "), "s").err().unwrap();
-        assert!(err.is_rejected(), "{err:?}");
+        assert!(err.is_credentials(), "{err:?}");
     }
 
     #[test]
@@ -1247,11 +1302,8 @@ mod tests {
             "invalid_client",
             ClientAuth::Body,
         );
-        assert!(
-            matches!(&err, Error::Rejected { challenge: Some(c), client_auth: ClientAuth::Body, .. } if c == "Basic"),
-            "{err:?}"
-        );
-        let text = err.to_string();
+        assert_eq!(err.challenge(), Some("Basic"), "{err:?}");
+        let text = err.report().to_string();
         assert!(text.contains("WWW-Authenticate: Basic"), "{text}");
         assert!(text.contains("client_auth(ClientAuth::Basic)"), "{text}");
         // Among other challenges, in any case.
@@ -1261,28 +1313,38 @@ mod tests {
             ClientAuth::Body,
         );
         assert!(
-            err.to_string().contains("client_auth(ClientAuth::Basic)"),
+            err.report()
+                .to_string()
+                .contains("client_auth(ClientAuth::Basic)"),
             "{err}"
         );
         // Already Basic: the encoding, or the body.
         for challenge in [Some("Basic"), None] {
-            let text = refusal(challenge, "invalid_client", ClientAuth::Basic).to_string();
+            let text = refusal(challenge, "invalid_client", ClientAuth::Basic)
+                .report()
+                .to_string();
             assert!(
                 text.contains("ClientAuth::BasicUnencoded") && text.contains("ClientAuth::Body"),
                 "{text}"
             );
         }
-        let text = refusal(Some("Basic"), "invalid_client", ClientAuth::BasicUnencoded).to_string();
+        let text = refusal(Some("Basic"), "invalid_client", ClientAuth::BasicUnencoded)
+            .report()
+            .to_string();
         assert!(
             text.contains("(ClientAuth::Basic)") && text.contains("ClientAuth::Body"),
             "{text}"
         );
         // No challenge, secret in the body: the plain advice.
-        let text = refusal(None, "invalid_client", ClientAuth::Body).to_string();
+        let text = refusal(None, "invalid_client", ClientAuth::Body)
+            .report()
+            .to_string();
         assert!(text.contains("check client_id and client_secret"), "{text}");
         assert!(!text.contains("ClientAuth"), "{text}");
         // Other codes keep their own advice when nothing points at client authentication.
-        let text = refusal(None, "invalid_scope", ClientAuth::Basic).to_string();
+        let text = refusal(None, "invalid_scope", ClientAuth::Basic)
+            .report()
+            .to_string();
         assert!(text.contains("check the requested scope"), "{text}");
     }
 
@@ -1290,7 +1352,7 @@ mod tests {
     fn echoed_secrets_are_redacted() {
         let body = r#"{"error":"invalid_client","error_description":"bad secret hunter22"}"#;
         let err = read_response(&raw(401, body), "hunter22").err().unwrap();
-        assert!(!err.to_string().contains("hunter22"), "{err}");
+        assert!(!err.report().to_string().contains("hunter22"), "{err}");
         assert!(!format!("{err:?}").contains("hunter22"));
     }
 
@@ -1302,8 +1364,11 @@ mod tests {
             HeaderValue::from_static("https://elsewhere.example/t"),
         );
         let err = read_response(&r, "s").err().unwrap();
-        assert!(matches!(err, Error::Config { .. }));
-        assert!(err.to_string().contains("https://elsewhere.example/t"));
+        assert!(err.kind() == crate::ErrorKind::Config);
+        assert!(err
+            .report()
+            .to_string()
+            .contains("https://elsewhere.example/t"));
     }
 
     #[test]
