@@ -1,8 +1,19 @@
 //! The protected API: the bearer token check, and the faults injected into it.
 
-use super::fault::grpc_message;
-use super::handler::*;
-use super::*;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+
+use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::{HeaderMap, Request, Response, StatusCode, Version};
+use http_body::Body;
+use serde_json::json;
+
+use crate::fault::grpc_message;
+use crate::handler::{json_response, read_request, respond, status_response};
+use crate::{
+    log, ApiFault, BearerToken, BoxError, IssuedToken, RecordedRequest, RequestKind, Shared,
+    TestBody, TokenState, REALM,
+};
 
 /// Why the API refuses a request, before any fault.
 enum Refusal {

@@ -3,11 +3,14 @@
 //! key registered for the client, `iss`, `sub`, `aud`, `exp`, `iat`, and a `jti` used once.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine as _;
 use ring::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_FIXED, RSA_PKCS1_2048_8192_SHA256};
+use serde_json::Value;
 
-use super::*;
+use crate::Shared;
 
 /// How far ahead of the server's clock an `iat` may be (Maskinporten allows 10 s).
 const IAT_LEEWAY_SECS: u64 = 10;

@@ -1,6 +1,15 @@
 //! The response body of the embedded server.
 
-use super::*;
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
 
 /// The response body type of the [`TestServer`], both over TCP and
 /// in-process.
@@ -8,6 +17,10 @@ use super::*;
 /// Either a complete body sent at once, a body trickled out one byte at a
 /// time (see [`Fault::Trickle`]), or a body followed by trailers (see
 /// [`ApiFault::GrpcTrailers`]).
+///
+/// [`TestServer`]: crate::TestServer
+/// [`Fault::Trickle`]: crate::Fault::Trickle
+/// [`ApiFault::GrpcTrailers`]: crate::ApiFault::GrpcTrailers
 pub struct TestBody {
     pub(super) inner: BodyInner,
 }

@@ -1,6 +1,18 @@
 //! [`TestServerBuilder`]: how the server behaves.
 
-use super::*;
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::io;
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::{
+    accept_loop, assertion, log, signing, Inner, Shared, State, TestServer, API_PATH,
+    DEFAULT_AUDIENCE, DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_LIFETIME, JWKS_PATH,
+    TOKEN_PATH,
+};
 
 /// Builder for a [`TestServer`], made by [`TestServer::builder`].
 #[derive(Clone)]
@@ -100,7 +112,7 @@ impl TestServerBuilder {
     /// a request without `audience` is refused with `403`
     /// `{"error":"access_denied","error_description":"No audience parameter
     /// was provided, and no default audience has been configured"}`, so a
-    /// client that forgets [`TokenEndpoint::audience`](crate::TokenEndpoint::audience)
+    /// client that forgets [`TokenEndpoint::audience`](entur_auth::TokenEndpoint::audience)
     /// fails its tests as it would fail in production. With `false`, the
     /// server behaves as an Auth0 tenant with a default audience, or as a
     /// server that knows no audience: a request without one gets a token for
@@ -108,7 +120,7 @@ impl TestServerBuilder {
     /// `403 access_denied` (`Service not found: …`).
     ///
     /// ```
-    /// use entur_auth::testing::TestServer;
+    /// use entur_auth_test::TestServer;
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -153,6 +165,11 @@ impl TestServerBuilder {
     /// [`Fault::Respond`] and [`ApiFault::Respond`] still send exactly the
     /// headers given. [`TestServer::endpoint`] follows the mode: form bodies
     /// and HTTP Basic in strict mode.
+    ///
+    /// [`Fault::Status`]: crate::Fault::Status
+    /// [`ApiFault::Status`]: crate::ApiFault::Status
+    /// [`ApiFault::Respond`]: crate::ApiFault::Respond
+    /// [`Fault::Respond`]: crate::Fault::Respond
     pub fn strict_rfc(mut self, strict: bool) -> Self {
         self.strict = strict;
         self
@@ -203,12 +220,14 @@ impl TestServerBuilder {
     }
 
     /// Serves HTTPS instead of plain HTTP, with the certificate chain `cert_pem` (for
-    /// `127.0.0.1`, issued by a CA the client trusts, e.g. with
-    /// [`extra_root_certificate_pem`](crate::TokenSourceBuilder::extra_root_certificate_pem))
-    /// and its private key `key_pem`: the URLs become `https://127.0.0.1:PORT/…`. Make the
-    /// certificates in the test (rcgen) or keep test-only fixtures.
+    /// `127.0.0.1`, issued by a CA the client trusts, e.g. with entur-auth's
+    /// [`extra_root_certificate_pem`]) and its private key `key_pem`: the URLs become
+    /// `https://127.0.0.1:PORT/…`. Make the certificates in the test (rcgen) or keep test-only
+    /// fixtures.
     ///
     /// [`start`](Self::start) fails with `InvalidInput` if they cannot be used.
+    ///
+    /// [`extra_root_certificate_pem`]: https://docs.rs/entur-auth/0.1/entur_auth/struct.TokenSourceBuilder.html#method.extra_root_certificate_pem
     pub fn https(mut self, cert_pem: impl Into<String>, key_pem: impl Into<String>) -> Self {
         self.https = Some((cert_pem.into(), key_pem.into()));
         self
@@ -248,7 +267,7 @@ impl TestServerBuilder {
     /// kept between 1970 and 9999.
     ///
     /// ```
-    /// use entur_auth::testing::TestServer;
+    /// use entur_auth_test::TestServer;
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> std::io::Result<()> {
@@ -260,6 +279,8 @@ impl TestServerBuilder {
     /// # Ok(())
     /// # }
     /// ```
+    ///
+    /// [`Fault::Respond`]: crate::Fault::Respond
     pub fn issuer_clock_offset_secs(mut self, offset_secs: i64) -> Self {
         self.clock_offset_secs = offset_secs;
         self

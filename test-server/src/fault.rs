@@ -1,7 +1,11 @@
 //! Faults injected into the token endpoint ([`Fault`]) and into the protected API
 //! ([`ApiFault`]).
 
-use super::*;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::StatusCode;
+use serde_json::json;
 
 /// The `error_description` of the bodies the fault constructors make.
 const INJECTED: &str = "injected fault";
@@ -10,6 +14,9 @@ const INJECTED: &str = "injected fault";
 /// or [`TestServer::set_sticky_fault`].
 ///
 /// A fault is applied after the request has been counted and recorded.
+///
+/// [`TestServer::push_fault`]: crate::TestServer::push_fault
+/// [`TestServer::set_sticky_fault`]: crate::TestServer::set_sticky_fault
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum Fault {
@@ -19,7 +26,7 @@ pub enum Fault {
     /// The response has `Cache-Control: no-store` and, if the body is not
     /// empty, `Content-Type: application/json` when the body is valid JSON
     /// and `text/plain` otherwise. In [strict
-    /// mode](TestServerBuilder::strict_rfc), a 401 gets the server's `Basic`
+    /// mode](crate::TestServerBuilder::strict_rfc), a 401 gets the server's `Basic`
     /// challenge and every answer `Pragma: no-cache`.
     Status {
         /// Status of the response.
@@ -51,6 +58,10 @@ pub enum Fault {
     /// Refuse the connection: the in-process [`TokenTransport`] fails with an
     /// [`io::Error`] of kind [`io::ErrorKind::ConnectionRefused`]; over TCP
     /// the connection is closed without an answer.
+    ///
+    /// [`TokenTransport`]: crate::TokenTransport
+    /// [`io::Error`]: std::io::Error
+    /// [`io::ErrorKind::ConnectionRefused`]: std::io::ErrorKind::ConnectionRefused
     Refuse,
     /// Process the request normally (so a valid request gets a 200 with a
     /// valid token response) but send the response body one byte per
@@ -123,6 +134,9 @@ impl Fault {
 /// [`entur_token_expired`]: ApiFault::entur_token_expired
 /// [`grpc`]: ApiFault::grpc
 /// [`grpc_in_trailers`]: ApiFault::grpc_in_trailers
+/// [`TestServer::push_api_fault`]: crate::TestServer::push_api_fault
+/// [`TestServer::set_sticky_api_fault`]: crate::TestServer::set_sticky_api_fault
+/// [`TestServer::api_service`]: crate::TestServer::api_service
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum ApiFault {
@@ -130,7 +144,7 @@ pub enum ApiFault {
     /// header values (sent verbatim).
     ///
     /// If the body is not empty, `Content-Type` is `application/json` when the body is valid
-    /// JSON and `text/plain` otherwise. In [strict mode](TestServerBuilder::strict_rfc), a
+    /// JSON and `text/plain` otherwise. In [strict mode](crate::TestServerBuilder::strict_rfc), a
     /// 401 without a `www_authenticate` gets the server's `Bearer` challenge, as RFC 6750
     /// section 3 requires.
     Status {
@@ -232,7 +246,7 @@ impl ApiFault {
     }
 
     /// 408, which Entur's APIs answer when the token expired during the session (see
-    /// [`TokenEndpoint::reauth_on_408`](crate::TokenEndpoint::reauth_on_408)).
+    /// [`TokenEndpoint::reauth_on_408`](entur_auth::TokenEndpoint::reauth_on_408)).
     pub fn entur_token_expired() -> ApiFault {
         json_fault(StatusCode::REQUEST_TIMEOUT, "token_expired", None, None)
     }

@@ -1,11 +1,27 @@
 //! The one handler behind the TCP server and the in-process services: routing, the
 //! well-known documents, and the helpers the endpoints share.
 
-use super::*;
+use std::io;
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::{BodyExt, Limited};
+use serde_json::{json, Value};
+
+use crate::{
+    api, log, token_endpoint, BoxError, RecordedRequest, RequestKind, Shared, TestBody, API_PATH,
+    JWKS_PATH, MAX_BODY, OAUTH_METADATA_PATH, OPENID_CONFIGURATION_PATH, REALM, TOKEN_PATH,
+};
 
 /// The one request handler of the server, for TCP and in-process requests.
 ///
 /// Fails only for [`Fault::Refuse`].
+///
+/// [`Fault::Refuse`]: crate::Fault::Refuse
 pub(super) async fn handle<B>(
     shared: Arc<Shared>,
     request: Request<B>,
@@ -121,6 +137,8 @@ fn metadata(shared: &Shared) -> Value {
 /// The `Date` header, by the server's clock (see
 /// [`TestServerBuilder::issuer_clock_offset_secs`]). Over TCP, hyper keeps it
 /// rather than adding its own.
+///
+/// [`TestServerBuilder::issuer_clock_offset_secs`]: crate::TestServerBuilder::issuer_clock_offset_secs
 pub(super) fn insert_date(shared: &Shared, headers: &mut HeaderMap) {
     let date = httpdate::fmt_http_date(UNIX_EPOCH + shared.issuer_now());
     let value = HeaderValue::from_str(&date).expect("an HTTP date is a valid header value");

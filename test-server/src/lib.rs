@@ -1,4 +1,5 @@
-//! An embedded OAuth2 authorization server and a protected API, on loopback.
+//! An embedded OAuth2 authorization server and a protected API, on loopback, for testing
+//! code that uses [`entur_auth`] (or any OAuth2 client credentials client).
 //!
 //! [`TestServer`] runs, on `127.0.0.1` and an ephemeral port, both
 //!
@@ -45,7 +46,7 @@
 //! working after that, as they need no socket.
 //!
 //! ```
-//! use entur_auth::testing::TestServer;
+//! use entur_auth_test::TestServer;
 //! use http_body_util::BodyExt;
 //! use tower_service::Service;
 //!
@@ -72,29 +73,23 @@
 //! # Ok(())
 //! # }
 //! ```
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 use std::collections::{HashMap, VecDeque};
-use std::convert::Infallible;
 use std::fmt;
-use std::future::Future;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
-use std::pin::Pin;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine as _;
 use bytes::Bytes;
-use http::header::{
-    HeaderName, HeaderValue, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE,
+use entur_auth::{
+    BodyEncoding, ClientAuth, Credentials, TokenEndpoint, TokenSource, TokenSourceBuilder,
 };
-use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
-use http_body::{Body, Frame, SizeHint};
-use http_body_util::{BodyExt, Limited};
-use serde_json::{json, Value};
+use http::{HeaderMap, Method, Request, Uri};
+use serde_json::Value;
 use tokio::task::{AbortHandle, JoinSet};
 
 mod api;
@@ -108,11 +103,10 @@ mod service;
 mod signing;
 mod token_endpoint;
 
-use body::BodyInner;
 pub use body::TestBody;
 pub use builder::TestServerBuilder;
 pub use fault::{ApiFault, Fault};
-use handler::{handle, no_store_json};
+use handler::handle;
 pub use log::{Answer, BearerToken, LoggedRequest, RequestKind, TokenState};
 pub use service::{ApiService, ResponseFuture, TokenTransport};
 
@@ -171,7 +165,7 @@ pub struct RecordedRequest {
 /// An OAuth2 authorization server and a protected API running on loopback.
 ///
 /// A cheap [`Clone`] handle; the server stops when the last clone is dropped.
-/// See the [module documentation](self).
+/// See the [crate documentation](crate).
 #[derive(Clone)]
 pub struct TestServer {
     inner: Arc<Inner>,
@@ -380,7 +374,7 @@ impl TestServer {
     /// precedence over the sticky API fault.
     ///
     /// ```
-    /// use entur_auth::testing::{ApiFault, TestServer};
+    /// use entur_auth_test::{ApiFault, TestServer};
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> std::io::Result<()> {
@@ -643,36 +637,36 @@ async fn serve_connection<S>(
     }
 }
 
-/// Configuration of this crate for the embedded server.
+/// Configuration of entur-auth for the embedded server.
 impl TestServer {
     /// The server's credentials.
-    pub fn credentials(&self) -> crate::Credentials {
-        crate::Credentials::new(self.client_id(), self.client_secret())
+    pub fn credentials(&self) -> Credentials {
+        Credentials::new(self.client_id(), self.client_secret())
     }
 
     /// The server's token endpoint with its audience, JSON-encoded and with a 408 meaning
     /// "the token expired", as Entur's presets are. In [strict
     /// mode](TestServerBuilder::strict_rfc), form-encoded with HTTP Basic instead, as RFC 6749
     /// asks.
-    pub fn endpoint(&self) -> crate::TokenEndpoint {
-        let endpoint = crate::TokenEndpoint::new(&self.token_url())
+    pub fn endpoint(&self) -> TokenEndpoint {
+        let endpoint = TokenEndpoint::new(&self.token_url())
             .expect("the server's token URL is a valid http URL")
             .audience(self.audience())
             .reauth_on_408(true);
         if self.inner.shared.strict {
             endpoint
-                .encoding(crate::BodyEncoding::Form)
-                .client_auth(crate::ClientAuth::Basic)
+                .encoding(BodyEncoding::Form)
+                .client_auth(ClientAuth::Basic)
         } else {
-            endpoint.encoding(crate::BodyEncoding::Json)
+            endpoint.encoding(BodyEncoding::Json)
         }
     }
 
-    /// A [`TokenSourceBuilder`](crate::TokenSourceBuilder) for this server that reaches it
-    /// in-process through [`token_transport`](Self::token_transport): no sockets, so tests on
-    /// tokio's paused clock control every timeout and expiry.
-    pub fn source_builder(&self) -> crate::TokenSourceBuilder {
-        crate::TokenSource::builder(self.endpoint(), self.credentials())
+    /// A [`TokenSourceBuilder`] for this server that reaches it in-process through
+    /// [`token_transport`](Self::token_transport): no sockets, so tests on tokio's paused clock
+    /// control every timeout and expiry.
+    pub fn source_builder(&self) -> TokenSourceBuilder {
+        TokenSource::builder(self.endpoint(), self.credentials())
             .allow_http_loopback(true)
             .transport(self.token_transport())
     }

@@ -1,14 +1,27 @@
 //! The request log: every request the server received, in order, in a bounded ring buffer.
 
-use super::*;
+use std::collections::VecDeque;
+use std::time::SystemTime;
+
+use http::header::WWW_AUTHENTICATE;
+use http::{HeaderMap, Response, StatusCode};
+use serde_json::Value;
+
+use crate::body::BodyInner;
+use crate::{RecordedRequest, TestBody};
 
 /// Default [`TestServerBuilder::request_log_capacity`].
+///
+/// [`TestServerBuilder::request_log_capacity`]: crate::TestServerBuilder::request_log_capacity
 pub(super) const DEFAULT_LOG_CAPACITY: usize = 10_000;
 
 /// One request in the [`TestServer`]'s log (see [`TestServer::requests_log`]).
 ///
 /// Like [`RecordedRequest`], it holds what the client sent, credentials and tokens included,
 /// and the derived `Debug` prints them.
+///
+/// [`TestServer`]: crate::TestServer
+/// [`TestServer::requests_log`]: crate::TestServer::requests_log
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct LoggedRequest {
@@ -23,6 +36,8 @@ pub struct LoggedRequest {
     pub received_at: tokio::time::Instant,
     /// When its body had been read, by this machine's wall clock (not the server's skewed
     /// one, see [`TestServerBuilder::issuer_clock_offset_secs`]).
+    ///
+    /// [`TestServerBuilder::issuer_clock_offset_secs`]: crate::TestServerBuilder::issuer_clock_offset_secs
     pub received_at_system: SystemTime,
     /// For an API request with a bearer token: the token, and what the server knew of it
     /// when the request arrived. `None` for other requests and for API requests without a
@@ -54,6 +69,8 @@ impl LoggedRequest {
 }
 
 /// Which endpoint of the [`TestServer`] a request was for.
+///
+/// [`TestServer`]: crate::TestServer
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum RequestKind {
@@ -91,6 +108,8 @@ pub enum TokenState {
     /// Issued by this server and expired.
     Expired,
     /// Issued by this server and revoked ([`TestServer::revoke_all`]).
+    ///
+    /// [`TestServer::revoke_all`]: crate::TestServer::revoke_all
     Revoked,
     /// Not issued by this server.
     Unknown,
@@ -101,8 +120,13 @@ pub enum TokenState {
 #[non_exhaustive]
 pub enum Answer {
     /// Not answered (yet): a [`Fault::Delay`] or [`ApiFault::Delay`] not over, or a hang.
+    ///
+    /// [`ApiFault::Delay`]: crate::ApiFault::Delay
+    /// [`Fault::Delay`]: crate::Fault::Delay
     Pending,
     /// Refused without an answer ([`Fault::Refuse`]).
+    ///
+    /// [`Fault::Refuse`]: crate::Fault::Refuse
     Refused,
     /// An answer was sent (its head: a trickled body may still be on its way).
     #[non_exhaustive]
@@ -117,6 +141,10 @@ pub enum Answer {
         /// Whether an injected fault made the answer ([`Fault::Delay`],
         /// [`Fault::Trickle`] and [`ApiFault::Delay`] deliver the normal answer: they do not
         /// count).
+        ///
+        /// [`Fault::Delay`]: crate::Fault::Delay
+        /// [`ApiFault::Delay`]: crate::ApiFault::Delay
+        /// [`Fault::Trickle`]: crate::Fault::Trickle
         injected: bool,
         /// When the answer was sent, by Tokio's clock.
         at: tokio::time::Instant,
@@ -222,13 +250,11 @@ pub(super) fn summarize(response: &Response<TestBody>, injected: bool) -> Answer
         } => grpc_status(trailers),
         _ => None,
     });
-    // The crate's own RFC 9110 challenge parser: quoted strings, several challenges a line.
     let challenge_error = headers
-        .get_all(http::header::WWW_AUTHENTICATE)
+        .get_all(WWW_AUTHENTICATE)
         .iter()
         .filter_map(|value| value.to_str().ok())
-        .flat_map(crate::oauth::challenge::parse)
-        .find_map(|challenge| challenge.param("error").map(str::to_owned));
+        .find_map(challenge_error);
     let body_error = || match &response.body().inner {
         BodyInner::Full(Some(data)) => serde_json::from_slice::<Value>(data)
             .ok()
@@ -241,5 +267,148 @@ pub(super) fn summarize(response: &Response<TestBody>, injected: bool) -> Answer
         grpc_status: grpc,
         injected,
         at: tokio::time::Instant::now(),
+    }
+}
+
+/// The `error` auth-param of the first challenge that carries one in a `WWW-Authenticate`
+/// field value (RFC 6750 section 3: `Bearer realm="…", error="invalid_token"`).
+///
+/// Enough of RFC 9110 section 11.6.1 for what the server and its faults send: several
+/// challenges in one value, parameters as tokens or quoted strings (with `\` escapes, and
+/// commas or `error=` inside them), whitespace around `=`. A malformed element is skipped up
+/// to the next comma outside a quoted string; a token68 (`Basic dXNlcg==`) is not a parameter.
+pub(crate) fn challenge_error(value: &str) -> Option<String> {
+    let b = value.as_bytes();
+    let mut pos = 0;
+    while pos < b.len() {
+        if matches!(b[pos], b' ' | b'\t' | b',') {
+            pos += 1;
+            continue;
+        }
+        let start = pos;
+        pos = token_end(b, pos);
+        if pos == start {
+            pos = skip_element(b, pos);
+            continue;
+        }
+        let name = &value[start..pos];
+        let eq = skip_whitespace(b, pos);
+        if b.get(eq) != Some(&b'=') {
+            // An auth-scheme: its token68 or first parameter follows.
+            pos = eq;
+            continue;
+        }
+        let value_start = skip_whitespace(b, eq + 1);
+        let (param, end) = if b.get(value_start) == Some(&b'"') {
+            // Unterminated: nothing after it can be read.
+            quoted_string(value, value_start)?
+        } else {
+            let end = token_end(b, value_start);
+            (value[value_start..end].to_owned(), end)
+        };
+        let after = skip_whitespace(b, end);
+        if end == value_start || !matches!(b.get(after), None | Some(b',')) {
+            // A token68 (`abc==`), or a value followed by something else.
+            pos = skip_element(b, end);
+            continue;
+        }
+        if name.eq_ignore_ascii_case("error") {
+            return Some(param);
+        }
+        pos = after;
+    }
+    None
+}
+
+/// Where the token (RFC 9110 section 5.6.2) that starts at `pos` ends.
+fn token_end(b: &[u8], mut pos: usize) -> usize {
+    while b
+        .get(pos)
+        .is_some_and(|&c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c))
+    {
+        pos += 1;
+    }
+    pos
+}
+
+fn skip_whitespace(b: &[u8], mut pos: usize) -> usize {
+    while let Some(b' ' | b'\t') = b.get(pos) {
+        pos += 1;
+    }
+    pos
+}
+
+/// The quoted string that starts at `start` (on its `"`), unescaped, and the position after
+/// its closing quote; `None` if it is not closed.
+fn quoted_string(value: &str, start: usize) -> Option<(String, usize)> {
+    let mut out = String::new();
+    let mut chars = value[start + 1..].char_indices();
+    while let Some((at, c)) = chars.next() {
+        match c {
+            '"' => return Some((out, start + 1 + at + 1)),
+            '\\' => out.push(chars.next()?.1),
+            c => out.push(c),
+        }
+    }
+    None
+}
+
+/// The position of the next comma that is not inside a quoted string (or the end).
+fn skip_element(b: &[u8], mut pos: usize) -> usize {
+    let mut quoted = false;
+    while let Some(&c) = b.get(pos) {
+        match c {
+            b'"' => quoted = !quoted,
+            b'\\' if quoted => pos += 1,
+            b',' if !quoted => return pos,
+            _ => {}
+        }
+        pos += 1;
+    }
+    pos
+}
+
+#[cfg(test)]
+mod tests {
+    use super::challenge_error;
+
+    #[test]
+    fn challenge_error_reads_the_error_param() {
+        let cases: &[(&str, Option<&str>)] = &[
+            (r#"Bearer error="invalid_token""#, Some("invalid_token")),
+            (r#"bearer ERROR = "invalid_token""#, Some("invalid_token")),
+            (
+                "Bearer error=insufficient_scope",
+                Some("insufficient_scope"),
+            ),
+            (
+                r#"Bearer realm="a, error=\"no\"", error_description="error=no", error="yes""#,
+                Some("yes"),
+            ),
+            (
+                r#"Basic realm="x", Bearer realm="y", error="invalid_token""#,
+                Some("invalid_token"),
+            ),
+            (
+                r#"Basic dXNlcg==, Bearer error="after_token68""#,
+                Some("after_token68"),
+            ),
+            (
+                r#"Newauth realm="apps", type=1, title="Login to \"apps\"", Bearer error="e""#,
+                Some("e"),
+            ),
+            (r#"Bearer error="a\"b\\c""#, Some(r#"a"b\c"#)),
+            (r#", , Bearer  ,error="late""#, Some("late")),
+            (r#"Bearer error="x" junk, error="y""#, Some("y")),
+            (r#"Bearer ;;, error="after_junk""#, Some("after_junk")),
+            ("Bearer", None),
+            (r#"Bearer realm="entur-auth-testing""#, None),
+            (r#"Bearer error="unterminated"#, None),
+            (r#"Bearer error=, realm="x""#, None),
+            ("", None),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(challenge_error(value).as_deref(), *expected, "{value}");
+        }
     }
 }

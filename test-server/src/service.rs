@@ -1,6 +1,19 @@
 //! In-process access to the server: [`TokenTransport`] and [`ApiService`].
 
-use super::*;
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response, StatusCode};
+use http_body::Body;
+use serde_json::json;
+
+use crate::handler::{handle, no_store_json};
+use crate::{BoxError, Shared, TestBody};
 
 /// The future returned by [`TokenTransport`] and [`ApiService`].
 pub type ResponseFuture<E> = Pin<Box<dyn Future<Output = Result<Response<TestBody>, E>> + Send>>;
@@ -13,6 +26,10 @@ pub type ResponseFuture<E> = Pin<Box<dyn Future<Output = Result<Response<TestBod
 /// [`Fault::Refuse`] makes it fail with an [`io::Error`] of kind
 /// [`io::ErrorKind::ConnectionRefused`]. It keeps working after the
 /// [`TestServer`] has been dropped.
+///
+/// [`TestServer`]: crate::TestServer
+/// [`TestServer::token_transport`]: crate::TestServer::token_transport
+/// [`Fault::Refuse`]: crate::Fault::Refuse
 #[derive(Clone)]
 pub struct TokenTransport {
     pub(super) shared: Arc<Shared>,
@@ -53,6 +70,10 @@ where
 /// never fails (should a request to the token endpoint meet
 /// [`Fault::Refuse`], it is answered with `502 Bad Gateway`). It keeps
 /// working after the [`TestServer`] has been dropped.
+///
+/// [`TestServer`]: crate::TestServer
+/// [`TestServer::api_service`]: crate::TestServer::api_service
+/// [`Fault::Refuse`]: crate::Fault::Refuse
 #[derive(Clone)]
 pub struct ApiService {
     pub(super) shared: Arc<Shared>,

@@ -172,7 +172,10 @@ fn pem_to_der(pem: &str) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+
+    use super::{pem_to_der, signer, TEST_PUBLIC_KEY_PEM};
 
     #[test]
     fn the_public_pem_is_the_private_keys_public_half() {

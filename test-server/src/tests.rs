@@ -1,12 +1,26 @@
 //! Tests of the embedded server.
 
-use super::token_endpoint::*;
-use super::*;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use http_body_util::Full;
+use std::fmt;
+use std::io;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine as _;
+use bytes::Bytes;
+use http::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value};
 use tower_service::Service;
+
+use crate::token_endpoint::form_decode;
+use crate::{
+    fault, log, signing, Answer, ApiFault, ApiService, Fault, LoggedRequest, RecordedRequest,
+    RequestKind, ResponseFuture, TestBody, TestServer, TokenTransport, ORGANISATION_CLAIM,
+};
 
 type TcpClient = Client<HttpConnector, Full<Bytes>>;
 

@@ -1,8 +1,29 @@
 //! The token endpoint: the client-credentials grant, Auth0's way (audience required) or
 //! strictly RFC 6749's.
 
-use super::handler::*;
-use super::*;
+use std::io;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use bytes::Bytes;
+use http::header::{
+    HeaderValue, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE,
+};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body::Body;
+use serde_json::{json, Value};
+
+use crate::body::BodyInner;
+use crate::handler::{
+    basic_challenge, basic_challenge_value, insert_date, no_store_json, oauth_error, read_request,
+    respond, status_response,
+};
+use crate::{
+    assertion, log, Answer, BoxError, Fault, IssuedToken, PeerCertificate, RecordedRequest,
+    RequestKind, Shared, TestBody, ORGANISATION_CLAIM,
+};
 
 /// Auth0's description when a token request names no audience and the tenant has no
 /// default audience (with `403` and `"error":"access_denied"`).
@@ -15,6 +36,8 @@ use super::*;
 /// `403 Forbidden` from `/oauth/token` when the audience is missing. Auth0's support article
 /// "Client Credentials Grant Requires 'audience' Parameter" describes the tenant setting
 /// (a default audience) that [`TestServerBuilder::require_audience`]`(false)` stands for.
+///
+/// [`TestServerBuilder::require_audience`]: crate::TestServerBuilder::require_audience
 pub(super) const NO_AUDIENCE: &str =
     "No audience parameter was provided, and no default audience has been configured";
 
