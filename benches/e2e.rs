@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
-use entur_auth::testing::TestServer;
 use entur_auth::EnturAuthLayer;
+use entur_auth_test::TestServer;
 use http::header::{ACCEPT, AUTHORIZATION};
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty};

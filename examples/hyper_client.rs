@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use entur_auth::auth::ResponseBody;
 use entur_auth::error_for_status::ErrorForStatusLayer;
-use entur_auth::testing::TestServer;
+use entur_auth_test::TestServer;
 use entur_auth::{AccessToken, BoxError, ClientName, EnturAuthLayer, TokenSource, ET_CLIENT_NAME};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};

@@ -31,8 +31,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use entur_auth::testing::TestServer;
 use entur_auth::{BoxError, Config, Environment, TokenId};
+use entur_auth_test::TestServer;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;

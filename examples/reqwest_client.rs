@@ -23,8 +23,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use entur_auth::reqwest::EnturAuthMiddleware;
-use entur_auth::testing::TestServer;
 use entur_auth::{AccessToken, BoxError, ClientName, TokenSource, ET_CLIENT_NAME};
+use entur_auth_test::TestServer;
 use reqwest::StatusCode;
 use reqwest_middleware::ClientWithMiddleware;
 

@@ -62,11 +62,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use entur_auth::testing::TestServer;
 use entur_auth::{
     BodyEncoding, BoxError, ClientAuth, Credentials, EnturAuthLayer, Invalidation, Refusal,
     ReplayOutcome, TokenEndpoint, TokenSource,
 };
+use entur_auth_test::TestServer;
 use http::{Request, Response, StatusCode, Uri};
 use http_body::Frame;
 use http_body_util::combinators::BoxBody;

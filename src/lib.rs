@@ -38,8 +38,6 @@
 //! - `rustls` (default): the HTTPS client for the token endpoint (hyper-util + rustls with
 //!   the webpki roots). Without it, give a transport with
 //!   [`TokenSourceBuilder::transport`].
-//! - `test-util`: [`testing`], an embedded OAuth2 authorization server and protected API on
-//!   loopback, for tests and demos.
 //! - `shared-store`: `store`, one token shared by a fleet through a [`store::TokenStore`],
 //!   encrypted at rest.
 //! - `redis`: `store::RedisStore`, the token store on Redis.
@@ -52,6 +50,9 @@
 //!   [`Health`] and [`Status`] (health endpoints).
 //! - `metrics`: `metrics`, token requests, refusals, replays, the shared store and health on
 //!   the `metrics` crate's facade, for any exporter.
+//!
+//! For tests and demos, the [`entur-auth-test`](https://docs.rs/entur-auth-test) crate runs
+//! an OAuth2 authorization server and protected API on loopback, with fault injection.
 //!
 //! Besides the refresher task on your runtime, the crate starts one thread per process,
 //! `entur-auth-watchdog`, asleep until its next deadline: it notices a refresher whose
@@ -76,9 +77,6 @@ pub mod oauth;
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
 pub mod reqwest;
 pub mod source;
-#[cfg(feature = "test-util")]
-#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
-pub mod testing;
 #[cfg(feature = "tonic")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
 pub mod tonic;

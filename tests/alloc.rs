@@ -16,8 +16,8 @@ use std::time::Duration;
 mod counting_alloc;
 
 use counting_alloc::allocations_in;
-use entur_auth::testing::TestServer;
 use entur_auth::{ClientName, EnturAuthLayer};
+use entur_auth_test::TestServer;
 use futures_util::task::noop_waker_ref;
 use http::header::{ACCEPT, AUTHORIZATION, HOST};
 use http::{HeaderValue, Request, Response, StatusCode, Uri};

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use entur_auth::testing::{Fault, TestServer};
 use entur_auth::{BodyEncoding, ClientAuth, Config, Environment, Error, Health};
+use entur_auth_test::{Fault, TestServer};
 use http::StatusCode;
 use http_body_util::Full;
 use tower::{Service, ServiceBuilder, ServiceExt};

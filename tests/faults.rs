@@ -12,8 +12,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use bytes::Bytes;
 use common::*;
-use entur_auth::testing::Fault;
 use entur_auth::Error;
+use entur_auth_test::Fault;
 use http::StatusCode;
 
 const LIFETIME: Duration = Duration::from_secs(60);

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use common::*;
 use entur_auth::store::MemoryStore;
-use entur_auth::testing::TestServer;
 use entur_auth::{EnturAuthLayer, TokenSource};
+use entur_auth_test::TestServer;
 use http::StatusCode;
 use tower::Layer;
 

@@ -12,8 +12,8 @@ mod common;
 use std::time::Duration;
 
 use base64::Engine as _;
-use entur_auth::testing::{Fault, TestServer};
 use entur_auth::{Error, OAuthErrorCode, TokenSource};
+use entur_auth_test::{Fault, TestServer};
 
 const JSON: (&str, &str) = ("content-type", "application/json;charset=UTF-8");
 

@@ -77,7 +77,7 @@ async fn entur_dev_preset_sends_exactly_the_documented_request() {
 #[tokio::test(start_paused = true)]
 async fn form_body_and_basic_auth_are_accepted_by_a_standard_server() {
     let secret = "p+ss:wörd";
-    let server = entur_auth::testing::TestServer::builder()
+    let server = entur_auth_test::TestServer::builder()
         .client_secret(secret)
         .start()
         .await
@@ -202,7 +202,7 @@ async fn inner_errors_pass_through_unchanged() {
 #[tokio::test(start_paused = true)]
 async fn no_debug_or_display_output_contains_the_secret_or_a_token() {
     let secret = "SECRET-MARKER-4f1c";
-    let server = entur_auth::testing::TestServer::builder()
+    let server = entur_auth_test::TestServer::builder()
         .client_secret(secret)
         .start()
         .await
@@ -223,7 +223,7 @@ async fn no_debug_or_display_output_contains_the_secret_or_a_token() {
     assert!(bearer.len() > 20);
 
     // Errors, including a server that echoes the secret in its description.
-    server.push_fault(entur_auth::testing::Fault::Status {
+    server.push_fault(entur_auth_test::Fault::Status {
         status: StatusCode::UNAUTHORIZED,
         body: format!(r#"{{"error":"invalid_client","error_description":"bad {secret}"}}"#),
         retry_after: None,

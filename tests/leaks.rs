@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use entur_auth::error_for_status::ErrorForStatusLayer;
-use entur_auth::testing::{Fault, TestServer};
+use entur_auth_test::{Fault, TestServer};
 use entur_auth::{BoxError, EnturAuthLayer};
 use http::StatusCode;
 use tower::ServiceBuilder;
@@ -52,7 +52,7 @@ fn capture_trace() -> (Capture, tracing::subscriber::DefaultGuard) {
             .with_writer(move || writer.clone())
             .with_ansi(false)
             .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
-                !meta.target().starts_with("entur_auth::testing")
+                !meta.target().starts_with("entur_auth_test")
             })),
     );
     (capture, tracing::subscriber::set_default(subscriber))

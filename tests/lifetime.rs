@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use entur_auth::testing::{Fault, TestServer};
 use entur_auth::TokenSource;
+use entur_auth_test::{Fault, TestServer};
 use http::StatusCode;
 
 const HOUR: i64 = 3600;

@@ -10,10 +10,10 @@ use std::time::Duration;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use entur_auth::assertion::{Algorithm, PrivateKey, Signer};
-use entur_auth::testing::TestServer;
 use entur_auth::{
     BoxError, ClientAuth, Credentials, Error, OAuthErrorCode, TokenEndpoint, TokenSource,
 };
+use entur_auth_test::TestServer;
 use futures_util::future::BoxFuture;
 use http_body_util::{BodyExt, Full};
 use serde_json::Value;

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use entur_auth::testing::{ApiFault, Fault, TestServer, TokenState};
 use entur_auth::{BoxError, EnturAuthLayer, TokenSource};
+use entur_auth_test::{ApiFault, Fault, TestServer, TokenState};
 use http::StatusCode;
 use http_body_util::Full;
 use tower::{Service, ServiceBuilder, ServiceExt};

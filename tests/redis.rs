@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::*;
 use entur_auth::store::RedisStore;
-use entur_auth::testing::{Fault, TestServer};
+use entur_auth_test::{Fault, TestServer};
 use entur_auth::{EnturAuthLayer, TokenSource};
 use http::StatusCode;
 use tower::Layer;

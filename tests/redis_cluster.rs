@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use common::*;
 use entur_auth::store::RedisStore;
-use entur_auth::testing::TestServer;
 use entur_auth::TokenSource;
+use entur_auth_test::TestServer;
 use procs::Cluster;
 use traffic::{
     blocking, bypassing, just_before_refresh, shared_bound, Traffic, EVERY, LIFETIME, REPLICAS,

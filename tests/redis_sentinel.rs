@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use common::*;
 use entur_auth::store::RedisStore;
-use entur_auth::testing::TestServer;
 use entur_auth::TokenSource;
+use entur_auth_test::TestServer;
 use procs::{wait_for, Sentinels, MASTER_NAME};
 use tower::Layer as _;
 use traffic::{

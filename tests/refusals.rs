@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use entur_auth::error_for_status::{ErrorForStatusLayer, Refused};
-use entur_auth::testing::TestServer;
+use entur_auth_test::TestServer;
 use entur_auth::{
     BoxError, EnturAuthLayer, Invalidation, Refusal, ReplayOutcome, TokenEndpoint, TokenSource,
 };

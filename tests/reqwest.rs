@@ -9,11 +9,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{server, settle, source};
 use entur_auth::reqwest::EnturAuthMiddleware;
-use entur_auth::testing::{ApiFault, Fault, TestServer, TokenState};
 use entur_auth::{
     ClientName, Error, Invalidation, OAuthErrorCode, Refusal, ReplayOutcome, TokenSource,
     ET_CLIENT_NAME,
 };
+use entur_auth_test::{ApiFault, Fault, TestServer, TokenState};
 use http::StatusCode;
 use reqwest_middleware::ClientWithMiddleware;
 

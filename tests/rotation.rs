@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use common::*;
 use entur_auth::assertion::PrivateKey;
-use entur_auth::testing::TestServer;
 use entur_auth::{ClientSecret, Config, Credentials, Error, OAuthErrorCode, TokenSource};
+use entur_auth_test::TestServer;
 use http::StatusCode;
 
 const RSA_KEY: &str = include_str!("fixtures/test-only-client-rsa.key.pem");
@@ -187,7 +187,7 @@ async fn a_rotated_secret_file_is_read_again_after_invalid_client() {
 
 #[tokio::test(start_paused = true)]
 async fn entur_s_401_access_denied_also_reads_the_secret_file_again() {
-    use entur_auth::testing::Fault;
+    use entur_auth_test::Fault;
     let server = rotating_server().await;
     let file = SecretFile::new("auth0", server.client_secret());
     let credentials = Credentials::from_secret_file(server.client_id(), &file.0).unwrap();

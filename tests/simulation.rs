@@ -123,7 +123,7 @@
 //!   sends it. Seeds without a store replay to the nanosecond, which
 //!   [`a_seed_replays_identically`] checks.
 //!
-//! [`TestServer`]: entur_auth::testing::TestServer
+//! [`TestServer`]: entur_auth_test::TestServer
 //! [`TokenTap`]: sim::TokenTap
 //! [`Observer`]: sim::Observer
 //! [`SimStore`]: sim::SimStore
@@ -140,11 +140,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use entur_auth::auth::ResponseBody;
 use entur_auth::replay::Replay;
-use entur_auth::testing::{Fault, TestBody, TestServer};
 use entur_auth::{
     BoxError, EnturAuth, EnturAuthLayer, Health, Invalidation, Refusal, TokenId, TokenSource,
     WeakTokenSource,
 };
+use entur_auth_test::{Fault, TestBody, TestServer};
 use fastrand::Rng;
 use futures_util::FutureExt;
 use http::{Request, Response, StatusCode};

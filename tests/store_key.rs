@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use entur_auth::assertion::PrivateKey;
 use entur_auth::store::MemoryStore;
-use entur_auth::testing::TestServer;
+use entur_auth_test::TestServer;
 use entur_auth::{Credentials, TokenSource};
 use serde_json::Value;
 

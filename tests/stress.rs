@@ -6,9 +6,9 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use entur_auth::testing::Fault;
 use entur_auth::EnturAuthLayer;
 use entur_auth::Invalidation;
+use entur_auth_test::Fault;
 use http::{Request, StatusCode};
 use tower::{Layer, ServiceExt};
 

@@ -15,11 +15,11 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use common::*;
-use entur_auth::testing::TestServer;
 use entur_auth::{
     Credentials, EnturAuthLayer, Environment, Health, Invalidation, TokenEndpoint, TokenSource,
     WeakTokenSource,
 };
+use entur_auth_test::TestServer;
 use http::StatusCode;
 use tower::Layer;
 

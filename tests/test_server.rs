@@ -10,7 +10,8 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use bytes::Bytes;
 use common::*;
-use entur_auth::testing::{
+use entur_auth::{EnturAuthLayer, Error, OAuthErrorCode, Refusal, TokenEndpoint, TokenSource};
+use entur_auth_test::{
     Answer, ApiFault, Fault, LoggedRequest, RequestKind, TestServer, TokenState,
 };
 use entur_auth::{EnturAuthLayer, OAuthErrorCode, Refusal, TokenEndpoint, TokenSource};
@@ -243,7 +244,7 @@ async fn with_fault(
     server: &TestServer,
     token: &str,
     fault: ApiFault,
-) -> (Response<entur_auth::testing::TestBody>, Answer) {
+) -> (Response<entur_auth_test::TestBody>, Answer) {
     server.push_api_fault(fault);
     let response = server
         .api_service()

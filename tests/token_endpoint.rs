@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use entur_auth::testing::Fault;
+use entur_auth_test::Fault;
 
 fn json(status: u16, body: impl Into<String>) -> Fault {
     Fault::respond(
@@ -150,7 +150,7 @@ async fn token_requests_carry_a_user_agent() {
 async fn basic_unencoded_sends_the_raw_credentials() {
     use base64::Engine as _;
     let secret = "p+ss/w=rd:%41";
-    let server = entur_auth::testing::TestServer::builder()
+    let server = entur_auth_test::TestServer::builder()
         .client_secret(secret)
         .start()
         .await

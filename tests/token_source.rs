@@ -7,9 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use entur_auth::testing::Fault;
 use entur_auth::Invalidation;
 use entur_auth::{EnturAuthLayer, Error, OAuthErrorCode};
+use entur_auth_test::Fault;
 use futures_util::FutureExt;
 use http::{Request, StatusCode};
 use tower::{Layer, ServiceExt};

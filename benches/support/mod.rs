@@ -11,8 +11,8 @@ use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use entur_auth::testing::TestServer;
 use entur_auth::{BoxError, TokenSource};
+use entur_auth_test::TestServer;
 use http::header::{ACCEPT, AUTHORIZATION, HOST};
 use http::{HeaderValue, Request, Response, Uri};
 use tokio::sync::RwLock;

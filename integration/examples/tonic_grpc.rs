@@ -17,7 +17,7 @@ use std::process::ExitCode;
 
 use bytes::Bytes;
 use entur_auth::replay::CollectBodyLayer;
-use entur_auth::testing::TestServer;
+use entur_auth_test::TestServer;
 use entur_auth::{BoxError, ClientName, EnturAuthLayer, TokenSource};
 use entur_auth_integration::grpc::BearerCheck;
 use http_body_util::Full;

@@ -17,10 +17,10 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use entur_auth::testing::TestServer;
 use entur_auth::tonic::EnturAuthInterceptor;
 use entur_auth::{BoxError, ClientName, TokenSource};
 use entur_auth_integration::grpc::BearerCheck;
+use entur_auth_test::TestServer;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use entur_auth::error_for_status::{ErrorForStatus, ErrorForStatusLayer, Refused};
 use entur_auth::replay::Replay;
 use entur_auth::replay::{CollectBody, CollectBodyLayer};
-use entur_auth::testing::TestServer;
+use entur_auth_test::TestServer;
 use entur_auth::{EnturAuthLayer, TokenSource};
 use entur_auth_integration::grpc::BearerCheck;
 use http_body_util::Full;

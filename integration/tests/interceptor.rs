@@ -21,10 +21,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use entur_auth::testing::{Fault, TestServer};
 use entur_auth::tonic::EnturAuthInterceptor;
 use entur_auth::{ClientName, Health, Invalidation, TokenSource};
 use entur_auth_integration::grpc::BearerCheck;
+use entur_auth_test::{Fault, TestServer};
 use futures_util::task::noop_waker_ref;
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderValue, StatusCode};

@@ -7,10 +7,10 @@ use std::time::Duration;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use entur_auth::assertion::PrivateKey;
-use entur_auth::testing::TestServer;
 use entur_auth::{
     Credentials, Error, MaskinportenEnvironment, OAuthErrorCode, TokenEndpoint, TokenSource,
 };
+use entur_auth_test::TestServer;
 use http_body_util::Full;
 use serde_json::Value;
 use tower::ServiceExt;

@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use entur_auth::testing::TestServer;
+use entur_auth_test::TestServer;
 use entur_auth::{Credentials, TokenSource};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 

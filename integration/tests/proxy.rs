@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use entur_auth::testing::TestServer;
+use entur_auth_test::TestServer;
 use entur_auth::{TokenEndpoint, TokenSource, TokenSourceBuilder};
 use http::StatusCode;
 use pki::{private_ca, Pki};

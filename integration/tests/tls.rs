@@ -9,7 +9,7 @@ mod pki;
 use std::time::Duration;
 
 use common::*;
-use entur_auth::testing::TestServer;
+use entur_auth_test::TestServer;
 use entur_auth::{TokenEndpoint, TokenSource};
 use pki::{private_ca, Pki};
 

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use entur_auth::testing::TestServer;
 use entur_auth::{BoxError, EnturAuth, EnturAuthLayer, TokenSource};
+use entur_auth_test::TestServer;
 use http::Request;
 use http_body_util::Full;
 use tower::{Layer, Service, ServiceExt};
@@ -36,10 +36,7 @@ pub fn api_request(server: &TestServer, path: &str) -> Request<Body> {
 }
 
 /// The layer around the embedded API, in-process.
-pub fn client(
-    server: &TestServer,
-    source: &TokenSource,
-) -> EnturAuth<entur_auth::testing::ApiService> {
+pub fn client(server: &TestServer, source: &TokenSource) -> EnturAuth<entur_auth_test::ApiService> {
     EnturAuthLayer::new(source.clone()).layer(server.api_service())
 }
 

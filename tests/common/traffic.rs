@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use entur_auth::testing::TestServer;
 use entur_auth::{EnturAuthLayer, TokenSource};
+use entur_auth_test::TestServer;
 use http::StatusCode;
 use tower::Layer;
 

@@ -10,8 +10,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use entur_auth::testing::{ApiService, TestBody, TokenTransport};
 use entur_auth::{BoxError, FetchOutcome, Invalidation, TokenId, TokenRequestBody};
+use entur_auth_test::{ApiService, TestBody, TokenTransport};
 use futures_util::future::BoxFuture;
 use http::header::AUTHORIZATION;
 use http::{Request, Response, StatusCode};

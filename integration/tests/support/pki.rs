@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use entur_auth::testing::TestServer;
+use entur_auth_test::TestServer;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
