@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use common::*;
 use entur_auth::error_for_status::ErrorForStatusLayer;
-use entur_auth_test::{Fault, TestServer};
 use entur_auth::{BoxError, EnturAuthLayer};
+use entur_auth_test::{Fault, TestServer};
 use http::StatusCode;
 use tower::ServiceBuilder;
 use tracing_subscriber::layer::{Layer as _, SubscriberExt};

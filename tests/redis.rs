@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use common::*;
 use entur_auth::store::RedisStore;
-use entur_auth_test::{Fault, TestServer};
 use entur_auth::{EnturAuthLayer, TokenSource};
+use entur_auth_test::{Fault, TestServer};
 use http::StatusCode;
 use tower::Layer;
 

@@ -14,10 +14,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use entur_auth::error_for_status::{ErrorForStatusLayer, Refused};
-use entur_auth_test::TestServer;
 use entur_auth::{
     BoxError, EnturAuthLayer, Invalidation, Refusal, ReplayOutcome, TokenEndpoint, TokenSource,
 };
+use entur_auth_test::TestServer;
 use http::header::{AUTHORIZATION, LOCATION, WWW_AUTHENTICATE};
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body::Frame;

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use entur_auth::assertion::PrivateKey;
 use entur_auth::store::MemoryStore;
-use entur_auth_test::TestServer;
 use entur_auth::{Credentials, TokenSource};
+use entur_auth_test::TestServer;
 use serde_json::Value;
 
 const RSA_KEY: &str = include_str!("fixtures/test-only-client-rsa.key.pem");

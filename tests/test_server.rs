@@ -10,11 +10,10 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use bytes::Bytes;
 use common::*;
-use entur_auth::{EnturAuthLayer, Error, OAuthErrorCode, Refusal, TokenEndpoint, TokenSource};
+use entur_auth::{EnturAuthLayer, OAuthErrorCode, Refusal, TokenEndpoint, TokenSource};
 use entur_auth_test::{
     Answer, ApiFault, Fault, LoggedRequest, RequestKind, TestServer, TokenState,
 };
-use entur_auth::{EnturAuthLayer, OAuthErrorCode, Refusal, TokenEndpoint, TokenSource};
 use http::header::{
     AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, PRAGMA, RETRY_AFTER, WWW_AUTHENTICATE,
 };

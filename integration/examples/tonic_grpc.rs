@@ -17,9 +17,9 @@ use std::process::ExitCode;
 
 use bytes::Bytes;
 use entur_auth::replay::CollectBodyLayer;
-use entur_auth_test::TestServer;
 use entur_auth::{BoxError, ClientName, EnturAuthLayer, TokenSource};
 use entur_auth_integration::grpc::BearerCheck;
+use entur_auth_test::TestServer;
 use http_body_util::Full;
 use tonic::transport::Endpoint;
 use tonic::Code;

@@ -7,8 +7,8 @@
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use entur_auth_test::TestServer;
 use entur_auth::{Credentials, TokenSource};
+use entur_auth_test::TestServer;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 
 /// A CA, and certificates it issues.

@@ -22,8 +22,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use entur_auth_test::TestServer;
 use entur_auth::{TokenEndpoint, TokenSource, TokenSourceBuilder};
+use entur_auth_test::TestServer;
 use http::StatusCode;
 use pki::{private_ca, Pki};
 use tracing_subscriber::layer::SubscriberExt;

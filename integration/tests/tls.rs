@@ -9,8 +9,8 @@ mod pki;
 use std::time::Duration;
 
 use common::*;
-use entur_auth_test::TestServer;
 use entur_auth::{TokenEndpoint, TokenSource};
+use entur_auth_test::TestServer;
 use pki::{private_ca, Pki};
 
 /// Serves the embedded server's token endpoint over HTTPS on 127.0.0.1; returns the token URL.
