@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use entur_auth::reqwest::EnturAuthMiddleware;
-use entur_auth::{AccessToken, BoxError, ClientName, TokenSource, ET_CLIENT_NAME};
+use entur_auth::{AccessToken, BoxError, ClientName, EnturAuthLayer, TokenSource, ET_CLIENT_NAME};
 use entur_auth_test::TestServer;
 use reqwest::StatusCode;
 use reqwest_middleware::ClientWithMiddleware;
@@ -59,10 +59,9 @@ async fn run() -> Result<(), BoxError> {
         .timeout(Duration::from_secs(2))
         .build()?;
     let api = reqwest_middleware::ClientBuilder::new(http)
-        .with(
-            EnturAuthMiddleware::new(source.clone())
-                .client_name(ClientName::new("acme-reqwestclient")?),
-        )
+        .with(EnturAuthMiddleware::from(
+            EnturAuthLayer::new(source.clone()).client_name(ClientName::new("acme-reqwestclient")?),
+        ))
         .build();
 
     let start = Instant::now();

@@ -743,7 +743,7 @@ async fn setup(args: &Args) -> Result<Setup, Failure> {
         let mut builder = TokenSource::builder(endpoint.clone(), credentials.clone())
             .allow_http_loopback(allow_http_loopback);
         if let Some(pem) = &extra_root {
-            builder = builder.extra_root_certificate_pem(pem);
+            builder = builder.extra_root_certificate(pem);
         }
         if let (Some(cert), Some(key)) = (&args.client_cert, &args.client_key) {
             builder = builder.client_certificate_files(cert, key);

@@ -51,7 +51,7 @@ use crate::source::{TokenSource, TokenSourceBuilder};
 /// [`TokenEndpoint`] in code.
 ///
 /// Every value is checked when it is read: a variable that is missing, empty or malformed
-/// fails with an [`Error::Config`] that names it and says what to set.
+/// fails with an [`ErrorKind::Config`](crate::ErrorKind::Config) that names it and says what to set.
 ///
 /// # A configuration file
 ///
@@ -111,7 +111,7 @@ impl Config {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] naming the variable that is missing, empty, malformed or not UTF-8,
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) naming the variable that is missing, empty, malformed or not UTF-8,
     /// the secret file that cannot be read or is empty, or the two secret variables both set.
     pub fn from_env() -> Result<Self, Error> {
         Self::read(&mut env_var)
@@ -186,7 +186,7 @@ impl Config {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] when the secret file cannot be read or is empty, or the variable is
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) when the secret file cannot be read or is empty, or the variable is
     /// not set or empty.
     pub fn credentials(&self) -> Result<Credentials, Error> {
         let secret = self.secret_with(&mut env_var)?;
@@ -208,17 +208,6 @@ impl Config {
         )
     }
 
-    /// The token source, built on the current tokio runtime. It fetches lazily: call
-    /// [`TokenSource::ready`] at startup to fetch the first token and fail on bad credentials.
-    ///
-    /// # Errors
-    ///
-    /// As [`credentials`](Self::credentials) and [`TokenSourceBuilder::build`] (no tokio
-    /// runtime, for one).
-    pub fn build_source(&self) -> Result<TokenSource, Error> {
-        self.source_builder()?.build()
-    }
-
     /// The auth layer for `source`, with the `ET-Client-Name` when one is configured. Add the
     /// replay with [`EnturAuthLayer::with_replay`].
     pub fn layer(&self, source: TokenSource) -> EnturAuthLayer {
@@ -229,14 +218,15 @@ impl Config {
         }
     }
 
-    /// The token source and the auth layer made from it: [`build_source`](Self::build_source)
-    /// then [`layer`](Self::layer).
+    /// The token source and the auth layer made from it: [`source_builder`](Self::source_builder),
+    /// built, then [`layer`](Self::layer).
     ///
     /// # Errors
     ///
-    /// As [`build_source`](Self::build_source).
+    /// As [`source_builder`](Self::source_builder), and as
+    /// [`TokenSourceBuilder::build`](crate::TokenSourceBuilder::build).
     pub fn build(&self) -> Result<(TokenSource, EnturAuthLayer), Error> {
-        let source = self.build_source()?;
+        let source = self.source_builder()?.build()?;
         let layer = self.layer(source.clone());
         Ok((source, layer))
     }
@@ -267,7 +257,7 @@ impl Credentials {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] naming the variable that is missing, empty or not UTF-8, the secret
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) naming the variable that is missing, empty or not UTF-8, the secret
     /// file that cannot be read or is empty, or the two secret variables both set.
     pub fn from_env() -> Result<Self, Error> {
         let client_id = required(

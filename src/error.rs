@@ -23,7 +23,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Match on [`kind`](Self::kind), or ask what a caller acts on:
 /// [`is_credentials`](Self::is_credentials) (the credentials or the grant are wrong: waiting
 /// will not help), [`is_transient`](Self::is_transient) (unreachable, overloaded, too slow:
-/// retried with backoff), [`is_config`](Self::is_config).
+/// retried with backoff).
 ///
 /// `Display` says what happened in one line; [`source`](std::error::Error::source) is the
 /// cause behind it (the transport's error, or the last failure before a startup deadline);
@@ -148,11 +148,11 @@ pub enum OAuthErrorCode {
     /// `unsupported_grant_type`: the server does not offer the client credentials grant.
     UnsupportedGrantType,
     /// `temporarily_unavailable`: the server is overloaded or down for maintenance; an
-    /// [`Error::Unavailable`], retried with backoff.
+    /// [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable), retried with backoff.
     TemporarilyUnavailable,
-    /// `server_error`: the server failed; an [`Error::Unavailable`], retried with backoff.
+    /// `server_error`: the server failed; an [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable), retried with backoff.
     ServerError,
-    /// `slow_down` (RFC 8628): asked to make requests less often; an [`Error::Unavailable`],
+    /// `slow_down` (RFC 8628): asked to make requests less often; an [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable),
     /// retried with backoff.
     SlowDown,
     /// The server refused (400, 401 or 403) without a recognised error body.
@@ -179,7 +179,7 @@ impl OAuthErrorCode {
     }
 
     /// Whether the code says "try again later" rather than "no": those answers are
-    /// [`Error::Unavailable`], retried with backoff, in whatever status they come.
+    /// [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable), retried with backoff, in whatever status they come.
     pub(crate) fn is_transient(&self) -> bool {
         matches!(
             self,
@@ -187,8 +187,8 @@ impl OAuthErrorCode {
         )
     }
 
-    /// The code as the server spells it.
-    pub fn as_str(&self) -> &str {
+    /// The code as the server spells it (also its `Display`).
+    pub(crate) fn as_str(&self) -> &str {
         match self {
             Self::InvalidClient => "invalid_client",
             Self::InvalidGrant => "invalid_grant",
@@ -351,16 +351,6 @@ impl Error {
         self.kind() == ErrorKind::Rejected
     }
 
-    /// `true` when the configuration is incomplete or unsafe ([`ErrorKind::Config`]).
-    pub fn is_config(&self) -> bool {
-        self.kind() == ErrorKind::Config
-    }
-
-    /// `true` when the token endpoint did not answer within the fetch timeout.
-    pub fn is_timeout(&self) -> bool {
-        self.kind() == ErrorKind::Timeout
-    }
-
     /// The HTTP status the token endpoint answered with, when it answered.
     pub fn status(&self) -> Option<StatusCode> {
         match &*self.inner {
@@ -393,15 +383,6 @@ impl Error {
         }
     }
 
-    /// The auth-scheme of a refusal's `WWW-Authenticate` challenge (`Basic` when one of
-    /// them is): a server that answers `Basic` asks for HTTP Basic client authentication.
-    pub fn challenge(&self) -> Option<&str> {
-        match &*self.inner {
-            Kind::Rejected { challenge, .. } => challenge.as_deref(),
-            _ => None,
-        }
-    }
-
     /// The token URL's host (and port, when the URL has one) that could not be reached.
     /// Never a user name or password.
     pub fn host(&self) -> Option<&str> {
@@ -427,15 +408,6 @@ impl Error {
         }
     }
 
-    /// For [`ErrorKind::NotReady`]: the last transient failure before the deadline, if an
-    /// attempt failed by then (also its [`source`](std::error::Error::source)).
-    pub fn last_error(&self) -> Option<&Error> {
-        match &*self.inner {
-            Kind::NotReady { last_error, .. } => last_error.as_ref(),
-            _ => None,
-        }
-    }
-
     /// What to do about it, when there is more to say than the message: the checks for a
     /// refused client, a blocked request, an unreachable or slow endpoint, an untrusted
     /// certificate. A configuration error's message already says what to change.
@@ -450,7 +422,7 @@ impl Error {
                     .as_ref()
                     .is_some_and(|c| chain(c.as_ref()).contains("certificate"))
                 {
-                    true => "retrying with backoff; the token endpoint's TLS certificate was not accepted: if it comes from a private CA, add the CA with TokenSourceBuilder::extra_root_certificate_pem",
+                    true => "retrying with backoff; the token endpoint's TLS certificate was not accepted: if it comes from a private CA, add the CA with TokenSourceBuilder::extra_root_certificate",
                     false => "retrying with backoff, and a token still usable is still sent: check network access to the token endpoint (DNS, firewall, proxy) if this persists",
                 },
             ),

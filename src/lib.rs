@@ -31,7 +31,7 @@
 //! The auth layer drops a token the API refuses (401, an Entur 408, gRPC `UNAUTHENTICATED`)
 //! wherever it sits in the stack; [`replay`] adds the one replay, [`error_for_status`] typed
 //! errors, [`classify`] the table behind both. The background refresher is supervised: see
-//! [`source`].
+//! [`TokenSource`].
 //!
 //! # Features
 //!
@@ -67,24 +67,24 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod auth;
-pub mod config;
-pub mod error;
+mod config;
+mod error;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub mod metrics;
-pub mod oauth;
+mod oauth;
 #[cfg(feature = "reqwest")]
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
 pub mod reqwest;
-pub mod source;
+mod source;
 #[cfg(feature = "tonic")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
 pub mod tonic;
 
 pub use auth::{classify, error_for_status, replay};
-pub use auth::{EnturAuth, EnturAuthLayer, Refusal, ReplayOutcome, SentToken, ET_CLIENT_NAME};
+pub use auth::{EnturAuth, EnturAuthLayer, Refusal, ReplayOutcome, ET_CLIENT_NAME};
 pub use config::Config;
-pub use error::{BoxError, Error, ErrorKind, OAuthErrorCode};
+pub use error::{BoxError, Error, ErrorKind, OAuthErrorCode, Report};
 pub use oauth::assertion;
 pub use oauth::{
     BodyEncoding, ClientAuth, ClientName, ClientSecret, Credentials, Environment,

@@ -52,16 +52,16 @@
 //! | `entur_auth.token.usable_for` | gauge, seconds | | how much longer the current token will be sent; 0 without a usable token |
 //! | `entur_auth.source.health` | gauge | `state`: `idle`, `fresh`, `refreshing`, `degraded`, `fetching`, `failing`, `stopped` | 1 for the source's [`Health`], 0 for the other states |
 //! | `entur_auth.token.refusals` | counter | `reason`: `http_401`, `http_408`, `grpc_unauthenticated`, `direct`; `action`: `started`, `already_replaced`, `rate_limited` | refused tokens the source was told about, and what it did ([`Invalidation`]) |
-//! | `entur_auth.replays` | counter | `outcome`: `accepted`, `refused`, `failed`, `not_replayable`, `rate_limited` | refused requests the replay layer saw, and what became of them |
+//! | `entur_auth.replays` | counter | `outcome`: `accepted`, `refused`, `failed`, `not_replayable` | refused requests the replay layer or the reqwest middleware saw, and what became of them |
 //! | `entur_auth.store.lookups` | counter | `result`: `hit`, `miss`, `unavailable` | reads of the shared store for a token; a hit is a token adopted |
 //! | `entur_auth.store.errors` | counter | `operation`: `get`, `set`, `lock`, `unlock`; `kind`: `error`, `timeout` | store calls that failed or did not answer in time |
 //! | `entur_auth.store.fallbacks` | counter | `reason`: `unavailable`, `lock_wait` | token requests made without the fleet lock: the store was down, or the lock holder published nothing in time |
 //! | `entur_auth.store.bypassed` | gauge | | 1 while the store is bypassed (its last call failed or timed out: the source fetches for itself), 0 once it answers again; absent for sources without a store |
 //!
-//! Token request outcomes: `rejected` is [`Error::Rejected`] (the credentials or the grant),
-//! `blocked` [`Error::NotOAuthRefusal`] (a gateway's refusal), `unavailable`
-//! [`Error::Unavailable`], `timeout` [`Error::Timeout`], `invalid` [`Error::InvalidResponse`],
-//! `config` [`Error::Config`], and `internal` a contained panic (a bug, counted once per panic
+//! Token request outcomes: `rejected` is [`ErrorKind::Rejected`] (the credentials or the grant),
+//! `blocked` [`ErrorKind::Blocked`] (a gateway's refusal), `unavailable`
+//! [`ErrorKind::Unavailable`], `timeout` [`ErrorKind::Timeout`], `invalid` [`ErrorKind::InvalidResponse`],
+//! `config` [`ErrorKind::Config`], and `internal` a contained panic (a bug, counted once per panic
 //! in the refresher whether or not a request was under way).
 //!
 //! Refusal reasons: `http_401`, `http_408` (Entur: the token expired) and
@@ -77,12 +77,6 @@
 //! [`TokenSource::invalidate`]: crate::TokenSource::invalidate
 //! [`Health`]: crate::Health
 //! [`Invalidation`]: crate::Invalidation
-//! [`Error::Rejected`]: crate::Error::Rejected
-//! [`Error::NotOAuthRefusal`]: crate::Error::NotOAuthRefusal
-//! [`Error::Unavailable`]: crate::Error::Unavailable
-//! [`Error::Timeout`]: crate::Error::Timeout
-//! [`Error::InvalidResponse`]: crate::Error::InvalidResponse
-//! [`Error::Config`]: crate::Error::Config
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -92,25 +86,25 @@ use ::metrics::{describe_counter, describe_gauge, describe_histogram, Label, Sha
 use crate::error::{Error, ErrorKind};
 
 /// Token requests, by `outcome`.
-pub const TOKEN_REQUESTS: &str = "entur_auth.token.requests";
+pub(crate) const TOKEN_REQUESTS: &str = "entur_auth.token.requests";
 /// How long token requests took, in seconds, by `outcome`.
 pub const TOKEN_REQUEST_DURATION: &str = "entur_auth.token.request.duration";
 /// How much longer the current token will be sent, in seconds.
-pub const TOKEN_USABLE_FOR: &str = "entur_auth.token.usable_for";
+pub(crate) const TOKEN_USABLE_FOR: &str = "entur_auth.token.usable_for";
 /// 1 for the source's health `state`, 0 for the others.
-pub const SOURCE_HEALTH: &str = "entur_auth.source.health";
+pub(crate) const SOURCE_HEALTH: &str = "entur_auth.source.health";
 /// Refused tokens, by `reason` and `action`.
-pub const TOKEN_REFUSALS: &str = "entur_auth.token.refusals";
+pub(crate) const TOKEN_REFUSALS: &str = "entur_auth.token.refusals";
 /// Refused requests seen by the replay layer, by `outcome`.
-pub const REPLAYS: &str = "entur_auth.replays";
+pub(crate) const REPLAYS: &str = "entur_auth.replays";
 /// Reads of the shared store for a token, by `result`.
-pub const STORE_LOOKUPS: &str = "entur_auth.store.lookups";
+pub(crate) const STORE_LOOKUPS: &str = "entur_auth.store.lookups";
 /// Failed or timed-out calls to the shared store, by `operation` and `kind`.
-pub const STORE_ERRORS: &str = "entur_auth.store.errors";
+pub(crate) const STORE_ERRORS: &str = "entur_auth.store.errors";
 /// Token requests made without the fleet lock, by `reason`.
-pub const STORE_FALLBACKS: &str = "entur_auth.store.fallbacks";
+pub(crate) const STORE_FALLBACKS: &str = "entur_auth.store.fallbacks";
 /// 1 while the shared store is bypassed (its last call failed), 0 while it answers.
-pub const STORE_BYPASSED: &str = "entur_auth.store.bypassed";
+pub(crate) const STORE_BYPASSED: &str = "entur_auth.store.bypassed";
 
 /// Gives the installed recorder the unit and a description of every metric, which exporters
 /// show as help texts and, when asked, as unit suffixes.

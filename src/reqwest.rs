@@ -5,13 +5,15 @@
 //!
 //! ```no_run
 //! use entur_auth::reqwest::EnturAuthMiddleware;
-//! use entur_auth::{ClientName, Credentials, Environment, TokenEndpoint, TokenSource};
+//! use entur_auth::{ClientName, Credentials, EnturAuthLayer, Environment, TokenEndpoint, TokenSource};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 //! let source = TokenSource::builder(TokenEndpoint::entur(Environment::Dev), Credentials::from_env()?)
 //!     .build()?;
 //! let api = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
-//!     .with(EnturAuthMiddleware::new(source).client_name(ClientName::new("acme-ticketing")?))
+//!     .with(EnturAuthMiddleware::from(
+//!         EnturAuthLayer::new(source).client_name(ClientName::new("acme-ticketing")?),
+//!     ))
 //!     .build();
 //! let response = api.get("https://api.dev.entur.io/some/api").send().await?;
 //! println!("{}", response.status());
@@ -25,7 +27,8 @@
 //!   by every caller of the source ([`TokenSource::token`]).
 //! - Refuses a request to `http://` on a host that is not loopback with
 //!   [`CleartextRefused`](crate::auth::CleartextRefused) before anything is sent (no DNS lookup, no connection);
-//!   [`EnturAuthMiddleware::allow_plain_http`] lifts the check.
+//!   a middleware made from an [`EnturAuthLayer`] with
+//!   [`allow_plain_http(true)`](EnturAuthLayer::allow_plain_http) lets it through.
 //! - Reads the answer as [`EnturAuth`](crate::EnturAuth) does: a 401 (but not one whose
 //!   Bearer challenge says `insufficient_scope`), and a 408 when the source's endpoint says a
 //!   408 means "token expired" ([`TokenEndpoint::reauth_on_408`](crate::TokenEndpoint::reauth_on_408),
@@ -87,65 +90,52 @@ use std::sync::Arc;
 
 use ::reqwest::header::AUTHORIZATION;
 use ::reqwest::{Request, Response, ResponseBuilderExt, Url};
-use http::{Extensions, HeaderValue};
+use http::Extensions;
 use reqwest_middleware::{Middleware, Next};
 
 use crate::auth::verdict::{self, Head, Replay as Outcome, Verdict};
-use crate::auth::{refuse_cleartext, Refusal, ReplayOutcome, ResponseBody, ET_CLIENT_NAME};
+use crate::auth::{
+    refuse_cleartext, EnturAuthLayer, Refusal, ReplayOutcome, ResponseBody, ET_CLIENT_NAME,
+};
 use crate::error::Error;
-use crate::oauth::ClientName;
 use crate::source::token::AccessToken;
 use crate::source::{Invalidation, TokenSource};
 
 /// A [`reqwest_middleware::Middleware`] that authenticates requests with tokens from a
-/// shared [`TokenSource`]; see the [module docs](self).
+/// shared [`TokenSource`]; see the [module docs](self). Made from an [`EnturAuthLayer`]
+/// (`From`), it sends the layer's `ET-Client-Name` and follows its plain-HTTP policy: one
+/// configuration for every stack.
 ///
 /// Cheap to clone; clones share the token source, and so do the tower layers made from the
 /// same source: one token, one background task, for every client.
 #[derive(Clone, Debug)]
 pub struct EnturAuthMiddleware {
-    source: TokenSource,
-    client_name: Option<HeaderValue>,
-    allow_plain_http: bool,
+    auth: EnturAuthLayer,
     reauth_on_408: bool,
 }
 
-impl EnturAuthMiddleware {
-    /// A middleware that authorizes requests with tokens from `source`.
-    pub fn new(source: TokenSource) -> Self {
+impl From<EnturAuthLayer> for EnturAuthMiddleware {
+    fn from(auth: EnturAuthLayer) -> Self {
         Self {
-            reauth_on_408: source.reauth_on_408(),
-            source,
-            client_name: None,
-            allow_plain_http: false,
+            reauth_on_408: auth.source.reauth_on_408(),
+            auth,
         }
     }
+}
 
-    /// Also sets `ET-Client-Name: <name>` on every request, as Entur requires.
-    pub fn client_name(mut self, name: ClientName) -> Self {
-        self.client_name = Some(name.header_value().clone());
-        self
-    }
-
-    /// Allows sending the bearer token over plain `http://` to hosts that are not loopback.
-    /// Default `false`: such requests fail with [`CleartextRefused`](crate::auth::CleartextRefused) and nothing is
-    /// sent. Allow it only when the network path is protected otherwise (a sidecar proxy, a
-    /// service mesh with mTLS).
-    pub fn allow_plain_http(mut self, allow: bool) -> Self {
-        self.allow_plain_http = allow;
-        self
-    }
-
-    /// The token source.
-    pub fn source(&self) -> &TokenSource {
-        &self.source
+impl EnturAuthMiddleware {
+    /// A middleware that authorizes requests with tokens from `source`, with no
+    /// `ET-Client-Name`. For the client name, or to allow plain `http://`, configure an
+    /// [`EnturAuthLayer`] and convert it: `EnturAuthMiddleware::from(layer)`.
+    pub fn new(source: TokenSource) -> Self {
+        Self::from(EnturAuthLayer::new(source))
     }
 
     /// A usable token: the cached one, or the one shared fetch.
     async fn token(&self) -> Result<Arc<AccessToken>, Error> {
-        match self.source.current() {
+        match self.auth.source.current() {
             Some(token) => Ok(token),
-            None => self.source.token().await,
+            None => self.auth.source.token().await,
         }
     }
 
@@ -175,7 +165,7 @@ impl EnturAuthMiddleware {
             Head::Body { .. } => return (response, None),
             Head::Done(verdict) => verdict,
         };
-        let shared = self.source.shared();
+        let shared = self.auth.source.shared();
         let invalidation = verdict::act(Some(shared), token.id(), verdict);
         if let (Verdict::Refused(reason), Some(invalidation)) = (verdict, invalidation) {
             response.extensions_mut().insert(Refusal {
@@ -195,7 +185,7 @@ impl EnturAuthMiddleware {
         let url = response.url().clone();
         let response: http::Response<::reqwest::Body> = response.into();
         let (mut parts, body) = response.into_parts();
-        let watched = ResponseBody::watching(body, self.source.key(), token.id(), grpc);
+        let watched = ResponseBody::watching(body, self.auth.source.key(), token.id(), grpc);
         // `From<http::Response>` takes the URL from an extension only reqwest can name.
         if let Ok(with_url) = http::Response::builder().url(url).body(()) {
             parts.extensions.extend(with_url.into_parts().0.extensions);
@@ -224,12 +214,12 @@ impl Middleware for EnturAuthMiddleware {
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
         let url = request.url();
-        if url.scheme() == "http" && !self.allow_plain_http {
+        if url.scheme() == "http" && !self.auth.allow_plain_http {
             if let Some(refused) = refuse_cleartext(url.host_str().unwrap_or_default()) {
                 return Err(reqwest_middleware::Error::middleware(refused));
             }
         }
-        if let Some(name) = &self.client_name {
+        if let Some(name) = &self.auth.client_name {
             request.headers_mut().insert(ET_CLIENT_NAME, name.clone());
         }
         let token = self
@@ -247,7 +237,7 @@ impl Middleware for EnturAuthMiddleware {
         let Some(invalidation) = invalidation else {
             return Ok(response);
         };
-        let shared = Some(self.source.shared());
+        let shared = Some(self.auth.source.shared());
         let Some(fresh) = verdict::replay(invalidation) else {
             return Ok(response);
         };
@@ -261,7 +251,7 @@ impl Middleware for EnturAuthMiddleware {
         // (which says more than the refusal would), is what the caller gets.
         drop(response);
         let token = match fresh {
-            true => self.source.token().await,
+            true => self.auth.source.token().await,
             false => Ok(token),
         };
         let token = match token {

@@ -3,7 +3,7 @@
 //!
 //! ```no_run
 //! use entur_auth::tonic::EnturAuthInterceptor;
-//! use entur_auth::{ClientName, Credentials, Environment, TokenEndpoint, TokenSource};
+//! use entur_auth::{ClientName, Credentials, EnturAuthLayer, Environment, TokenEndpoint, TokenSource};
 //! use tonic::service::interceptor::InterceptedService;
 //!
 //! # async fn run<Channel>(channel: Channel) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -12,7 +12,9 @@
 //! // The interceptor cannot wait: fetch the first token at startup.
 //! source.ready(std::time::Duration::from_secs(30)).await?;
 //!
-//! let auth = EnturAuthInterceptor::new(source).client_name(ClientName::new("acme-grpc")?);
+//! let auth = EnturAuthInterceptor::from(
+//!     EnturAuthLayer::new(source).client_name(ClientName::new("acme-grpc")?),
+//! );
 //! // What a generated client's `with_interceptor(channel, auth.clone())` builds around a
 //! // `tonic::transport::Channel` (the README shows a whole call with tonic-health's client).
 //! let service = InterceptedService::new(channel, auth.clone());
@@ -28,7 +30,7 @@
 //! # The interceptor or the layer
 //!
 //! A tonic interceptor is synchronous and sees only the request. So it cannot wait for a
-//! token, and cannot see the answer. The tower layer, [`EnturAuthLayer`](crate::EnturAuthLayer)
+//! token, and cannot see the answer. The tower layer, [`EnturAuthLayer`]
 //! with [`with_replay()`](crate::EnturAuthLayer::with_replay) around a `Channel`, can do both.
 //!
 //! | | `EnturAuthInterceptor` | `EnturAuthLayer::with_replay()` over a `Channel` |
@@ -89,9 +91,8 @@ use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderValue};
 
 use crate::auth::verdict::{self, Verdict};
-use crate::auth::ET_CLIENT_NAME;
+use crate::auth::{EnturAuthLayer, ET_CLIENT_NAME};
 use crate::error::ErrorKind;
-use crate::oauth::ClientName;
 use crate::source::token::{AccessToken, TokenId};
 use crate::source::{Invalidation, TokenSource};
 
@@ -119,26 +120,25 @@ pub struct EnturAuthInterceptor {
     sent: Arc<AtomicU64>,
 }
 
-impl EnturAuthInterceptor {
-    /// An interceptor that authorizes calls with tokens from `source`.
-    pub fn new(source: TokenSource) -> Self {
+impl From<EnturAuthLayer> for EnturAuthInterceptor {
+    /// The interceptor that sends what `auth` sends: its token source's tokens and its
+    /// `ET-Client-Name`.
+    fn from(auth: EnturAuthLayer) -> Self {
         Self {
-            cache: Cache::new(source.cell().clone()),
-            source,
-            client_name: None,
+            cache: Cache::new(auth.source.cell().clone()),
+            source: auth.source,
+            client_name: auth.client_name,
             sent: Arc::default(),
         }
     }
+}
 
-    /// Also sets `et-client-name: <name>` on every call, as Entur requires.
-    pub fn client_name(mut self, name: ClientName) -> Self {
-        self.client_name = Some(name.header_value().clone());
-        self
-    }
-
-    /// The token source.
-    pub fn source(&self) -> &TokenSource {
-        &self.source
+impl EnturAuthInterceptor {
+    /// An interceptor that authorizes calls with tokens from `source`, with no
+    /// `et-client-name`. For the client name, configure an [`EnturAuthLayer`] and convert
+    /// it: `EnturAuthInterceptor::from(layer)`.
+    pub fn new(source: TokenSource) -> Self {
+        Self::from(EnturAuthLayer::new(source))
     }
 
     /// Reports a call's error status. When it is `UNAUTHENTICATED`, the token this
@@ -275,7 +275,7 @@ impl Interceptor for EnturAuthInterceptor {
     /// `UNAVAILABLE` when there is no usable token: before the first one (the fetch starts,
     /// and the message says to retry, or to call [`TokenSource::ready`] at startup), while a
     /// dropped one is being replaced, or when the last fetch failed (the message says why,
-    /// from the [`Error`]'s `Display`, which holds no secret).
+    /// from the [`Error`](crate::Error)'s report, which holds no secret).
     #[inline]
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
         match self.cache.load() {

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use entur_auth::{BodyEncoding, ClientAuth, Config, Environment, Error, Health};
+use entur_auth::{BodyEncoding, Config, Environment, Error, Health, TokenEndpoint};
 use entur_auth_test::{Fault, TestServer};
 use http::StatusCode;
 use http_body_util::Full;
@@ -121,19 +121,8 @@ fn entur_environment_gives_the_preset_endpoint_and_the_client_name() {
     let config = load(vars(ENTUR, &[])).unwrap();
     assert_eq!(config.client_id(), "my-client");
     assert_eq!(config.environment(), Some(Environment::Dev));
-    let endpoint = config.endpoint();
-    assert_eq!(
-        endpoint.url().to_string(),
-        "https://partner.dev.entur.org/oauth/token"
-    );
-    assert_eq!(endpoint.audience_value(), Some("https://api.dev.entur.io"));
-    assert_eq!(endpoint.body_encoding(), BodyEncoding::Json);
-    assert_eq!(endpoint.client_auth_method(), ClientAuth::Body);
-    assert!(endpoint.reauths_on_408());
-    assert_eq!(
-        config.client_name().unwrap().header_value(),
-        "acme-ticketing"
-    );
+    assert_eq!(config.endpoint(), &TokenEndpoint::entur(Environment::Dev));
+    assert_eq!(config.client_name().unwrap().to_string(), "acme-ticketing");
     assert_eq!(
         config
             .credentials()
@@ -173,15 +162,13 @@ fn audience_and_token_url_override_the_environment() {
         ],
     ))
     .unwrap();
-    let endpoint = config.endpoint();
-    assert_eq!(
-        endpoint.url().to_string(),
-        "https://internal.dev.entur.org/oauth/token"
-    );
-    assert_eq!(endpoint.audience_value(), Some("https://api.example.com"));
     // A custom token URL keeps Entur's JSON body and its meaning of 408.
-    assert_eq!(endpoint.body_encoding(), BodyEncoding::Json);
-    assert!(endpoint.reauths_on_408());
+    let expected = TokenEndpoint::new("https://internal.dev.entur.org/oauth/token")
+        .unwrap()
+        .audience("https://api.example.com")
+        .encoding(BodyEncoding::Json)
+        .reauth_on_408(true);
+    assert_eq!(config.endpoint(), &expected);
 }
 
 #[test]
@@ -191,17 +178,23 @@ fn a_custom_token_url_takes_the_environments_audience_unless_told() {
         &[("ENTUR_TOKEN_URL", Some("https://gateway.example.com/token"))],
     ))
     .unwrap();
-    assert_eq!(
-        config.endpoint().audience_value(),
-        Some("https://api.dev.entur.io")
-    );
+    let expected = TokenEndpoint::new("https://gateway.example.com/token")
+        .unwrap()
+        .audience("https://api.dev.entur.io")
+        .encoding(BodyEncoding::Json)
+        .reauth_on_408(true);
+    assert_eq!(config.endpoint(), &expected);
 }
 
 #[test]
 fn token_body_form_switches_the_encoding() {
     for (value, encoding) in [("form", BodyEncoding::Form), ("JSON", BodyEncoding::Json)] {
         let config = load(vars(ENTUR, &[("ENTUR_TOKEN_BODY", Some(value))])).unwrap();
-        assert_eq!(config.endpoint().body_encoding(), encoding, "{value}");
+        assert_eq!(
+            config.endpoint(),
+            &TokenEndpoint::entur(Environment::Dev).encoding(encoding),
+            "{value}"
+        );
     }
 }
 
@@ -220,7 +213,14 @@ fn a_token_url_without_environment_needs_no_client_name_nor_audience() {
     ))
     .unwrap();
     assert_eq!(config.environment(), None);
-    assert_eq!(config.endpoint().audience_value(), None);
+    assert_eq!(
+        config.endpoint(),
+        // No audience; Entur's JSON body and meaning of 408, as for every token URL here.
+        &TokenEndpoint::new("https://auth.example.com/oauth2/token")
+            .unwrap()
+            .encoding(BodyEncoding::Json)
+            .reauth_on_408(true)
+    );
     assert!(config.client_name().is_none());
 }
 
@@ -585,14 +585,11 @@ mod file {
         let config = parse(&json.to_string()).unwrap();
         assert_eq!(config.environment(), Some(Environment::Staging));
         assert_eq!(
-            config.endpoint().url().to_string(),
-            "https://partner.staging.entur.org/oauth/token"
+            config.endpoint(),
+            &TokenEndpoint::entur(Environment::Staging)
+                .audience("https://api.example.com")
+                .encoding(BodyEncoding::Form)
         );
-        assert_eq!(
-            config.endpoint().audience_value(),
-            Some("https://api.example.com")
-        );
-        assert_eq!(config.endpoint().body_encoding(), BodyEncoding::Form);
         assert!(!format!("{config:?}").contains(SECRET), "{config:?}");
         // Read when the credentials are made, so that a rotated file is picked up.
         assert_eq!(
@@ -904,7 +901,7 @@ async fn an_unreachable_token_endpoint_is_named_by_host_and_its_cause_said_once(
         &[],
     ))
     .unwrap();
-    let source = config.build_source().unwrap();
+    let source = config.source_builder().unwrap().build().unwrap();
 
     let error = source.token().await.unwrap_err();
     assert!(

@@ -29,7 +29,7 @@ fn replica(server: &TestServer, store: &MemoryStore, seed: u64) -> TokenSource {
 #[tokio::test(start_paused = true)]
 async fn a_refused_token_is_never_adopted_again_and_the_fleet_shares_its_replacement() {
     let server = server(Duration::from_secs(3600)).await;
-    let store = MemoryStore::new();
+    let store = MemoryStore::default();
     let replicas: Vec<_> = (0..3).map(|i| replica(&server, &store, i)).collect();
     for replica in &replicas {
         replica.prefetch().await.unwrap();

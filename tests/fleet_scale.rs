@@ -127,7 +127,7 @@ fn assert_about_one_replica(figures: &Figures) {
 
 #[tokio::test(start_paused = true)]
 async fn sixty_four_replicas_on_a_memory_store_make_what_one_makes() {
-    let store = MemoryStore::new();
+    let store = MemoryStore::default();
     // Ten lifetimes of 60 s tokens, a request per replica per second.
     let figures = run(
         Duration::from_secs(60),

@@ -76,7 +76,7 @@ async fn rsa_and_p256_keys_get_tokens_with_a_well_formed_assertion() {
         let key = PrivateKey::from_pem(private.as_bytes())
             .unwrap()
             .key_id("key-1");
-        assert_eq!(key.algorithm().as_str(), alg);
+        assert_eq!(format!("{:?}", key.algorithm()).to_uppercase(), alg);
         let source = source_for(&server, server.endpoint(), key);
         source.prefetch().await.unwrap();
         assert_eq!(server.tokens_issued(), 1);

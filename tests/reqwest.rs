@@ -10,8 +10,8 @@ use bytes::Bytes;
 use common::{server, settle, source};
 use entur_auth::reqwest::EnturAuthMiddleware;
 use entur_auth::{
-    ClientName, Error, Invalidation, OAuthErrorCode, Refusal, ReplayOutcome, TokenSource,
-    ET_CLIENT_NAME,
+    ClientName, EnturAuthLayer, Error, Invalidation, OAuthErrorCode, Refusal, ReplayOutcome,
+    TokenSource, ET_CLIENT_NAME,
 };
 use entur_auth_test::{ApiFault, Fault, TestServer, TokenState};
 use http::StatusCode;
@@ -29,7 +29,11 @@ fn client(middleware: EnturAuthMiddleware) -> ClientWithMiddleware {
 }
 
 fn middleware(source: &TokenSource) -> EnturAuthMiddleware {
-    EnturAuthMiddleware::new(source.clone()).client_name(ClientName::new("acme-tests").unwrap())
+    layer(source).into()
+}
+
+fn layer(source: &TokenSource) -> EnturAuthLayer {
+    EnturAuthLayer::new(source.clone()).client_name(ClientName::new("acme-tests").unwrap())
 }
 
 fn url(server: &TestServer, path: &str) -> String {
@@ -336,7 +340,7 @@ async fn cleartext_to_a_remote_host_is_refused_before_anything_is_sent() {
     assert_eq!(server.token_requests(), 0, "not even a token was fetched");
 
     // Opted in (a mesh with mTLS, say), the same request goes through.
-    let api = connect_to(middleware(&source).allow_plain_http(true));
+    let api = connect_to(layer(&source).allow_plain_http(true).into());
     let response = api.get(&remote).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(server.api_requests(), 1);

@@ -158,7 +158,10 @@ impl Drop for SecretFile {
 async fn a_rotated_secret_file_is_read_again_after_invalid_client() {
     let server = rotating_server().await;
     let file = SecretFile::new("picked-up", server.client_secret());
-    let credentials = Credentials::from_secret_file(server.client_id(), &file.0).unwrap();
+    let credentials = Credentials::with_secret(
+        server.client_id(),
+        ClientSecret::from_file(&file.0).unwrap(),
+    );
     assert_eq!(
         credentials.client_secret().unwrap().file(),
         Some(file.0.as_path())
@@ -190,7 +193,10 @@ async fn entur_s_401_access_denied_also_reads_the_secret_file_again() {
     use entur_auth_test::Fault;
     let server = rotating_server().await;
     let file = SecretFile::new("auth0", server.client_secret());
-    let credentials = Credentials::from_secret_file(server.client_id(), &file.0).unwrap();
+    let credentials = Credentials::with_secret(
+        server.client_id(),
+        ClientSecret::from_file(&file.0).unwrap(),
+    );
     let source = builder(&server, credentials).build().unwrap();
     source.prefetch().await.unwrap();
     // Auth0 (Entur) answers a wrong secret with 401 access_denied, not invalid_client.
@@ -214,7 +220,10 @@ async fn entur_s_401_access_denied_also_reads_the_secret_file_again() {
 async fn an_unchanged_secret_file_waits_for_the_slow_schedule() {
     let server = rotating_server().await;
     let file = SecretFile::new("unchanged", server.client_secret());
-    let credentials = Credentials::from_secret_file(server.client_id(), &file.0).unwrap();
+    let credentials = Credentials::with_secret(
+        server.client_id(),
+        ClientSecret::from_file(&file.0).unwrap(),
+    );
     let source = builder(&server, credentials).build().unwrap();
     source.prefetch().await.unwrap();
     // The server rotates, the file is not updated yet.

@@ -45,7 +45,7 @@ fn key_credentials(server: &TestServer) -> Credentials {
 #[tokio::test(start_paused = true)]
 async fn key_credentials_share_through_a_store_key_and_need_one() {
     let server = server().await;
-    let store = MemoryStore::new();
+    let store = MemoryStore::default();
     let error = replica(&server, &store, server.endpoint(), key_credentials(&server))
         .build()
         .unwrap_err();
@@ -76,7 +76,7 @@ async fn key_credentials_share_through_a_store_key_and_need_one() {
 async fn replicas_on_old_and_new_secrets_share_with_a_store_key_and_not_without() {
     for (store_key, expected_requests) in [(Some(STORE_KEY), 1), (None, 2)] {
         let server = server().await;
-        let store = MemoryStore::new();
+        let store = MemoryStore::default();
         let build = |secret: &str| {
             let builder = replica(
                 &server,
@@ -112,7 +112,7 @@ async fn assertion_claims_are_part_of_the_store_key_name() {
     // Two Maskinporten-style sources that ask for different scopes in their assertions
     // must not share a token.
     let server = server().await;
-    let store = MemoryStore::new();
+    let store = MemoryStore::default();
     for scope in ["digdir:a", "digdir:b"] {
         let endpoint = server
             .endpoint()

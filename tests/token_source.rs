@@ -295,11 +295,11 @@ async fn ready_gives_up_at_its_deadline_with_the_last_transient_error() {
     let error = source.ready(Duration::from_secs(30)).await.unwrap_err();
     assert_eq!(started.elapsed(), Duration::from_secs(30));
     assert_eq!(error.kind(), entur_auth::ErrorKind::NotReady, "{error:?}");
-    let last = error.last_error().unwrap_or_else(|| panic!("{error:?}"));
+    let last = std::error::Error::source(&error)
+        .and_then(|cause| cause.downcast_ref::<Error>())
+        .unwrap_or_else(|| panic!("{error:?}"));
     assert_eq!(last.kind(), entur_auth::ErrorKind::Unavailable, "{last:?}");
     assert_eq!(last.status(), Some(StatusCode::SERVICE_UNAVAILABLE));
-    let cause = std::error::Error::source(&error).expect("the last error is the source");
-    assert_eq!(cause.to_string(), last.to_string());
     assert!(error.is_transient());
     let text = error.report().to_string();
     assert!(text.contains("within the 30 s startup deadline"), "{text}");
@@ -317,7 +317,7 @@ async fn ready_gives_up_at_its_deadline_with_the_last_transient_error() {
     let source = common::source(&server);
     let error = source.ready(Duration::from_secs(5)).await.unwrap_err();
     assert_eq!(error.kind(), entur_auth::ErrorKind::NotReady, "{error:?}");
-    assert!(error.last_error().is_none(), "{error:?}");
+    assert!(std::error::Error::source(&error).is_none(), "{error:?}");
     assert!(
         error.report().to_string().contains("still unanswered"),
         "{error}"
@@ -371,7 +371,10 @@ async fn a_token_endpoint_that_never_answers_times_out_with_a_typed_error() {
         .build()
         .unwrap();
     let error = source.token().await.unwrap_err();
-    assert!(error.is_timeout(), "{error:?}");
+    assert!(
+        (error.kind() == entur_auth::ErrorKind::Timeout),
+        "{error:?}"
+    );
     assert!(error.to_string().contains("within 2000 ms"), "{error}");
     // The next attempt (after backoff) succeeds, with no caller involved.
     tokio::time::sleep(Duration::from_secs(1)).await;

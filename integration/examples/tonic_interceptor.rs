@@ -18,7 +18,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use entur_auth::tonic::EnturAuthInterceptor;
-use entur_auth::{BoxError, ClientName, TokenSource};
+use entur_auth::{BoxError, ClientName, EnturAuthLayer, TokenSource};
 use entur_auth_integration::grpc::BearerCheck;
 use entur_auth_test::TestServer;
 use tonic::service::interceptor::InterceptedService;
@@ -54,7 +54,9 @@ async fn run() -> Result<(), BoxError> {
     let source = TokenSource::builder(auth_server.endpoint(), auth_server.credentials())
         .allow_http_loopback(true) // plain http only because the server is on 127.0.0.1
         .build()?;
-    let auth = EnturAuthInterceptor::new(source.clone()).client_name(ClientName::new("acme-grpc")?);
+    let auth = EnturAuthInterceptor::from(
+        EnturAuthLayer::new(source.clone()).client_name(ClientName::new("acme-grpc")?),
+    );
     let channel = Endpoint::from_shared(format!("http://{addr}"))?
         .connect()
         .await?;

@@ -186,7 +186,11 @@ async fn error_for_status_outermost_turns_permission_denied_into_a_typed_error()
     let error = std::error::Error::source(&status)
         .and_then(|e| e.downcast_ref::<Refused>())
         .expect("the typed error is the status's source");
-    assert!(error.is_permission_denied() && error.is_grpc(), "{error:?}");
+    assert!(
+        (error.kind() == entur_auth::error_for_status::RefusedKind::PermissionDenied)
+            && error.is_grpc(),
+        "{error:?}"
+    );
 }
 
 #[tokio::test]

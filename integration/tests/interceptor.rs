@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use entur_auth::tonic::EnturAuthInterceptor;
-use entur_auth::{ClientName, Health, Invalidation, TokenSource};
+use entur_auth::{ClientName, EnturAuthLayer, Health, Invalidation, TokenSource};
 use entur_auth_integration::grpc::BearerCheck;
 use entur_auth_test::{Fault, TestServer};
 use futures_util::task::noop_waker_ref;
@@ -52,8 +52,9 @@ async fn a_call_carries_the_bearer_and_the_client_name() {
     let (source, _fetches) = source(&server);
     source.prefetch().await.unwrap();
     let (addr, check) = serve_checked(&server).await;
-    let auth = EnturAuthInterceptor::new(source.clone())
-        .client_name(ClientName::new("acme-grpc").unwrap());
+    let auth = EnturAuthInterceptor::from(
+        EnturAuthLayer::new(source.clone()).client_name(ClientName::new("acme-grpc").unwrap()),
+    );
     let mut client = HealthClient::with_interceptor(channel(addr).await, auth);
 
     serving(&mut client).await;
@@ -343,7 +344,7 @@ fn a_call_allocates_nothing_of_its_own() {
 
     let nothing =
         |request: tonic::Request<()>| -> Result<tonic::Request<()>, Status> { Ok(request) };
-    let auth = EnturAuthInterceptor::new(source.clone()).client_name(name);
+    let auth = EnturAuthInterceptor::from(EnturAuthLayer::new(source.clone()).client_name(name));
     let mut with_nothing = HealthClient::with_interceptor(answer.clone(), nothing);
     let mut with_auth = HealthClient::with_interceptor(answer.clone(), auth.clone());
 

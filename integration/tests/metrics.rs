@@ -137,7 +137,7 @@ async fn a_known_sequence_shows_in_the_scrape() {
     let _subscriber = tracing::subscriber::set_default(subscriber);
 
     let server = server(Duration::from_secs(3600)).await;
-    let store = MemoryStore::new();
+    let store = MemoryStore::default();
     let (a, a_origins) = origins(server.source_builder().shared_store(store.clone()));
     let (b, b_origins) = origins(server.source_builder().shared_store(store.clone()));
     let labels = [

@@ -98,7 +98,7 @@ fn builder(setup: &Setup) -> entur_auth::TokenSourceBuilder {
         setup.server.endpoint(),
         Credentials::tls_client_auth(setup.server.client_id()),
     )
-    .extra_root_certificate_pem(setup.server_ca.cert.pem().as_bytes())
+    .extra_root_certificate(setup.server_ca.cert.pem().as_bytes())
     .proxy_from_env(false)
     .fetch_timeout(Duration::from_secs(10))
 }

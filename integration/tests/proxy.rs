@@ -144,7 +144,7 @@ impl Endpoint {
             .collect();
         TokenSource::builder(endpoint, self.server.credentials())
             .fetch_timeout(Duration::from_secs(5))
-            .extra_root_certificate_pem(self.pki.ca_pem.as_bytes())
+            .extra_root_certificate(self.pki.ca_pem.as_bytes())
             .proxy_env_lookup(move |name| env.get(name).cloned())
     }
 

@@ -31,13 +31,13 @@ async fn private_ca_works_when_added_as_an_extra_root() {
     let url = https_token_endpoint(&server, &pki).await;
 
     let pem = builder(&server, &url)
-        .extra_root_certificate_pem(pki.ca_pem.as_bytes())
+        .extra_root_certificate(pki.ca_pem.as_bytes())
         .build()
         .unwrap();
     pem.prefetch().await.unwrap();
 
     let der = builder(&server, &url)
-        .extra_root_certificate_der(pki.ca_der.clone())
+        .extra_root_certificate(pki.ca_der.clone())
         .build()
         .unwrap();
     der.prefetch().await.unwrap();
@@ -58,7 +58,7 @@ async fn unknown_ca_is_a_clear_certificate_error() {
     let text = error.report().to_string();
     assert!(text.contains("certificate"), "{text}");
     assert!(text.contains("UnknownIssuer"), "{text}");
-    assert!(text.contains("extra_root_certificate_pem"), "{text}");
+    assert!(text.contains("extra_root_certificate"), "{text}");
     assert_eq!(server.token_requests(), 0, "no credentials were sent");
 }
 
@@ -67,7 +67,7 @@ async fn invalid_extra_root_is_a_configuration_error() {
     let server = server(Duration::from_secs(60)).await;
     for pem in [&b"not a certificate"[..], b""] {
         let error = builder(&server, "https://127.0.0.1:1/oauth/token")
-            .extra_root_certificate_pem(pem)
+            .extra_root_certificate(pem)
             .build()
             .unwrap_err();
         assert!(error.kind() == entur_auth::ErrorKind::Config, "{error}");

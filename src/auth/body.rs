@@ -54,15 +54,7 @@ impl<B> ResponseBody<B> {
         )
     }
 
-    /// A reference to the inner body.
-    pub fn get_ref(&self) -> &B {
-        &self.inner
-    }
-
-    /// The inner body.
-    pub fn into_inner(self) -> B {
-        self.inner
-    }
+    inner_accessors!(inner: B);
 }
 
 impl<B: Body> Body for ResponseBody<B> {

@@ -40,7 +40,7 @@ use crate::error::sanitize;
 use crate::oauth::challenge::bearer_error;
 
 /// The `grpc-status` header (or trailer) of gRPC responses.
-pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+pub(crate) const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 /// gRPC `UNAUTHENTICATED`.
 const GRPC_UNAUTHENTICATED: u32 = 16;
@@ -96,7 +96,7 @@ pub fn classify<B>(response: &Response<B>) -> Decision {
 }
 
 /// Classifies an answer from its status and headers, by Entur's table.
-pub fn classify_parts(status: StatusCode, headers: &HeaderMap) -> Decision {
+pub(crate) fn classify_parts(status: StatusCode, headers: &HeaderMap) -> Decision {
     match status.as_u16() {
         401 if bearer_error(headers).as_deref() == Some("insufficient_scope") => {
             Decision::Fail(Rejection::PermissionDenied { grpc: false })
@@ -114,12 +114,6 @@ pub fn classify_parts(status: StatusCode, headers: &HeaderMap) -> Decision {
         },
         _ => classify_grpc(headers),
     }
-}
-
-/// Classifies the trailers of a response: where gRPC sends the status of streaming calls,
-/// and of anything that failed after the response headers went out.
-pub fn classify_trailers(trailers: &HeaderMap) -> Decision {
-    classify_grpc(trailers)
 }
 
 fn classify_grpc(headers: &HeaderMap) -> Decision {
@@ -145,7 +139,7 @@ pub(crate) fn refusal(
 }
 
 /// The code of a gRPC status in headers (trailers-only responses) or trailers.
-pub fn grpc_status(headers: &HeaderMap) -> Option<u32> {
+pub(crate) fn grpc_status(headers: &HeaderMap) -> Option<u32> {
     headers.get(GRPC_STATUS)?.to_str().ok()?.trim().parse().ok()
 }
 

@@ -56,10 +56,7 @@ pub struct CollectBody<S> {
 }
 
 impl<S> CollectBody<S> {
-    /// The inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    inner_accessors!(inner: S);
 }
 
 impl<S, B, ResB> tower_service::Service<Request<B>> for CollectBody<S>

@@ -2,10 +2,10 @@
 //!
 //! | answer | [`Refused`] |
 //! |---|---|
-//! | a refusal of the token that reached it (401, gRPC `UNAUTHENTICATED`, an Entur 408) | [`is_unauthorized`](Refused::is_unauthorized), with the [`Refusal`]: whether the token was dropped, whether forced refreshes back off, and whether the request was replayed |
-//! | 403, gRPC `PERMISSION_DENIED`, 401 with `insufficient_scope` | [`is_permission_denied`](Refused::is_permission_denied) |
-//! | a redirect of a request sent over plain `http://` | [`is_insecure_redirect`](Refused::is_insecure_redirect), saying whether the token went with it |
-//! | 405 | [`is_method_not_allowed`](Refused::is_method_not_allowed) |
+//! | a refusal of the token that reached it (401, gRPC `UNAUTHENTICATED`, an Entur 408) | [`RefusedKind::Unauthorized`], with the [`Refusal`]: whether the token was dropped, whether forced refreshes back off, and whether the request was replayed |
+//! | 403, gRPC `PERMISSION_DENIED`, 401 with `insufficient_scope` | [`RefusedKind::PermissionDenied`] |
+//! | a redirect of a request sent over plain `http://` | [`RefusedKind::InsecureRedirect`], saying whether the token went with it |
+//! | 405 | [`RefusedKind::MethodNotAllowed`] |
 //!
 //! The services fail with [`BoxError`], as tower middleware does:
 //! `error.downcast_ref::<Refused>()` gives the refusal back.
@@ -72,25 +72,7 @@ pub struct ErrorForStatus<S> {
 }
 
 impl<S> ErrorForStatus<S> {
-    /// Wraps `inner`.
-    pub fn new(inner: S) -> Self {
-        Self { inner }
-    }
-
-    /// A reference to the inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// A mutable reference to the inner service.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// The inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    inner_accessors!(inner: S);
 }
 
 impl<S, ReqB, ResB> Service<Request<ReqB>> for ErrorForStatus<S>
@@ -180,6 +162,22 @@ pub struct Refused {
     kind: Kind,
 }
 
+/// What the API said; see [`Refused::kind`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RefusedKind {
+    /// The API refused the token (401, gRPC `UNAUTHENTICATED`, or an Entur 408).
+    Unauthorized,
+    /// The API accepted the token but it lacks the permission (403, gRPC
+    /// `PERMISSION_DENIED`, or a 401 with `error="insufficient_scope"`).
+    PermissionDenied,
+    /// A request sent over plain `http://` was redirected (Entur redirects plain HTTP to
+    /// HTTPS); the redirect was not followed.
+    InsecureRedirect,
+    /// The API answered 405: usually a request over plain HTTP to an HTTPS-only API.
+    MethodNotAllowed,
+}
+
 #[derive(Clone, Debug)]
 enum Kind {
     Unauthorized {
@@ -202,26 +200,14 @@ impl Refused {
         Self { kind }
     }
 
-    /// The API refused the token (401, gRPC `UNAUTHENTICATED`, or an Entur 408).
-    pub fn is_unauthorized(&self) -> bool {
-        matches!(self.kind, Kind::Unauthorized { .. })
-    }
-
-    /// The API accepted the token but it lacks the permission (403, gRPC
-    /// `PERMISSION_DENIED`, or a 401 with `error="insufficient_scope"`).
-    pub fn is_permission_denied(&self) -> bool {
-        matches!(self.kind, Kind::PermissionDenied { .. })
-    }
-
-    /// A request sent over plain `http://` was redirected (Entur redirects plain HTTP to
-    /// HTTPS); the redirect was not followed.
-    pub fn is_insecure_redirect(&self) -> bool {
-        matches!(self.kind, Kind::InsecureRedirect { .. })
-    }
-
-    /// The API answered 405: usually a request over plain HTTP to an HTTPS-only API.
-    pub fn is_method_not_allowed(&self) -> bool {
-        matches!(self.kind, Kind::MethodNotAllowed)
+    /// What the API said.
+    pub fn kind(&self) -> RefusedKind {
+        match self.kind {
+            Kind::Unauthorized { .. } => RefusedKind::Unauthorized,
+            Kind::PermissionDenied { .. } => RefusedKind::PermissionDenied,
+            Kind::InsecureRedirect { .. } => RefusedKind::InsecureRedirect,
+            Kind::MethodNotAllowed => RefusedKind::MethodNotAllowed,
+        }
     }
 
     /// Whether the API answered with a gRPC status.

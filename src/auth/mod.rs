@@ -46,6 +46,27 @@
 //! bearer token would cross the network in cleartext. Relative URIs (as tonic sends them)
 //! and `https://` pass; [`EnturAuthLayer::allow_plain_http`] lifts the check.
 
+/// `get_ref`, `get_mut` and `into_inner` for a service (or body) around the field `$field`
+/// of type `$inner`, written once as tower-http does.
+macro_rules! inner_accessors {
+    ($field:ident: $inner:ty) => {
+        /// A reference to the inner service.
+        pub fn get_ref(&self) -> &$inner {
+            &self.$field
+        }
+
+        /// A mutable reference to the inner service.
+        pub fn get_mut(&mut self) -> &mut $inner {
+            &mut self.$field
+        }
+
+        /// The inner service.
+        pub fn into_inner(self) -> $inner {
+            self.$field
+        }
+    };
+}
+
 mod body;
 pub mod classify;
 mod collect;
@@ -82,9 +103,9 @@ pub const ET_CLIENT_NAME: HeaderName = HeaderName::from_static("et-client-name")
 /// from a shared [`TokenSource`], and `ET-Client-Name` when configured.
 #[derive(Clone, Debug)]
 pub struct EnturAuthLayer {
-    source: TokenSource,
-    client_name: Option<HeaderValue>,
-    allow_plain_http: bool,
+    pub(crate) source: TokenSource,
+    pub(crate) client_name: Option<HeaderValue>,
+    pub(crate) allow_plain_http: bool,
 }
 
 impl EnturAuthLayer {
@@ -116,12 +137,7 @@ impl EnturAuthLayer {
     /// This layer with the one replay after a refusal, in the right order: the default way to
     /// build a stack. See [`ReplayLayer`](crate::auth::replay::ReplayLayer).
     pub fn with_replay(self) -> crate::auth::replay::ReplayLayer {
-        crate::auth::replay::ReplayLayer::new(self)
-    }
-
-    /// The token source.
-    pub fn source(&self) -> &TokenSource {
-        &self.source
+        crate::auth::replay::ReplayLayer { auth: self }
     }
 }
 
@@ -162,42 +178,12 @@ impl<S> EnturAuth<S> {
         EnturAuthLayer::new(source).layer(inner)
     }
 
-    /// A layer that wraps services in `EnturAuth`.
-    pub fn layer(source: TokenSource) -> EnturAuthLayer {
-        EnturAuthLayer::new(source)
-    }
-
-    /// Also sets `ET-Client-Name: <name>` on every request.
-    pub fn client_name(mut self, name: ClientName) -> Self {
-        self.client_name = Some(name.header_value().clone());
-        self
-    }
-
-    /// See [`EnturAuthLayer::allow_plain_http`].
-    pub fn allow_plain_http(mut self, allow: bool) -> Self {
-        self.allow_plain_http = allow;
-        self
-    }
-
     /// The token source.
     pub fn source(&self) -> &TokenSource {
         &self.source
     }
 
-    /// A reference to the inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// A mutable reference to the inner service.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// The inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    inner_accessors!(inner: S);
 }
 
 impl<S: Clone> Clone for EnturAuth<S> {
@@ -358,7 +344,7 @@ impl std::error::Error for CleartextRefused {}
 /// that [`ErrorForStatus`](crate::auth::error_for_status::ErrorForStatus) can say whether the
 /// token went out with a plain-HTTP request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SentToken(pub TokenId);
+pub(crate) struct SentToken(pub(crate) TokenId);
 
 /// What happened to a refused token: set by [`EnturAuth`] in the extensions of every answer
 /// that refused the token the request carried (401, an Entur 408, gRPC `UNAUTHENTICATED`),

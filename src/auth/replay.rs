@@ -123,14 +123,7 @@ pub(crate) fn clone_request<B: ReplayBody>(request: &Request<B>) -> Option<Reque
 /// [`EnturAuthLayer::with_replay`]. See the [module docs](self).
 #[derive(Clone, Debug)]
 pub struct ReplayLayer {
-    auth: EnturAuthLayer,
-}
-
-impl ReplayLayer {
-    /// Authenticates with `auth` and replays a refused request once.
-    pub fn new(auth: EnturAuthLayer) -> Self {
-        Self { auth }
-    }
+    pub(super) auth: EnturAuthLayer,
 }
 
 impl<S> Layer<S> for ReplayLayer {
@@ -150,15 +143,7 @@ pub struct Replay<S> {
 }
 
 impl<S> Replay<S> {
-    /// The authenticating service inside.
-    pub fn get_ref(&self) -> &EnturAuth<S> {
-        &self.auth
-    }
-
-    /// The authenticating service inside.
-    pub fn into_inner(self) -> EnturAuth<S> {
-        self.auth
-    }
+    inner_accessors!(auth: EnturAuth<S>);
 }
 
 impl<S, B, ResB> Service<Request<B>> for Replay<S>

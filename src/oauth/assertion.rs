@@ -56,7 +56,7 @@ pub enum Algorithm {
 
 impl Algorithm {
     /// The `alg` header value: `RS256` or `ES256`.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Rs256 => "RS256",
             Self::Es256 => "ES256",
@@ -138,7 +138,7 @@ pub(crate) struct Claims<'a> {
 ///
 /// # Errors
 ///
-/// [`Error::Config`] when the signer fails or returns a signature of the wrong shape. The
+/// [`ErrorKind::Config`](crate::ErrorKind::Config) when the signer fails or returns a signature of the wrong shape. The
 /// message never holds the assertion or the key.
 pub(crate) async fn sign(signer: &dyn Signer, claims: &Claims<'_>) -> Result<String, Error> {
     let now = SystemTime::now()
@@ -257,7 +257,7 @@ mod key {
         ///
         /// # Errors
         ///
-        /// [`Error::Config`] saying what is wrong: no private key in the text, an encrypted
+        /// [`ErrorKind::Config`](crate::ErrorKind::Config) saying what is wrong: no private key in the text, an encrypted
         /// key, a key type or curve other than RSA and P-256, an RSA key shorter than 2048
         /// bits, an EC key in SEC1 form (convert it with `openssl pkcs8 -topk8 -nocrypt`).
         pub fn from_pem(pem: &[u8]) -> Result<Self, Error> {
@@ -351,7 +351,7 @@ mod key {
         ///
         /// # Errors
         ///
-        /// [`Error::Config`] when `pem` holds no `CERTIFICATE` block or broken PEM. That the
+        /// [`ErrorKind::Config`](crate::ErrorKind::Config) when `pem` holds no `CERTIFICATE` block or broken PEM. That the
         /// certificate is this key's is not checked here: the server checks it.
         pub fn certificate_chain_pem(mut self, pem: &[u8]) -> Result<Self, Error> {
             use rustls_pki_types::CertificateDer;
@@ -374,7 +374,7 @@ mod key {
 
         /// The public key, as `ring` and JOSE want it: for RSA the DER `RSAPublicKey`
         /// (PKCS#1), for P-256 the uncompressed point.
-        pub fn public_key_bytes(&self) -> &[u8] {
+        pub(crate) fn public_key_bytes(&self) -> &[u8] {
             match &self.key {
                 Key::Rsa(key) => key.public_key().as_ref(),
                 Key::Ec(key) => key.public_key().as_ref(),

@@ -7,6 +7,10 @@ use std::path::Path;
 use super::ClientAuth;
 use crate::error::{sanitize, Error};
 
+/// The client secret. Its `Debug` and `Display` print `[redacted]`; the only way to read
+/// it is [`expose`](Self::expose), so that every use is
+/// explicit in the code.
+///
 /// A secret read from a file ([`from_file`](Self::from_file), `ENTUR_CLIENT_SECRET_FILE`)
 /// remembers the file: when the token endpoint refuses the client (`invalid_client`,
 /// `unauthorized_client`, or any 401, as Entur's server answers a wrong secret), the token
@@ -33,7 +37,7 @@ impl ClientSecret {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] when the file cannot be read, is empty, larger than 64 KiB, not
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) when the file cannot be read, is empty, larger than 64 KiB, not
     /// UTF-8, or holds more than one line.
     pub fn from_file(path: impl AsRef<std::path::Path>) -> Result<Self, Error> {
         read_secret_file(path.as_ref(), "the client secret path")
@@ -72,7 +76,7 @@ impl fmt::Display for ClientSecret {
 ///
 /// | constructor | token request | RFC |
 /// |---|---|---|
-/// | [`new`](Self::new), [`from_secret_file`](Self::from_secret_file) | client credentials grant, the secret in the body or HTTP Basic ([`ClientAuth`]) | RFC 6749 section 2.3.1 |
+/// | [`new`](Self::new), [`with_secret`](Self::with_secret) (a [`ClientSecret::from_file`]) | client credentials grant, the secret in the body or HTTP Basic ([`ClientAuth`]) | RFC 6749 section 2.3.1 |
 /// | [`private_key_jwt`](Self::private_key_jwt) | client credentials grant, a signed `client_assertion` | RFC 7523 section 2.2 |
 /// | [`jwt_bearer`](Self::jwt_bearer) | the JWT bearer grant: a signed `assertion` is the grant | RFC 7523 section 2.1 |
 /// | [`tls_client_auth`](Self::tls_client_auth) | client credentials grant, `client_id` alone; the client certificate of the TLS connection authenticates | RFC 8705 section 2 |
@@ -129,25 +133,11 @@ impl Credentials {
         }
     }
 
-    /// Credentials whose secret is in the file at `path`, read now and again whenever the
-    /// token endpoint refuses the client (`invalid_client`, `unauthorized_client`, any 401):
-    /// a secret rotated in place (a Kubernetes secret volume) is picked up without a restart.
-    ///
-    /// # Errors
-    ///
-    /// As [`ClientSecret::from_file`].
-    pub fn from_secret_file(
-        client_id: impl Into<String>,
-        path: impl AsRef<std::path::Path>,
-    ) -> Result<Self, Error> {
-        Ok(Self::with_secret(client_id, ClientSecret::from_file(path)?))
-    }
-
     /// `private_key_jwt` client authentication (RFC 7523 section 2.2, OpenID Connect Core
     /// section 9): every token request of the client credentials grant carries a fresh
     /// assertion signed by `signer`, with `iss` and `sub` the client id, `aud` the token URL
-    /// (or [`TokenEndpoint::assertion_audience`]), a random `jti`, `iat` now and `exp` 60 s
-    /// later ([`TokenEndpoint::assertion_lifetime`]).
+    /// (or [`TokenEndpoint::assertion_audience`](crate::TokenEndpoint::assertion_audience)), a random `jti`, `iat` now and `exp` 60 s
+    /// later ([`TokenEndpoint::assertion_lifetime`](crate::TokenEndpoint::assertion_lifetime)).
     pub fn private_key_jwt(
         client_id: impl Into<String>,
         signer: impl crate::oauth::assertion::Signer,
@@ -161,10 +151,10 @@ impl Credentials {
     /// The JWT bearer grant (RFC 7523 section 2.1): every token request is
     /// `grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer` with a fresh `assertion`
     /// signed by `signer`, `iss` the client id, `sub` the client id too unless the endpoint
-    /// says otherwise ([`TokenEndpoint::assertion_subject`]; Maskinporten refuses it), `aud`
-    /// the token URL or [`TokenEndpoint::assertion_audience`]. No other client
+    /// says otherwise ([`TokenEndpoint::assertion_subject`](crate::TokenEndpoint::assertion_subject); Maskinporten refuses it), `aud`
+    /// the token URL or [`TokenEndpoint::assertion_audience`](crate::TokenEndpoint::assertion_audience). No other client
     /// authentication is sent: the assertion is the proof. See
-    /// [`TokenEndpoint::maskinporten`].
+    /// [`TokenEndpoint::maskinporten`](crate::TokenEndpoint::maskinporten).
     pub fn jwt_bearer(
         client_id: impl Into<String>,
         signer: impl crate::oauth::assertion::Signer,
@@ -202,7 +192,7 @@ impl Credentials {
 
     /// How these credentials authenticate the client: for a secret, the endpoint's
     /// [`ClientAuth`] decides between the body and HTTP Basic; the other kinds decide alone.
-    pub fn method(&self) -> ClientAuth {
+    pub(crate) fn method(&self) -> ClientAuth {
         match &self.kind {
             CredentialKind::Secret(_) => ClientAuth::Body,
             CredentialKind::PrivateKeyJwt(_) => ClientAuth::PrivateKeyJwt,

@@ -7,7 +7,7 @@
 //! // Entur's partner token server for the dev environment (JSON body, as Entur documents).
 //! let endpoint = TokenEndpoint::entur(Environment::Dev);
 //! assert_eq!(endpoint.url().to_string(), "https://partner.dev.entur.org/oauth/token");
-//! assert_eq!(endpoint.audience_value(), Some("https://api.dev.entur.io"));
+//! assert_eq!(Environment::Dev.audience(), "https://api.dev.entur.io"); // the token's audience
 //!
 //! // Any other OAuth2 server: form body (RFC 6749), secret sent with HTTP Basic.
 //! let other = TokenEndpoint::new("https://auth.example.com/oauth2/token")?
@@ -51,7 +51,7 @@ impl Environment {
     }
 
     /// The token URL of Entur's partner authorization server for this environment.
-    pub fn partner_token_url(self) -> &'static str {
+    pub(crate) fn partner_token_url(self) -> &'static str {
         match self {
             Self::Dev => "https://partner.dev.entur.org/oauth/token",
             Self::Staging => "https://partner.staging.entur.org/oauth/token",
@@ -60,7 +60,7 @@ impl Environment {
     }
 
     /// The token URL of Entur's internal authorization server for this environment.
-    pub fn internal_token_url(self) -> &'static str {
+    pub(crate) fn internal_token_url(self) -> &'static str {
         match self {
             Self::Dev => "https://internal.dev.entur.org/oauth/token",
             Self::Staging => "https://internal.staging.entur.org/oauth/token",
@@ -119,8 +119,8 @@ pub enum BodyEncoding {
 /// How the client authenticates to the token endpoint (RFC 6749 section 2.3.1).
 ///
 /// For a client secret, set on the [`TokenEndpoint`]: `Body` or HTTP Basic. The other
-/// methods come with their [`Credentials`] (and are what [`Credentials::method`] and the
-/// refusals of [`Error::Rejected`] say).
+/// methods come with their [`Credentials`](crate::Credentials) (and are what the refusals of
+/// [`ErrorKind::Rejected`](crate::ErrorKind::Rejected) take into account).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ClientAuth {
@@ -146,20 +146,20 @@ pub enum ClientAuth {
     /// secret): [`TokenSourceBuilder::build`](crate::TokenSourceBuilder::build) refuses it.
     BasicUnencoded,
     /// A signed client assertion (`private_key_jwt`, RFC 7523 section 2.2): chosen by
-    /// [`Credentials::private_key_jwt`], not set on the endpoint.
+    /// [`Credentials::private_key_jwt`](crate::Credentials::private_key_jwt), not set on the endpoint.
     PrivateKeyJwt,
     /// No client authentication besides the grant's own signed assertion (the JWT bearer
-    /// grant, RFC 7523 section 2.1): chosen by [`Credentials::jwt_bearer`].
+    /// grant, RFC 7523 section 2.1): chosen by [`Credentials::jwt_bearer`](crate::Credentials::jwt_bearer).
     JwtBearer,
     /// The TLS client certificate (RFC 8705 section 2): chosen by
-    /// [`Credentials::tls_client_auth`].
+    /// [`Credentials::tls_client_auth`](crate::Credentials::tls_client_auth).
     TlsClientAuth,
 }
 
 /// Where and how to ask for tokens: the token URL, the audience, scope and any extra
 /// parameters (sent on every fetch, refreshes included), the body encoding, the client
 /// authentication method and the `User-Agent` of token requests.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct TokenEndpoint {
     url: Uri,
     audience: Option<String>,
@@ -172,8 +172,8 @@ pub struct TokenEndpoint {
     assertion: AssertionSettings,
 }
 
-/// How the assertions of key-based [`Credentials`] are made, beyond the key.
-#[derive(Clone, Debug)]
+/// How the assertions of key-based [`Credentials`](crate::Credentials) are made, beyond the key.
+#[derive(Clone, Debug, PartialEq)]
 pub(crate) struct AssertionSettings {
     /// `aud`; `None`: the token URL.
     pub(crate) audience: Option<String>,
@@ -200,7 +200,7 @@ impl Default for AssertionSettings {
 }
 
 /// Maskinporten's environments (Digdir, Norway's machine-to-machine authorization server):
-/// see [`TokenEndpoint::maskinporten`].
+/// see [`TokenEndpoint::maskinporten`](crate::TokenEndpoint::maskinporten).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MaskinportenEnvironment {
     /// The test environment, `test.maskinporten.no`.
@@ -259,7 +259,7 @@ impl TokenEndpoint {
         }
     }
 
-    /// Maskinporten's token endpoint, for [`Credentials::jwt_bearer`] with the client id
+    /// Maskinporten's token endpoint, for [`Credentials::jwt_bearer`](crate::Credentials::jwt_bearer) with the client id
     /// and the key registered for the client (RS256; give the key its registered `kid` with
     /// [`PrivateKey::key_id`](crate::oauth::assertion::PrivateKey::key_id), or its business
     /// certificate with
@@ -294,7 +294,8 @@ impl TokenEndpoint {
     /// let endpoint = TokenEndpoint::maskinporten(MaskinportenEnvironment::Test, "digdir:dialogporten")
     ///     .maskinporten_resource("https://api.example.no");
     /// assert_eq!(endpoint.url(), "https://test.maskinporten.no/token");
-    /// assert_eq!(endpoint.assertion_audience_value(), Some("https://test.maskinporten.no/"));
+    /// // The assertions' audience.
+    /// assert_eq!(MaskinportenEnvironment::Test.issuer(), "https://test.maskinporten.no/");
     /// ```
     pub fn maskinporten(environment: MaskinportenEnvironment, scope: impl Into<String>) -> Self {
         let mut endpoint = Self::new(environment.token_url())
@@ -321,17 +322,12 @@ impl TokenEndpoint {
         self
     }
 
-    /// The `aud` of the assertions signed for key-based [`Credentials`] (default: the token
+    /// The `aud` of the assertions signed for key-based [`Credentials`](crate::Credentials) (default: the token
     /// URL, as RFC 7523 section 3 and OpenID Connect Core section 9 allow). Some servers want
     /// their issuer identifier instead (Maskinporten, Okta's org server with some clients).
     pub fn assertion_audience(mut self, audience: impl Into<String>) -> Self {
         self.assertion.audience = Some(audience.into());
         self
-    }
-
-    /// The assertion audience, when one is set apart from the token URL.
-    pub fn assertion_audience_value(&self) -> Option<&str> {
-        self.assertion.audience.as_deref()
     }
 
     /// How long each assertion is valid: `exp − iat`. Default 60 s; between 1 s and 10
@@ -369,7 +365,7 @@ impl TokenEndpoint {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] when `url` is not an absolute `https://` or `http://` URL. Whether
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) when `url` is not an absolute `https://` or `http://` URL. Whether
     /// `http://` is allowed is decided when the [`TokenSource`](crate::TokenSource) is built.
     pub fn new(url: &str) -> Result<Self, Error> {
         let parsed: Uri = url.parse().map_err(|_| {
@@ -443,14 +439,14 @@ impl TokenEndpoint {
     ///
     /// The value must be printable ASCII without leading or trailing spaces: otherwise
     /// [`TokenSourceBuilder::build`](crate::TokenSourceBuilder::build) fails with
-    /// [`Error::Config`].
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config).
     pub fn user_agent(mut self, user_agent: impl Into<String>) -> Self {
         self.user_agent = Some(user_agent.into());
         self
     }
 
     /// The `User-Agent` of token requests; see [`user_agent`](Self::user_agent).
-    pub fn user_agent_value(&self) -> &str {
+    pub(crate) fn user_agent_value(&self) -> &str {
         self.user_agent
             .as_deref()
             .unwrap_or(Self::DEFAULT_USER_AGENT)
@@ -461,7 +457,7 @@ impl TokenEndpoint {
     ///
     /// Entur documents 408 as "the access token has expired while the session was ongoing",
     /// so the Entur presets say `true`. Elsewhere a 408 is usually a proxy's plain timeout,
-    /// which a new token cannot fix, so [`TokenEndpoint::new`] says `false` and leaves 408 to
+    /// which a new token cannot fix, so [`TokenEndpoint::new`](crate::TokenEndpoint::new) says `false` and leaves 408 to
     /// your own retry policy; opt in here if your API uses 408 as Entur does.
     pub fn reauth_on_408(mut self, expired: bool) -> Self {
         self.reauth_on_408 = expired;
@@ -470,7 +466,7 @@ impl TokenEndpoint {
 
     /// Whether a 408 from the API means the token expired; see
     /// [`reauth_on_408`](Self::reauth_on_408).
-    pub fn reauths_on_408(&self) -> bool {
+    pub(crate) fn reauths_on_408(&self) -> bool {
         self.reauth_on_408
     }
 
@@ -480,34 +476,31 @@ impl TokenEndpoint {
     }
 
     /// The audience, if one is sent.
-    pub fn audience_value(&self) -> Option<&str> {
+    pub(crate) fn audience_value(&self) -> Option<&str> {
         self.audience.as_deref()
     }
 
     /// The scope, if one is sent.
-    pub fn scope_value(&self) -> Option<&str> {
+    pub(crate) fn scope_value(&self) -> Option<&str> {
         self.scope.as_deref()
     }
 
     /// The extra parameters.
-    pub fn params(&self) -> &[(String, String)] {
+    pub(crate) fn params(&self) -> &[(String, String)] {
         &self.params
     }
 
     /// The body encoding.
-    pub fn body_encoding(&self) -> BodyEncoding {
+    pub(crate) fn body_encoding(&self) -> BodyEncoding {
         self.encoding
     }
 
     /// The client authentication method.
-    pub fn client_auth_method(&self) -> ClientAuth {
+    pub(crate) fn client_auth_method(&self) -> ClientAuth {
         self.client_auth
     }
 }
 
-/// The client secret. Its `Debug` and `Display` print `[redacted]`; the only way to read
-/// it is [`expose`](Self::expose), so that every use is explicit in the code.
-///
 /// The value of Entur's `ET-Client-Name` header: `<company>-<application>`.
 ///
 /// Entur asks every client to send it; requests without it may be rate limited or blocked.
@@ -520,7 +513,7 @@ impl ClientName {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] saying what the name must look like.
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) saying what the name must look like.
     pub fn new(name: &str) -> Result<Self, Error> {
         let valid_chars = !name.is_empty()
             && name.len() <= 128
@@ -542,8 +535,15 @@ impl ClientName {
     }
 
     /// The header value.
-    pub fn header_value(&self) -> &HeaderValue {
+    pub(crate) fn header_value(&self) -> &HeaderValue {
         &self.0
+    }
+}
+
+impl fmt::Display for ClientName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Built from a `&str` of visible ASCII.
+        f.write_str(self.0.to_str().unwrap_or_default())
     }
 }
 

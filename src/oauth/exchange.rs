@@ -40,7 +40,7 @@ pub(crate) type Transport = BoxCloneSyncService<Request<TokenRequestBody>, RawRe
 
 /// Erases any tower HTTP service into a [`Transport`] that reads at most `cap` body bytes.
 /// A failure to reach the token endpoint (to connect, or to read the answer) becomes
-/// [`Error::Unavailable`] naming the request's host.
+/// [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable) naming the request's host.
 pub(crate) fn erase<S, B>(service: S, cap: usize) -> Transport
 where
     S: Service<Request<TokenRequestBody>, Response = Response<B>> + Clone + Send + Sync + 'static,
@@ -90,7 +90,7 @@ fn host_of(uri: &Uri) -> Option<String> {
     })
 }
 
-/// A transport failure as [`Error::Unavailable`] at `host`; our own errors keep their
+/// A transport failure as [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable) at `host`; our own errors keep their
 /// variant (a proxy's answer, the size cap) and gain the host if they are `Unavailable`.
 fn at_host(error: BoxError, host: &Option<String>) -> BoxError {
     let error = match error.downcast::<Error>() {
@@ -136,7 +136,7 @@ const REGISTERED_CLAIMS: [&str; 6] = ["iss", "sub", "aud", "iat", "exp", "jti"];
 impl TokenRequest {
     /// # Errors
     ///
-    /// [`Error::Config`] when the `User-Agent` is not a valid header value, or the assertion
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) when the `User-Agent` is not a valid header value, or the assertion
     /// settings are out of range.
     pub(crate) fn new(endpoint: &TokenEndpoint) -> Result<Self, Error> {
         let user_agent = user_agent(endpoint.user_agent_value())?;
@@ -178,7 +178,7 @@ impl TokenRequest {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] when the credentials cannot be sent the configured way.
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) when the credentials cannot be sent the configured way.
     pub(crate) fn check(&self, credentials: &Credentials) -> Result<(), Error> {
         match (&credentials.kind, self.client_auth) {
             (CredentialKind::Secret(_), ClientAuth::BasicUnencoded)
@@ -226,7 +226,7 @@ impl TokenRequest {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] when the signer fails.
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) when the signer fails.
     pub(crate) async fn build(
         &self,
         credentials: &Credentials,
@@ -406,13 +406,13 @@ struct ErrorBody {
 /// - 2xx: a token; an OAuth error body without `access_token` is that error, whatever the
 ///   status (some servers answer 200 with `{"error": …}`).
 /// - 3xx: a configuration error; redirects are never followed.
-/// - 408, 429, 5xx: [`Error::Unavailable`].
-/// - Any other 4xx with an OAuth error body: [`Error::Rejected`] with its code.
+/// - 408, 429, 5xx: [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable).
+/// - Any other 4xx with an OAuth error body: [`ErrorKind::Rejected`](crate::ErrorKind::Rejected) with its code.
 /// - `temporarily_unavailable`, `server_error` and `slow_down`, in any status:
-///   [`Error::Unavailable`], retried with backoff: the server says "later", not "no".
-/// - 400, 401, 403 without one: [`Error::Rejected`] with no code when the body is empty or
+///   [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable), retried with backoff: the server says "later", not "no".
+/// - 400, 401, 403 without one: [`ErrorKind::Rejected`](crate::ErrorKind::Rejected) with no code when the body is empty or
 ///   the answer carries a `WWW-Authenticate` challenge (the server itself refusing), else
-///   [`Error::NotOAuthRefusal`] (an HTML page, other JSON, text: most likely a gateway).
+///   [`ErrorKind::Blocked`](crate::ErrorKind::Blocked) (an HTML page, other JSON, text: most likely a gateway).
 pub(crate) fn read_response(
     response: &RawResponse,
     secret: &str,
@@ -500,8 +500,8 @@ pub(crate) fn read_response(
     }
 }
 
-/// The error an OAuth error body means: [`Error::Unavailable`] for the codes that say
-/// "later", else [`Error::Rejected`].
+/// The error an OAuth error body means: [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable) for the codes that say
+/// "later", else [`ErrorKind::Rejected`](crate::ErrorKind::Rejected).
 fn oauth_error(
     response: &RawResponse,
     oauth: ErrorBody,
@@ -1276,7 +1276,10 @@ mod tests {
             Some(&OAuthErrorCode::Unspecified),
             "{err:?}"
         );
-        assert_eq!(err.challenge(), Some("Basic"));
+        assert!(
+            matches!(err.inner(), Kind::Rejected { challenge: Some(c), .. } if c == "Basic"),
+            "{err:?}"
+        );
         // And so does an empty body.
         let err = read_response(&raw(401, " "), "s").err().unwrap();
         assert!(err.is_credentials(), "{err:?}");
@@ -1302,7 +1305,10 @@ mod tests {
             "invalid_client",
             ClientAuth::Body,
         );
-        assert_eq!(err.challenge(), Some("Basic"), "{err:?}");
+        assert!(
+            matches!(err.inner(), Kind::Rejected { challenge: Some(c), .. } if c == "Basic"),
+            "{err:?}"
+        );
         let text = err.report().to_string();
         assert!(text.contains("WWW-Authenticate: Basic"), "{text}");
         assert!(text.contains("client_auth(ClientAuth::Basic)"), "{text}");

@@ -1,5 +1,5 @@
 //! The OAuth2 protocol: what to authenticate against ([`TokenEndpoint`], Entur's and
-//! Maskinporten's presets), who the client is ([`Credentials`]), the token request and its
+//! Maskinporten's presets), who the client is ([`Credentials`](crate::Credentials)), the token request and its
 //! answer, the assertions of key-based credentials ([`assertion`]), and the default HTTPS
 //! client. Nothing here knows of token sources or middleware.
 

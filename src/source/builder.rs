@@ -188,24 +188,22 @@ impl TokenSourceBuilder {
         self
     }
 
-    /// Trusts an extra root certificate (PEM, one or more `CERTIFICATE` blocks) for the
-    /// default HTTPS client, besides the webpki roots: for a token endpoint behind a private CA.
+    /// Trusts an extra root certificate for the default HTTPS client, besides the webpki
+    /// roots: for a token endpoint behind a private CA. PEM (one or more `CERTIFICATE`
+    /// blocks) or DER.
     #[cfg(feature = "rustls")]
     #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
-    pub fn extra_root_certificate_pem(mut self, pem: &[u8]) -> Self {
-        match crate::oauth::transport::certificates_from_pem(pem) {
+    pub fn extra_root_certificate(mut self, certificate: impl AsRef<[u8]>) -> Self {
+        let bytes = certificate.as_ref();
+        if !bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
+            let der = rustls::pki_types::CertificateDer::from(bytes.to_vec());
+            self.extra_roots.push(der);
+            return self;
+        }
+        match crate::oauth::transport::certificates_from_pem(bytes) {
             Ok(certs) => self.extra_roots.extend(certs),
             Err(e) => self.deferred_error = self.deferred_error.or(Some(e)),
         }
-        self
-    }
-
-    /// Trusts an extra root certificate in DER form for the default HTTPS client.
-    #[cfg(feature = "rustls")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
-    pub fn extra_root_certificate_der(mut self, der: impl Into<Vec<u8>>) -> Self {
-        self.extra_roots
-            .push(rustls::pki_types::CertificateDer::from(der.into()));
         self
     }
 
@@ -222,7 +220,7 @@ impl TokenSourceBuilder {
     /// cannot be used (half-written, a key that does not match the certificate yet) are
     /// logged and the previous certificate is kept.
     ///
-    /// [`build`](Self::build) fails with [`Error::Config`] naming the file and what is wrong:
+    /// [`build`](Self::build) fails with [`ErrorKind::Config`](crate::ErrorKind::Config) naming the file and what is wrong:
     /// unreadable, no `CERTIFICATE` or `PRIVATE KEY` block, a key of another certificate or
     /// of an unsupported kind. Not for a [`transport`](Self::transport) of your own (it has its
     /// own TLS).
@@ -376,7 +374,7 @@ impl TokenSourceBuilder {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] when a setting is out of range, the token URL is plain `http://`
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) when a setting is out of range, the token URL is plain `http://`
     /// (unless [`allow_http_loopback`](Self::allow_http_loopback) and the host is loopback),
     /// the [`User-Agent`](TokenEndpoint::user_agent) is not a valid header value, the client
     /// id cannot be sent with [`ClientAuth::BasicUnencoded`](crate::ClientAuth::BasicUnencoded)

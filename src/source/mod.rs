@@ -237,7 +237,7 @@ impl TokenSource {
     ///
     /// The error of the fetch. When the last fetch failed and no usable token exists, that
     /// error is returned at once, without a new fetch: the background task retries on its
-    /// own schedule. [`Error::RefresherStopped`] when the refresher is not running and this
+    /// own schedule. [`ErrorKind::Stopped`](crate::ErrorKind::Stopped) when the refresher is not running and this
     /// call is not made on a tokio runtime that could take it over.
     pub async fn token(&self) -> Result<Arc<AccessToken>, Error> {
         self.handle.shared.token().await
@@ -272,10 +272,10 @@ impl TokenSource {
     ///
     /// # Errors
     ///
-    /// - At once, an error that waiting will not fix: [`Error::Rejected`] (bad
-    ///   credentials), [`Error::NotOAuthRefusal`], [`Error::InvalidResponse`],
-    ///   [`Error::Config`], [`Error::RefresherStopped`].
-    /// - [`Error::NotReady`] when `deadline` passes first: it says how long it waited and
+    /// - At once, an error that waiting will not fix: [`ErrorKind::Rejected`](crate::ErrorKind::Rejected) (bad
+    ///   credentials), [`ErrorKind::Blocked`](crate::ErrorKind::Blocked), [`ErrorKind::InvalidResponse`](crate::ErrorKind::InvalidResponse),
+    ///   [`ErrorKind::Config`](crate::ErrorKind::Config), [`ErrorKind::Stopped`](crate::ErrorKind::Stopped).
+    /// - [`ErrorKind::NotReady`](crate::ErrorKind::NotReady) when `deadline` passes first: it says how long it waited and
     ///   holds the last transient failure.
     pub async fn ready(&self, deadline: Duration) -> Result<(), Error> {
         self.handle.shared.ready(deadline).await
@@ -322,7 +322,7 @@ impl TokenSource {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] when the client id differs (a source belongs to one client: build
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) when the client id differs (a source belongs to one client: build
     /// another for another), or the credentials cannot be sent to this endpoint (as
     /// [`TokenSourceBuilder::build`] checks them).
     pub fn set_credentials(&self, credentials: Credentials) -> Result<(), Error> {
@@ -395,7 +395,7 @@ impl TokenSource {
     ///
     /// As [`token`](Self::token) without the wait: the last fetch's error while no fetch has
     /// succeeded since (nothing is started: the refresher retries on its own schedule), or
-    /// [`Error::RefresherStopped`] when the refresher stopped and this call is not made on a
+    /// [`ErrorKind::Stopped`](crate::ErrorKind::Stopped) when the refresher stopped and this call is not made on a
     /// tokio runtime that could take it over.
     #[cfg(feature = "tonic")]
     pub(crate) fn start_fetch(&self) -> Result<(), Error> {
@@ -560,7 +560,7 @@ pub enum StoreState {
 
 impl StoreState {
     /// The state as one lower-case word: `sharing` or `bypassed`.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Sharing => "sharing",
             Self::Bypassed => "bypassed",
@@ -632,7 +632,7 @@ impl Health {
     }
 
     /// The state as one lower-case word, as `Display` writes it.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Idle => "idle",
             Self::Fresh => "fresh",

@@ -80,7 +80,8 @@ pub enum Reauth {
 
 impl Reauth {
     /// The reason as the metrics label it: `http_401`, `http_408`, `grpc_unauthenticated`.
-    pub fn as_str(self) -> &'static str {
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Unauthorized => "http_401",
             Self::SessionTimeout => "http_408",
@@ -114,18 +115,14 @@ pub enum Invalidation {
 impl Invalidation {
     /// What was done, as the metrics label it: `started`, `already_replaced`,
     /// `rate_limited`, `source_gone`.
-    pub fn as_str(self) -> &'static str {
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Started => "started",
             Self::AlreadyReplaced => "already_replaced",
             Self::RateLimited { .. } => "rate_limited",
             Self::SourceGone => "source_gone",
         }
-    }
-
-    /// Whether the next request will carry a different token (so a replay is worth it).
-    pub fn replaced(self) -> bool {
-        matches!(self, Self::Started | Self::AlreadyReplaced)
     }
 }
 

@@ -57,6 +57,7 @@ pub struct AccessToken {
     expires_at: Instant,
     /// Wall-clock instant the token request was sent: what a shared store records, since
     /// `Instant`s mean nothing to another process.
+    #[cfg_attr(not(feature = "shared-store"), allow(dead_code))]
     issued_wall: SystemTime,
     scope: Option<String>,
     /// Fetched while the API was refusing tokens: the first accepted request with it ends
@@ -226,8 +227,9 @@ impl AccessToken {
         &self.header.as_bytes()[7..]
     }
 
-    /// Wall-clock instant the token request was sent.
-    pub fn issued_wall(&self) -> SystemTime {
+    /// Wall-clock instant the token request was sent (the shared store's ordering).
+    #[cfg(feature = "shared-store")]
+    pub(crate) fn issued_wall(&self) -> SystemTime {
         self.issued_wall
     }
 

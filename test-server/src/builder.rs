@@ -221,13 +221,13 @@ impl TestServerBuilder {
 
     /// Serves HTTPS instead of plain HTTP, with the certificate chain `cert_pem` (for
     /// `127.0.0.1`, issued by a CA the client trusts, e.g. with entur-auth's
-    /// [`extra_root_certificate_pem`]) and its private key `key_pem`: the URLs become
+    /// [`extra_root_certificate`]) and its private key `key_pem`: the URLs become
     /// `https://127.0.0.1:PORT/…`. Make the certificates in the test (rcgen) or keep test-only
     /// fixtures.
     ///
     /// [`start`](Self::start) fails with `InvalidInput` if they cannot be used.
     ///
-    /// [`extra_root_certificate_pem`]: https://docs.rs/entur-auth/0.1/entur_auth/struct.TokenSourceBuilder.html#method.extra_root_certificate_pem
+    /// [`extra_root_certificate`]: https://docs.rs/entur-auth/0.1/entur_auth/struct.TokenSourceBuilder.html#method.extra_root_certificate
     pub fn https(mut self, cert_pem: impl Into<String>, key_pem: impl Into<String>) -> Self {
         self.https = Some((cert_pem.into(), key_pem.into()));
         self

@@ -95,7 +95,9 @@ where
             Ok(response) => response.status() == http::StatusCode::UNAUTHORIZED,
             Err(error) => error
                 .downcast_ref::<entur_auth::error_for_status::Refused>()
-                .is_some_and(|e| e.is_unauthorized()),
+                .is_some_and(|e| {
+                    e.kind() == entur_auth::error_for_status::RefusedKind::Unauthorized
+                }),
         };
         if !refused || self.retried {
             return None;

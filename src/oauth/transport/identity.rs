@@ -63,7 +63,7 @@ impl ClientIdentity {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] naming the file (or PEM) and what is wrong with it.
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) naming the file (or PEM) and what is wrong with it.
     pub(crate) fn new(
         source: &IdentitySource,
         provider: Arc<CryptoProvider>,

@@ -186,7 +186,7 @@ fn status_line(head: &[u8]) -> Option<(u16, String)> {
     Some((status, sanitize(parts.next().unwrap_or_default(), 60)))
 }
 
-/// A proxy failure, as the cause of [`Error::Unavailable`]: says what to check.
+/// A proxy failure, as the cause of [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable): says what to check.
 #[derive(Debug)]
 struct ProxyFailure(String);
 

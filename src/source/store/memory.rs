@@ -23,11 +23,6 @@ pub struct MemoryStore {
 type Entries = HashMap<String, (Vec<u8>, Instant)>;
 
 impl MemoryStore {
-    /// An empty store.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
     /// The entries not yet expired, with expired ones removed.
     fn entries(&self) -> MutexGuard<'_, Entries> {
         let mut entries = self
@@ -91,7 +86,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn entries_and_locks_expire_and_only_the_holder_unlocks() {
-        let store = MemoryStore::new();
+        let store = MemoryStore::default();
         store
             .set("k", b"v".to_vec(), Duration::from_secs(10))
             .await

@@ -560,7 +560,7 @@ mod tests {
 
     #[test]
     fn keys_come_from_public_parts_never_the_secret() {
-        let store = Arc::new(MemoryStore::new());
+        let store = Arc::new(MemoryStore::default());
         let a = fleet(store.clone(), "secret-one");
         let b = fleet(store, "secret-two");
         assert_eq!(
@@ -582,7 +582,7 @@ mod tests {
 
     #[test]
     fn sealed_entries_open_only_with_the_right_secret_and_unaltered() {
-        let store = Arc::new(MemoryStore::new());
+        let store = Arc::new(MemoryStore::default());
         let a = fleet(store.clone(), "secret-one");
         let entry = a.seal(&stored()).unwrap();
         assert_eq!(a.open(&entry).unwrap().t, "abc.def.ghi");

@@ -118,7 +118,7 @@ impl RedisStore {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] when `url` is not a Redis URL.
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) when `url` is not a Redis URL.
     pub fn new(url: &str) -> Result<Self, Error> {
         let client = redis::Client::open(url).map_err(|e| {
             Error::config(format!(
@@ -144,7 +144,7 @@ impl RedisStore {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] when no node is given or one is not a Redis URL.
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) when no node is given or one is not a Redis URL.
     #[cfg(feature = "redis-cluster")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis-cluster")))]
     pub fn cluster(nodes: &[&str]) -> Result<Self, Error> {
@@ -188,7 +188,7 @@ impl RedisStore {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] when no Sentinel is given, one is not a Redis URL, or `master_name`
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) when no Sentinel is given, one is not a Redis URL, or `master_name`
     /// is empty.
     #[cfg(feature = "redis-sentinel")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis-sentinel")))]
