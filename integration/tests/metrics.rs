@@ -431,6 +431,19 @@ async fn the_gauges_follow_the_token_and_status() {
 
 type Streamed = UnsyncBoxBody<Bytes, BoxError>;
 
+/// The token refusals counted with `reason` and `action`.
+fn refusals(handle: &PrometheusHandle, reason: &str, action: &str) -> f64 {
+    Scrape::of(handle).count(
+        "entur_auth_token_refusals",
+        &[("reason", reason), ("action", action)],
+    )
+}
+
+/// The replays counted with `outcome`.
+fn replays(handle: &PrometheusHandle, outcome: &str) -> f64 {
+    Scrape::of(handle).count("entur_auth_replays", &[("outcome", outcome)])
+}
+
 /// Every way a refused request can end in the replay layer, and every refusal reason.
 #[tokio::test(start_paused = true)]
 async fn refusals_and_replays_by_reason_and_outcome() {
@@ -442,14 +455,8 @@ async fn refusals_and_replays_by_reason_and_outcome() {
         .with_replay()
         .layer(server.api_service());
     source.prefetch().await.unwrap();
-    let refusals = |reason, action| {
-        Scrape::of(&handle).count(
-            "entur_auth_token_refusals",
-            &[("reason", reason), ("action", action)],
-        )
-    };
-    let replays =
-        |outcome| Scrape::of(&handle).count("entur_auth_replays", &[("outcome", outcome)]);
+    let refusals = |reason, action| refusals(&handle, reason, action);
+    let replays = |outcome| replays(&handle, outcome);
 
     // Two requests in flight with the same token, both refused: one fetch, two replays.
     server.push_api_fault(ApiFault::invalid_token());
@@ -719,14 +726,8 @@ async fn every_adapter_counts_refusals_and_replays_alike() {
     let server = server(Duration::from_secs(24 * 3600)).await;
     let source = source(&server);
     source.prefetch().await.unwrap();
-    let refusals = |reason, action| {
-        Scrape::of(&handle).count(
-            "entur_auth_token_refusals",
-            &[("reason", reason), ("action", action)],
-        )
-    };
-    let replays =
-        |outcome| Scrape::of(&handle).count("entur_auth_replays", &[("outcome", outcome)]);
+    let refusals = |reason, action| refusals(&handle, reason, action);
+    let replays = |outcome| replays(&handle, outcome);
 
     // reqwest: a 401, then the replay with the new token.
     let http = reqwest::Client::builder().no_proxy().build().unwrap();

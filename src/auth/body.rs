@@ -76,8 +76,9 @@ impl<B: Body> Body for ResponseBody<B> {
                     }
                 }
             }
+            // The end without trailers matters only to a success waiting to accept.
             None => {
-                if let Some(watch) = this.watch.take() {
+                if let Some(watch) = this.watch.take().filter(|w| w.accept.is_some()) {
                     ended(watch, None);
                 }
             }
