@@ -42,8 +42,11 @@
 //! long the run. `max_us` is exact; the percentiles are their bucket's upper bound.
 //!
 //! Printed on stdout, one JSON object: `requests` = `ok` (2xx) + `failed` (errors, timeouts
-//! and statuses other than 2xx and 401) + `unauthorized` (401 after the one replay, or while
-//! forced refreshes back off) + `unauthorized_not_replayable` (401 to a streamed request);
+//! and statuses other than 2xx and 401) + `unauthorized` (401 after the one replay with a new
+//! token) + `unauthorized_not_replayable` (401 to a streamed request) +
+//! `unauthorized_backing_off` (401 to the replay with the same token while forced refreshes
+//! back off: with `--revoke-every-s` under 10 minutes, the revoker is an API that keeps
+//! refusing new tokens, and the backoff bounds its token requests);
 //! `in_flight_at_deadline`; `token_fetches` (token requests the embedded server received;
 //! against another server, the sum of `fetch_attempts`); `fetch_attempts` (per token source,
 //! from `TokenSource::status`); `p50_us`, `p90_us`, `p99_us`, `p999_us`, `max_us`;
@@ -51,8 +54,9 @@
 //! answer), `drain_ms` (deadline to the last answer); and the settings.
 //!
 //! Exit status: 0 when at least one request succeeded and none failed or stayed
-//! unauthorized (streamed requests refused while `--revoke-every-s` revokes tokens are
-//! expected, and do not count against it); 1 otherwise, or when the run could not start (the
+//! unauthorized (streamed requests refused, and refusals while forced refreshes back off,
+//! are expected while `--revoke-every-s` revokes tokens, and do not count against it); 1
+//! otherwise, or when the run could not start (the
 //! embedded server, Redis or the first token fetch); 2 for bad flags or flag values.
 
 use std::fmt;
@@ -107,9 +111,9 @@ of results on stdout.
                             a refused request cannot be replayed (it still drops the token),
                             its 401 counts as unauthorized_not_replayable
   --revoke-every-s SECONDS  embedded server only: revoke every token it issued, every
-                            SECONDS, so that re-authentication runs under load; with
-                            --stream-body the resulting unauthorized_not_replayable are
-                            expected, and not failures
+                            SECONDS, so that re-authentication runs under load; the
+                            resulting unauthorized_backing_off (and, with --stream-body,
+                            unauthorized_not_replayable) are expected, and not failures
 
 Without --token-url: the embedded OAuth2 server and API on 127.0.0.1, 2-second tokens.
 Against your own servers (--token-url, --client-id, --client-secret-env and --api-url
@@ -424,6 +428,8 @@ struct Tally {
     failed: u64,
     unauthorized: u64,
     unauthorized_not_replayable: u64,
+    /// 401s to requests replayed with the same token while forced refreshes back off.
+    unauthorized_backing_off: u64,
     in_flight_at_deadline: u64,
     latencies: Histogram,
     /// The first few distinct failure messages, for stderr.
@@ -437,6 +443,7 @@ impl Tally {
             failed: 0,
             unauthorized: 0,
             unauthorized_not_replayable: 0,
+            unauthorized_backing_off: 0,
             in_flight_at_deadline: 0,
             latencies: Histogram::new(),
             failures: Vec::new(),
@@ -444,7 +451,11 @@ impl Tally {
     }
 
     fn requests(&self) -> u64 {
-        self.ok + self.failed + self.unauthorized + self.unauthorized_not_replayable
+        self.ok
+            + self.failed
+            + self.unauthorized
+            + self.unauthorized_not_replayable
+            + self.unauthorized_backing_off
     }
 
     fn merge(&mut self, other: Tally) {
@@ -452,6 +463,7 @@ impl Tally {
         self.failed += other.failed;
         self.unauthorized += other.unauthorized;
         self.unauthorized_not_replayable += other.unauthorized_not_replayable;
+        self.unauthorized_backing_off += other.unauthorized_backing_off;
         self.in_flight_at_deadline += other.in_flight_at_deadline;
         self.latencies.merge(&other.latencies);
         for failure in other.failures {
@@ -563,6 +575,7 @@ async fn run(args: Args) -> Result<bool, Failure> {
         "failed": tally.failed,
         "unauthorized": tally.unauthorized,
         "unauthorized_not_replayable": tally.unauthorized_not_replayable,
+        "unauthorized_backing_off": tally.unauthorized_backing_off,
         "in_flight_at_deadline": tally.in_flight_at_deadline,
         "token_fetches": token_fetches,
         "fetch_attempts": fetch_attempts,
@@ -606,7 +619,9 @@ async fn run(args: Args) -> Result<bool, Failure> {
 /// What makes a run fail: nothing succeeded, something failed, or a refusal survived the
 /// replay. Empty when the run passed.
 fn problems(tally: &Tally, revocations: u64) -> Vec<String> {
-    // Streamed requests refused while tokens are being revoked cannot be replayed: expected.
+    // Streamed requests refused while tokens are being revoked cannot be replayed, and a
+    // revoker that refuses new tokens more often than every 10 minutes is an API whose
+    // refusals make forced refreshes back off: both expected.
     let refused_streams_expected = revocations > 0;
     let mut problems = Vec::new();
     if tally.ok == 0 {
@@ -617,9 +632,15 @@ fn problems(tally: &Tally, revocations: u64) -> Vec<String> {
     }
     if tally.unauthorized > 0 {
         problems.push(format!(
-            "{} request(s) ended 401 Unauthorized (refused again after the replay, or not \
-             replayed while forced refreshes back off)",
+            "{} request(s) ended 401 Unauthorized (refused again after the replay with a new \
+             token)",
             tally.unauthorized
+        ));
+    }
+    if tally.unauthorized_backing_off > 0 && revocations == 0 {
+        problems.push(format!(
+            "{} request(s) ended 401 Unauthorized while forced refreshes back off",
+            tally.unauthorized_backing_off
         ));
     }
     if tally.unauthorized_not_replayable > 0 && !refused_streams_expected {
@@ -944,6 +965,12 @@ where
                     tally
                         .note("the API answered 401 to a streamed request (not replayable)".into());
                 }
+                Some(refusal)
+                    if matches!(refusal.invalidation, Invalidation::RateLimited { .. }) =>
+                {
+                    tally.unauthorized_backing_off += 1;
+                    tally.note(unauthorized(Some(&refusal)));
+                }
                 _ => {
                     tally.unauthorized += 1;
                     tally.note(unauthorized(refusal.as_ref()));
@@ -975,13 +1002,13 @@ fn unauthorized(refusal: Option<&Refusal>) -> String {
         return "the API answered 401, which the auth layer did not take as a refusal".into();
     };
     match (refusal.replay, refusal.invalidation) {
+        (_, Invalidation::RateLimited { .. }) => {
+            "the API answered 401 while forced refreshes back off (the API refused new tokens \
+             less than 10 minutes ago): replayed with the same token, refused again"
+                .into()
+        }
         (ReplayOutcome::Replayed, _) => {
             "the API answered 401 again to the replay with a new token".into()
-        }
-        (_, Invalidation::RateLimited { .. }) => {
-            "the API answered 401 while forced refreshes back off (min_reauth_interval): \
-             not replayed, as the same token would go again"
-                .into()
         }
         (replay, invalidation) => {
             format!("the API answered 401 ({replay:?}, token source: {invalidation:?})")

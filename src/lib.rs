@@ -60,8 +60,12 @@
 //!
 //! # Errors
 //!
-//! Token failures are [`Error`]s. [`EnturAuth`] fails with [`BoxError`] like other tower
-//! middleware; `error.downcast_ref::<entur_auth::Error>()` gives the variant back.
+//! Token failures are [`Error`]s: match on [`Error::kind`], act on
+//! [`is_transient`](Error::is_transient) or [`is_credentials`](Error::is_credentials), log
+//! [`report`](Error::report). [`EnturAuth`] fails with [`BoxError`] like other tower
+//! middleware; `downcast_ref` gives back an [`Error`], an
+//! [`auth::CleartextRefused`], or, from
+//! [`ErrorForStatus`](error_for_status::ErrorForStatus), an [`error_for_status::Refused`].
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]

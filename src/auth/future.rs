@@ -133,11 +133,7 @@ where
                     {
                         accept = inspect(&mut response, sent);
                     }
-                    let watch = sent.token.map(|token| Watch {
-                        key: sent.key,
-                        token,
-                        accept,
-                    });
+                    let watch = sent.token.map(|token| Watch::new(sent.key, token, accept));
                     return Poll::Ready(Ok(response.map(|body| ResponseBody::new(body, watch))));
                 }
                 StateProj::Waiting { waiting } => {

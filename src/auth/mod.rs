@@ -324,7 +324,7 @@ impl CleartextRefused {
 
     /// What to do about it.
     pub fn hint(&self) -> &'static str {
-        "use https://, or, if this host is reached over a network you trust (a sidecar, a mesh with mTLS), allow it with EnturAuthLayer::allow_plain_http(true) (reqwest: EnturAuthMiddleware::allow_plain_http(true))"
+        "use https://, or, if this host is reached over a network you trust (a sidecar, a mesh with mTLS), allow it with EnturAuthLayer::allow_plain_http(true) (reqwest: EnturAuthMiddleware::from that layer)"
     }
 }
 

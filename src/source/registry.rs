@@ -17,7 +17,7 @@ use super::Shared;
 pub(crate) struct SourceKey(NonZeroU64);
 
 impl SourceKey {
-    pub(super) fn next() -> Self {
+    pub(crate) fn next() -> Self {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         let n = NEXT.fetch_add(1, Ordering::Relaxed).max(1);
         Self(NonZeroU64::new(n).unwrap_or(NonZeroU64::MIN))

@@ -31,7 +31,6 @@ impl TokenId {
     }
 
     /// The id whose [`get`](Self::get) is `raw`; `None` for 0.
-    #[cfg_attr(not(feature = "tonic"), allow(dead_code))]
     pub(crate) fn from_raw(raw: u64) -> Option<Self> {
         NonZeroU64::new(raw).map(Self)
     }
