@@ -5,7 +5,9 @@
 //!
 //! Without `redis-server` and `redis-cli` on the PATH these tests are reported as ignored,
 //! with the command that installs them: `apt-get install redis-server redis-tools`.
-//! `.ci/run` installs them.
+//! `.ci/run` installs them. With them, they are still left out of the README's test command
+//! (`cargo test --all-features`), for their minutes of real time: `.ci/run` runs them with
+//! `-- --ignored`.
 #![cfg(feature = "redis-sentinel")]
 
 mod common;
@@ -74,6 +76,10 @@ fn wait_for_demotion(setup: &Sentinels) {
     not(all(has_redis_server, has_redis_cli)),
     ignore = "redis-server or redis-cli not found: install them (apt-get install redis-server redis-tools) to run this test"
 )]
+#[cfg_attr(
+    all(has_redis_server, has_redis_cli),
+    ignore = "a chaos test (Redis processes killed and paused for real, about 90 s a file), left out of the README's test command: .ci/run runs it, as does `cargo test --all-features --test redis_sentinel -- --ignored`"
+)]
 async fn a_killed_master_fails_over_and_sharing_resumes_on_the_new_one() {
     let _one_at_a_time = traffic::ONE_AT_A_TIME.lock().await;
     let (mut setup, server, replicas) = fleet(LIFETIME).await;
@@ -129,6 +135,10 @@ async fn a_killed_master_fails_over_and_sharing_resumes_on_the_new_one() {
     not(all(has_redis_server, has_redis_cli)),
     ignore = "redis-server or redis-cli not found: install them (apt-get install redis-server redis-tools) to run this test"
 )]
+#[cfg_attr(
+    all(has_redis_server, has_redis_cli),
+    ignore = "a chaos test (Redis processes killed and paused for real, about 90 s a file), left out of the README's test command: .ci/run runs it, as does `cargo test --all-features --test redis_sentinel -- --ignored`"
+)]
 async fn a_paused_master_is_replaced_and_demoted_without_a_failed_request() {
     let _one_at_a_time = traffic::ONE_AT_A_TIME.lock().await;
     let (setup, server, replicas) = fleet(LIFETIME).await;
@@ -178,6 +188,10 @@ async fn a_paused_master_is_replaced_and_demoted_without_a_failed_request() {
 #[cfg_attr(
     not(all(has_redis_server, has_redis_cli)),
     ignore = "redis-server or redis-cli not found: install them (apt-get install redis-server redis-tools) to run this test"
+)]
+#[cfg_attr(
+    all(has_redis_server, has_redis_cli),
+    ignore = "a chaos test (Redis processes killed and paused for real, about 90 s a file), left out of the README's test command: .ci/run runs it, as does `cargo test --all-features --test redis_sentinel -- --ignored`"
 )]
 async fn a_refused_token_is_not_re_adopted_across_a_failover() {
     let _one_at_a_time = traffic::ONE_AT_A_TIME.lock().await;
