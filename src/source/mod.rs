@@ -522,8 +522,9 @@ pub struct Status {
     pub fetch_attempts: u64,
     /// Token requests that failed.
     pub fetch_failures: u64,
-    /// Refreshes forced by refusals since the API last accepted a token: the forced-refresh
-    /// backoff doubles with each (see [`TokenSource::invalidate`]).
+    /// Refreshes forced by refusals since the backoff last ended (a token accepted, then 10
+    /// minutes without a refusal): the forced-refresh backoff doubles with each (see
+    /// [`TokenSource::invalidate`]).
     pub forced_refreshes_in_a_row: u32,
     /// Where the current token came from: a token request, or the fleet's shared store;
     /// `None` without a usable token.

@@ -59,8 +59,8 @@ pub struct AccessToken {
     #[cfg_attr(not(feature = "shared-store"), allow(dead_code))]
     issued_wall: SystemTime,
     scope: Option<String>,
-    /// Fetched while the API was refusing tokens: the first accepted request with it ends
-    /// the forced-refresh backoff. Read on the hot path (one relaxed load).
+    /// Fetched while the API was refusing tokens: its answers are read until one accepts it
+    /// (the forced-refresh backoff can then end). Read on the hot path (one relaxed load).
     probation: AtomicBool,
 }
 
