@@ -45,9 +45,7 @@ pub(crate) enum Head {
     },
 }
 
-/// Reads the head of an answer to a request that carried a token. `reached` is whether the
-/// answering host is the one the token was sent to (a client that follows a redirect to
-/// another host drops `Authorization` first: that host's 401 says nothing about the token).
+/// Reads the head of an answer to a request that carried a token.
 pub(crate) fn head(status: StatusCode, headers: &HeaderMap, reauth_on_408: bool) -> Head {
     if let Some(reason) = classify::refusal(status, headers, reauth_on_408) {
         return Head::Done(Verdict::Refused(reason));
@@ -66,7 +64,10 @@ pub(crate) fn head(status: StatusCode, headers: &HeaderMap, reauth_on_408: bool)
     }
 }
 
-/// [`head`] for an answer that may come from a host the token never reached.
+/// [`head`] for an answer that may come from a host the token never reached: `reached` is
+/// whether the answering host is the one the token was sent to (a client that follows a
+/// redirect to another host drops `Authorization` first: that host's 401 says nothing about
+/// the token).
 #[cfg_attr(not(feature = "reqwest"), allow(dead_code))]
 pub(crate) fn head_from(
     status: StatusCode,
