@@ -174,11 +174,7 @@ impl EnturAuthInterceptor {
         result: Result<::tonic::Response<T>, Status>,
     ) -> Result<::tonic::Response<T>, Status> {
         let verdict = match &result {
-            Ok(response) => response
-                .metadata()
-                .get("grpc-status")
-                .and_then(|code| code.to_str().ok()?.trim().parse().ok())
-                .map_or(Verdict::Neither, verdict::grpc),
+            Ok(response) => verdict::finished(response.metadata().as_ref()),
             Err(status) => verdict::grpc(code_of(status)),
         };
         self.act(verdict);

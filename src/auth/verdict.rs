@@ -100,6 +100,14 @@ pub(crate) fn end(grpc: bool) -> Verdict {
     }
 }
 
+/// The headers of a call reported as finished (a tonic unary response, whose metadata holds
+/// the trailers): accepted with `grpc-status: 0`; without a `grpc-status` the call has not
+/// finished (a stream's response), which says nothing yet.
+#[cfg_attr(not(feature = "tonic"), allow(dead_code))]
+pub(crate) fn finished(headers: &HeaderMap) -> Verdict {
+    classify::grpc_status(headers).map_or(Verdict::Neither, grpc)
+}
+
 /// A finished gRPC call's status code.
 pub(crate) fn grpc(code: u32) -> Verdict {
     match code {
@@ -266,6 +274,15 @@ mod tests {
         );
         assert_eq!(trailers(&HeaderMap::new()), Verdict::Accepted);
         assert_eq!(end(false), Verdict::Accepted);
+        assert_eq!(
+            finished(&headers(&[("grpc-status", "0")])),
+            Verdict::Accepted
+        );
+        assert_eq!(
+            finished(&HeaderMap::new()),
+            Verdict::Neither,
+            "a stream's head"
+        );
         assert_eq!(end(true), Verdict::Neither);
     }
 }
