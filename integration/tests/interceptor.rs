@@ -540,3 +540,33 @@ where
         })
         .count()
 }
+
+/// A stream's messages accept nothing; its end (`Ok(None)`: trailers with `OK`) accepts the
+/// token attached last, and its error is reported as a refusal.
+#[tokio::test(start_paused = true)]
+async fn observe_message_accepts_at_the_end_of_a_stream_only() {
+    let server = common::server(Duration::from_secs(3600)).await;
+    let (source, _fetches) = source(&server);
+    source.prefetch().await.unwrap();
+    let auth = EnturAuthInterceptor::new(source.clone());
+    auth.clone().call(tonic::Request::new(())).unwrap();
+    let refused = source.current().unwrap().id();
+
+    // An error in the stream: the token attached last is dropped, a forced refresh starts.
+    let status = auth
+        .observe_message::<()>(Err(Status::unauthenticated("token revoked")))
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    let renewed = source.token().await.unwrap();
+    assert_ne!(renewed.id(), refused);
+    assert_eq!(source.status().forced_refreshes_in_a_row, 1);
+    auth.clone().call(tonic::Request::new(())).unwrap();
+
+    // Ten quiet minutes; messages say nothing yet, the end of the stream accepts.
+    tokio::time::advance(Duration::from_secs(601)).await;
+    assert_eq!(auth.observe_message(Ok(Some(()))).unwrap(), Some(()));
+    assert_eq!(source.status().forced_refreshes_in_a_row, 1, "a message");
+    assert_eq!(auth.observe_message::<()>(Ok(None)).unwrap(), None);
+    assert_eq!(source.status().forced_refreshes_in_a_row, 0, "the end");
+    assert_eq!(server.token_requests(), 2);
+}
