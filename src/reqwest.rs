@@ -93,7 +93,7 @@ use ::reqwest::{Request, Response, ResponseBuilderExt, Url};
 use http::Extensions;
 use reqwest_middleware::{Middleware, Next};
 
-use crate::auth::verdict::{self, Head, Replay as Outcome, Verdict};
+use crate::auth::verdict::{self, Head, Replay as Outcome};
 use crate::auth::{
     refuse_cleartext, EnturAuthLayer, Refusal, ReplayOutcome, ResponseBody, ET_CLIENT_NAME,
 };
@@ -165,17 +165,11 @@ impl EnturAuthMiddleware {
             Head::Body { .. } => return (response, None),
             Head::Done(verdict) => verdict,
         };
-        let shared = self.auth.source.shared();
-        let invalidation = verdict::act(Some(shared), token.id(), verdict);
-        if let (Verdict::Refused(reason), Some(invalidation)) = (verdict, invalidation) {
-            response.extensions_mut().insert(Refusal {
-                token: token.id(),
-                reason,
-                invalidation,
-                replay: ReplayOutcome::NotAttempted,
-            });
+        let refusal = verdict::refusal(Some(self.auth.source.shared()), token.id(), verdict);
+        if let Some(refusal) = refusal {
+            response.extensions_mut().insert(refusal);
         }
-        (response, invalidation)
+        (response, refusal.map(|refusal| refusal.invalidation))
     }
 
     /// The response with its body watched by the layer's [`ResponseBody`]: its end accepts

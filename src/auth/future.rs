@@ -13,7 +13,7 @@ use tower_service::Service;
 
 use super::body::{ResponseBody, Watch};
 use super::verdict::{self, Head, Verdict};
-use super::{Refusal, ReplayOutcome, SentToken};
+use super::SentToken;
 use crate::auth::classify::GRPC_STATUS;
 use crate::error::BoxError;
 use crate::source::registry::{self, SourceKey};
@@ -164,15 +164,8 @@ fn inspect<B>(response: &mut Response<B>, sent: Sent) -> Option<bool> {
         Head::Done(verdict) => verdict,
     };
     let shared = registry::lookup(sent.key);
-    if let (Verdict::Refused(reason), Some(invalidation)) =
-        (verdict, verdict::act(shared.as_deref(), token, verdict))
-    {
-        response.extensions_mut().insert(Refusal {
-            token,
-            reason,
-            invalidation,
-            replay: ReplayOutcome::NotAttempted,
-        });
+    if let Some(refusal) = verdict::refusal(shared.as_deref(), token, verdict) {
+        response.extensions_mut().insert(refusal);
         response.extensions_mut().insert(RefusedBy(sent.key));
     }
     None

@@ -13,6 +13,7 @@
 use http::{HeaderMap, StatusCode};
 
 use crate::auth::classify::{self, Reauth};
+use crate::auth::{Refusal, ReplayOutcome};
 use crate::source::token::TokenId;
 use crate::source::{Invalidation, Shared};
 
@@ -138,6 +139,25 @@ pub(crate) fn act(
         }
         Verdict::Neither => None,
     }
+}
+
+/// Acts on `verdict` as [`act`] does, and returns the [`Refusal`] a refused answer carries
+/// in its extensions (the replay completes it), whichever adapter saw the answer.
+pub(crate) fn refusal(
+    shared: Option<&Shared>,
+    token: TokenId,
+    verdict: Verdict,
+) -> Option<Refusal> {
+    let invalidation = act(shared, token, verdict)?;
+    let Verdict::Refused(reason) = verdict else {
+        return None;
+    };
+    Some(Refusal {
+        token,
+        reason,
+        invalidation,
+        replay: ReplayOutcome::NotAttempted,
+    })
 }
 
 /// Whether to send a refused request once more, after the source acted on the refusal:
