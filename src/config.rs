@@ -536,18 +536,16 @@ fn custom_endpoint(
     let name = origin.name(Setting::TokenUrl);
     const ABSOLUTE: &str =
         "it must be an absolute https:// URL with a host, e.g. https://partner.entur.org/oauth/token";
-    let endpoint = TokenEndpoint::new(url).map_err(|_| match url.contains('@') {
-        // Not echoed: the part before '@' may be a user name and password.
-        true => Error::config(format!("{name} is not a valid URL: {ABSOLUTE}")),
-        false => origin.malformed(Setting::TokenUrl, url, ABSOLUTE),
+    let endpoint = TokenEndpoint::new(url).map_err(|_| match url.parse::<http::Uri>() {
+        // Not echoed: the part before '@' is a user name and password.
+        Ok(uri) if uri.authority().is_some_and(|a| a.as_str().contains('@')) => Error::config(format!(
+            "{name} holds a user name or password (user:password@host): leave them out; the client id and secret are sent as the token endpoint asks"
+        )),
+        // Not echoed either: the part before an '@' may be a user name and password.
+        _ if url.contains('@') => Error::config(format!("{name} is not a valid URL: {ABSOLUTE}")),
+        _ => origin.malformed(Setting::TokenUrl, url, ABSOLUTE),
     })?;
     let uri = endpoint.url();
-    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
-        // Not echoed: the part before '@' is a user name and password.
-        return Err(Error::config(format!(
-            "{name} holds a user name or password (user:password@host): leave them out; the client id and secret are sent as the token endpoint asks"
-        )));
-    }
     if uri.scheme_str() == Some("http") && !uri.host().is_some_and(is_loopback) {
         return Err(origin.malformed(
             Setting::TokenUrl,

@@ -307,3 +307,28 @@ async fn maskinporten_refuses_an_es256_key_at_build_with_the_reason() {
             .is_ok()
     );
 }
+
+#[tokio::test]
+async fn maskinporten_refuses_a_key_with_neither_kid_nor_certificate_at_build() {
+    let server = maskinporten_server().await;
+    let anonymous = PrivateKey::from_pem(RSA_KEY.as_bytes()).unwrap();
+    let endpoint =
+        TokenEndpoint::maskinporten(MaskinportenEnvironment::Test, "digdir:dialogporten");
+    let error = maskinporten_with(&server, endpoint.clone(), anonymous)
+        .await
+        .expect_err("Maskinporten finds the key by kid or x5c");
+    assert!(error.kind() == entur_auth::ErrorKind::Config, "{error:?}");
+    let text = error.report().to_string();
+    assert!(text.contains("neither"), "{text}");
+    assert!(text.contains("PrivateKey::key_id"), "{text}");
+    assert!(text.contains("PrivateKey::certificate_chain_pem"), "{text}");
+    assert_eq!(
+        server.token_requests(),
+        0,
+        "refused before anything is sent"
+    );
+
+    // With a key id, the same key and endpoint get a token.
+    maskinporten_with(&server, endpoint, key()).await.unwrap();
+    assert_eq!(server.token_requests(), 1);
+}

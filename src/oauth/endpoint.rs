@@ -182,9 +182,10 @@ pub(crate) struct AssertionSettings {
     pub(crate) subject: bool,
     /// More claims (Maskinporten's `scope` and `resource`).
     pub(crate) claims: Vec<(String, serde_json::Value)>,
-    /// The server that accepts RSA signatures only, by name (Maskinporten: RS256, RS384 and
-    /// RS512), so that an ES256 key is refused at `build()` with the reason.
-    pub(crate) rsa_only: Option<&'static str>,
+    /// The server, by name, that accepts RSA signatures only (Maskinporten: RS256, RS384 and
+    /// RS512) and finds the key by its `kid` or `x5c` header, so that an ES256 key, or a key
+    /// with neither, is refused at `build()` with the reason.
+    pub(crate) maskinporten_rules: Option<&'static str>,
 }
 
 impl Default for AssertionSettings {
@@ -194,10 +195,13 @@ impl Default for AssertionSettings {
             lifetime: std::time::Duration::from_secs(60),
             subject: true,
             claims: Vec::new(),
-            rsa_only: None,
+            maskinporten_rules: None,
         }
     }
 }
+
+/// Why a token URL with `user:password@` is refused (the URL itself is not repeated).
+pub(crate) const USERINFO: &str = "the token URL holds a user name or password (user:password@host): leave them out; give the client id and secret as Credentials, which are sent as the token endpoint asks";
 
 /// Maskinporten's environments (Digdir, Norway's machine-to-machine authorization server):
 /// see [`TokenEndpoint::maskinporten`](crate::TokenEndpoint::maskinporten).
@@ -276,16 +280,17 @@ impl TokenEndpoint {
     ///   and `assertion`; no other client authentication ("the client is implicitly
     ///   authenticated by the certificate in the JWT").
     /// - The assertion's `aud` is Maskinporten's issuer identifier, one value ("using the
-    ///   token-endpoint url as audience is no longer valid"); production's is
-    ///   `https://maskinporten.no/`. The test issuer `https://test.maskinporten.no/` is
-    ///   taken by analogy (the documentation's example request goes to
-    ///   `test.maskinporten.no`; the page gives only production's value): check it against
-    ///   `https://test.maskinporten.no/.well-known/oauth-authorization-server`.
+    ///   token-endpoint url as audience is no longer valid"): production's is
+    ///   `https://maskinporten.no/`, the test environment's `https://test.maskinporten.no/`
+    ///   (the JWT grant page's examples use it as `aud`; it is the `issuer` of
+    ///   <https://test.maskinporten.no/.well-known/oauth-authorization-server>).
     /// - Claims: `aud`, `iss` (the client id), `iat`, `exp` (at most 120 s after `iat`; this
     ///   preset uses 60 s), `jti` (an assertion cannot be reused), `scope` (required),
     ///   `resource` (optional). Any other claim is refused with `400` "Invalid assertion",
     ///   so no `sub` is sent.
     /// - Header: `alg` RS256 (RS384 and RS512 too; not ES256), and `kid` or `x5c`.
+    ///   [`build`](crate::TokenSourceBuilder::build) refuses a key that signs ES256 or has
+    ///   neither a key id nor a certificate chain, with the reason.
     /// - `iat` must be within 10 s of Maskinporten's clock: keep this machine's clock synced.
     ///
     /// ```
@@ -302,7 +307,7 @@ impl TokenEndpoint {
             .expect("the Maskinporten token URLs are valid")
             .assertion_audience(environment.issuer())
             .assertion_subject(false);
-        endpoint.assertion.rsa_only = Some("Maskinporten");
+        endpoint.assertion.maskinporten_rules = Some("Maskinporten");
         endpoint
             .assertion
             .claims
@@ -365,8 +370,9 @@ impl TokenEndpoint {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::Config`](crate::ErrorKind::Config) when `url` is not an absolute `https://` or `http://` URL. Whether
-    /// `http://` is allowed is decided when the [`TokenSource`](crate::TokenSource) is built.
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) when `url` is not an absolute `https://` or `http://` URL, or
+    /// holds a user name or password (`user:password@host`; the message does not repeat
+    /// it). Whether `http://` is allowed is decided when the [`TokenSource`](crate::TokenSource) is built.
     pub fn new(url: &str) -> Result<Self, Error> {
         let parsed: Uri = url.parse().map_err(|_| {
             Error::config(format!(
@@ -382,6 +388,11 @@ impl TokenEndpoint {
                     crate::error::sanitize(url, 200)
                 )))
             }
+        }
+        if parsed.authority().is_some_and(|a| a.as_str().contains('@')) {
+            // Not echoed: the part before '@' is a user name and password, which the URL
+            // would otherwise show in Debug and in every token request's log line.
+            return Err(Error::config(USERINFO));
         }
         Ok(Self {
             url: parsed,
@@ -618,6 +629,17 @@ mod tests {
             assert!(err.kind() == crate::ErrorKind::Config, "{bad}: {err}");
         }
         let ok = TokenEndpoint::new("https://auth.example.com/token").unwrap();
+        // user:password@ is refused, and the message does not repeat the password.
+        for url in [
+            "https://user:pw-marker@auth.example.com/token",
+            "http://pw-marker@127.0.0.1:1/t",
+        ] {
+            let err = TokenEndpoint::new(url).unwrap_err();
+            assert!(err.kind() == crate::ErrorKind::Config, "{url}: {err}");
+            let text = format!("{err} {err:?} {}", err.report());
+            assert!(text.contains("user name or password"), "{text}");
+            assert!(!text.contains("pw-marker"), "{text}");
+        }
         assert_eq!(ok.body_encoding(), BodyEncoding::Form);
     }
 

@@ -194,15 +194,22 @@ impl TokenRequest {
             ) => Err(Error::config(format!(
                 "the token endpoint is set to ClientAuth::{method:?} but the credentials are a client secret: use Credentials::private_key_jwt, Credentials::jwt_bearer or Credentials::tls_client_auth, or ClientAuth::Body or Basic"
             ))),
-            (CredentialKind::PrivateKeyJwt(signer) | CredentialKind::JwtBearer(signer), _)
-                if signer.algorithm() != crate::oauth::assertion::Algorithm::Rs256 =>
-            {
-                match self.assertion.rsa_only {
-                    Some(server) => Err(Error::config(format!(
-                        "{server} accepts assertions signed with RSA only (RS256, RS384 or RS512), and this key signs {}: register an RSA key (or a business certificate) with {server} and use that",
-                        signer.algorithm().as_str()
-                    ))),
-                    None => Ok(()),
+            (CredentialKind::PrivateKeyJwt(signer) | CredentialKind::JwtBearer(signer), _) => {
+                match self.assertion.maskinporten_rules {
+                    Some(server) if signer.algorithm() != crate::oauth::assertion::Algorithm::Rs256 => {
+                        Err(Error::config(format!(
+                            "{server} accepts assertions signed with RSA only (RS256, RS384 or RS512), and this key signs {}: register an RSA key (or a business certificate) with {server} and use that",
+                            signer.algorithm().as_str()
+                        )))
+                    }
+                    Some(server)
+                        if signer.key_id().is_none() && signer.certificate_chain().is_empty() =>
+                    {
+                        Err(Error::config(format!(
+                            "{server} finds the client's key by the assertion's `kid` or its `x5c` certificate chain, and this key has neither: give it the key id registered with {server} (PrivateKey::key_id) or its business certificate (PrivateKey::certificate_chain_pem)"
+                        )))
+                    }
+                    _ => Ok(()),
                 }
             }
             _ => Ok(()),
