@@ -177,8 +177,8 @@ async fn a_rotated_secret_file_is_read_again_after_invalid_client() {
     server.set_client_secret("rotated-in-kubernetes");
     file.write("rotated-in-kubernetes");
     tokio::time::sleep(Duration::from_secs(80)).await;
-    // The refresh was refused, the file read again, and the retry (after the short backoff,
-    // not the slow one) succeeded.
+    // The refresh was refused, the file read again, and the request sent again at once
+    // with the new secret succeeded.
     assert_eq!(server.token_requests(), 3);
     assert_eq!(server.tokens_issued(), 2);
     assert!(source.status().last_error.is_none());
@@ -211,9 +211,33 @@ async fn entur_s_401_access_denied_also_reads_the_secret_file_again() {
     assert_eq!(
         server.token_requests(),
         3,
-        "refused, file read again, retried soon"
+        "refused, file read again, retried at once"
     );
     assert_eq!(server.tokens_issued(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_call_that_finds_a_rotated_secret_file_gets_a_token() {
+    let server = rotating_server().await;
+    let file = SecretFile::new("first-call", server.client_secret());
+    let credentials = Credentials::with_secret(
+        server.client_id(),
+        ClientSecret::from_file(&file.0).unwrap(),
+    );
+    let source = builder(&server, credentials).build().unwrap();
+    // Rotated after the source read the file and before its first token: the first token
+    // request carries the old secret.
+    server.set_client_secret("rotated-before-first-use");
+    file.write("rotated-before-first-use");
+    let mut api = client(&server, &source);
+    assert_eq!(
+        send(&mut api, api_request(&server, "/a")).await.unwrap(),
+        StatusCode::OK,
+        "the call that met the refusal is answered with a token fetched with the new secret"
+    );
+    assert_eq!(server.token_requests(), 2, "refused once, then sent again");
+    assert_eq!(server.tokens_issued(), 1);
+    assert!(source.status().last_error.is_none());
 }
 
 #[tokio::test(start_paused = true)]

@@ -94,7 +94,7 @@ impl Shared {
         };
         match crate::ClientSecret::from_file(path) {
             Ok(secret) if secret.expose() != current.client_secret().map_or("", |s| s.expose()) => {
-                tracing::info!(file = %path.display(), "the client secret file changed; retrying with the new secret");
+                tracing::info!(file = %path.display(), refused = %error, "the token endpoint refused the client secret and its file changed: retrying now with the new secret");
                 let renewed = crate::Credentials::with_secret(current.client_id(), secret);
                 self.credentials.store(Arc::new(renewed));
                 true
@@ -172,8 +172,20 @@ impl Shared {
         Ok((token, TokenOrigin::TokenEndpoint))
     }
 
-    /// One token request, counted in the metrics.
+    /// One token request; when it is refused and the client secret file changed (a
+    /// rotation), one more at once with the new secret, so that the call waiting for this
+    /// fetch gets a token instead of the refusal. At most two token requests, each counted.
     async fn fetch(&self, jitter_sample: f64) -> Result<AccessToken, Error> {
+        match self.counted_request(jitter_sample).await {
+            Err(error) if self.reload_secret_file(&error) => {
+                self.counted_request(jitter_sample).await
+            }
+            result => result,
+        }
+    }
+
+    /// One token request, counted in the metrics.
+    async fn counted_request(&self, jitter_sample: f64) -> Result<AccessToken, Error> {
         #[cfg(feature = "metrics")]
         let started = Instant::now();
         let result = self.request_token(jitter_sample).await;
@@ -494,12 +506,7 @@ impl Refresher {
         let shared = &self.shared;
         self.failures = self.failures.saturating_add(1);
         shared.failures.fetch_add(1, Ordering::Relaxed);
-        let delay = if shared.reload_secret_file(&error) {
-            // A rotated secret file: retry soon, with the new secret.
-            shared.settings.transient.0
-        } else {
-            shared.backoff(&error, self.failures, &mut self.rng)
-        };
+        let delay = shared.backoff(&error, self.failures, &mut self.rng);
         let at = later(delay);
         self.retry_at = Some(at);
         let serving_token = shared.cell.load().is_some();
