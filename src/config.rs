@@ -598,6 +598,7 @@ fn read_secret_file(path: &Path, origin: Origin, setting: Setting) -> Result<Cli
 
 #[cfg(feature = "serde")]
 mod file {
+    use std::collections::BTreeMap;
     use std::path::PathBuf;
 
     use serde::de::IgnoredAny;
@@ -608,11 +609,8 @@ mod file {
 
     /// The fields of a configuration file, as written.
     #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
     struct ConfigFile {
         client_id: Option<String>,
-        /// Read only to refuse it: the value is skipped, never stored.
-        client_secret: Option<IgnoredAny>,
         client_secret_file: Option<PathBuf>,
         client_secret_env: Option<String>,
         environment: Option<String>,
@@ -620,7 +618,14 @@ mod file {
         token_url: Option<String>,
         token_body: Option<String>,
         client_name: Option<String>,
+        /// Any other field, refused: `client_secret`, or a misspelt setting. The values are
+        /// skipped, never stored.
+        #[serde(flatten)]
+        unknown: BTreeMap<String, IgnoredAny>,
     }
+
+    /// The fields a configuration file takes, as an unknown field's error lists them.
+    const FIELDS: &str = "`client_id`, `client_secret_file`, `client_secret_env`, `environment`, `audience`, `token_url`, `token_body`, `client_name`";
 
     #[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
     impl<'de> Deserialize<'de> for Config {
@@ -634,7 +639,13 @@ mod file {
     impl ConfigFile {
         fn resolve(self) -> Result<Config, Error> {
             let (secret_file, secret_env) = (self.client_secret_file, self.client_secret_env);
-            let inline = self.client_secret.is_some();
+            let inline = self.unknown.contains_key("client_secret");
+            if let Some(field) = self.unknown.keys().find(|f| *f != "client_secret") {
+                return Err(Error::config(format!(
+                    "unknown field `{}` in the configuration file: it takes {FIELDS}",
+                    crate::error::sanitize(field, 100)
+                )));
+            }
             let raw = Raw {
                 client_id: self.client_id,
                 environment: self.environment,

@@ -423,7 +423,7 @@ impl Error {
                     .is_some_and(|c| chain(c.as_ref()).contains("certificate"))
                 {
                     true => "retrying with backoff; the token endpoint's TLS certificate was not accepted: if it comes from a private CA, add the CA with TokenSourceBuilder::extra_root_certificate",
-                    false => "retrying with backoff, and a token still usable is still sent: check network access to the token endpoint (DNS, firewall, proxy) if this persists",
+                    false => "retrying with backoff: check network access to the token endpoint (DNS, firewall, proxy) if this persists",
                 },
             ),
             Kind::Timeout { .. } => Some(

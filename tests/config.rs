@@ -709,7 +709,12 @@ mod file {
             r#"{"client_id": "c", "client_secret_fiel": "/x", "environment": "dev", "client_name": "acme-app"}"#,
         )
         .unwrap_err();
-        says(&text, &["unknown field `client_secret_fiel`"]);
+        says(
+            &text,
+            &["unknown field `client_secret_fiel`", "`client_secret_file`"],
+        );
+        // The fields it lists are those a file takes: not `client_secret`, which is refused.
+        assert!(!text.contains("`client_secret`"), "{text}");
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //! and rejected credentials.
 
 mod common;
+#[path = "common/logs.rs"]
+mod logs;
 
-use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,23 +14,10 @@ use entur_auth::error_for_status::ErrorForStatusLayer;
 use entur_auth::{BoxError, EnturAuthLayer};
 use entur_auth_test::{Fault, TestServer};
 use http::StatusCode;
+use logs::capture_trace;
 use tower::ServiceBuilder;
-use tracing_subscriber::layer::{Layer as _, SubscriberExt};
 
 const SECRET: &str = "SECRET-4c1d-marker-9f";
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 fn chain(error: &(dyn std::error::Error + 'static)) -> Vec<String> {
     let mut out = vec![error.to_string(), format!("{error:?}")];
@@ -40,22 +28,6 @@ fn chain(error: &(dyn std::error::Error + 'static)) -> Vec<String> {
         next = e.source();
     }
     out
-}
-
-/// Captures every event and span of the crate at TRACE level on this thread (the embedded
-/// test server, a test tool that logs the faults it was told to inject, is left out).
-fn capture_trace() -> (Capture, tracing::subscriber::DefaultGuard) {
-    let capture = Capture::default();
-    let writer = capture.clone();
-    let subscriber = tracing_subscriber::registry().with(
-        tracing_subscriber::fmt::layer()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
-                !meta.target().starts_with("entur_auth_test")
-            })),
-    );
-    (capture, tracing::subscriber::set_default(subscriber))
 }
 
 #[tokio::test(start_paused = true)]
@@ -146,7 +118,7 @@ async fn secrets_and_tokens_never_leak() {
         format!("{:?}", server.source_builder()),
     ]);
 
-    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let logs = capture.text();
     assert!(logs.contains("access token fetched"), "capture works");
     assert!(logs.contains("access token fetch failed"));
     assert!(logs.contains("token refused by the API"));
@@ -245,7 +217,7 @@ async fn private_keys_and_assertions_never_leak() {
         })
         .collect();
     assert!(assertions.len() >= 3, "{}", assertions.len());
-    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let logs = capture.text();
     assert!(logs.contains("access token fetched"), "capture works");
     assert!(logs.contains("access token fetch failed"));
     texts.push(logs);

@@ -517,7 +517,11 @@ impl Refresher {
             took_ms = took.as_millis() as u64,
             retry_in_ms = delay.as_millis() as u64,
             serving_token,
-            "access token fetch failed"
+            "access token fetch failed; {}",
+            match serving_token {
+                true => "the current token is still sent until it expires",
+                false => "there is no token to send until a fetch succeeds",
+            }
         );
         shared.report(FetchOutcome {
             result: Err(&error),
