@@ -62,6 +62,13 @@ pub enum ErrorKind {
     InvalidResponse,
     /// The configuration is incomplete or unsafe (for example a plain `http://` token URL).
     Config,
+    /// The [`Signer`](crate::assertion::Signer) of the client assertion (a key in a KMS or an
+    /// HSM) failed; its error is the [`source`](std::error::Error::source).
+    /// [`is_transient`](Error::is_transient) when the signer said the failure passes (it
+    /// returned an [`assertion::Transient`](crate::assertion::Transient)): retried on the
+    /// fast schedule, and [`TokenSource::ready`](crate::TokenSource::ready) waits through
+    /// it. Any other signer error is retried on the slow schedule.
+    Signer,
     /// The background refresher is not running (its tokio runtime was shut down or stopped
     /// running it) and this caller could not take it over.
     Stopped,
@@ -112,6 +119,11 @@ pub(crate) enum Kind {
     },
     Config {
         reason: String,
+    },
+    Signer {
+        /// Whether the signer said the failure passes.
+        transient: bool,
+        cause: Arc<dyn std::error::Error + Send + Sync>,
     },
     Stopped {
         reason: String,
@@ -248,6 +260,14 @@ impl Error {
         .into()
     }
 
+    pub(crate) fn signer(cause: BoxError, transient: bool) -> Self {
+        Kind::Signer {
+            transient,
+            cause: Arc::from(cause),
+        }
+        .into()
+    }
+
     pub(crate) fn refresher_stopped(reason: impl Into<String>) -> Self {
         Kind::Stopped {
             reason: reason.into(),
@@ -327,6 +347,7 @@ impl Error {
             Kind::NotReady { .. } => ErrorKind::NotReady,
             Kind::InvalidResponse { .. } => ErrorKind::InvalidResponse,
             Kind::Config { .. } => ErrorKind::Config,
+            Kind::Signer { .. } => ErrorKind::Signer,
             Kind::Stopped { .. } => ErrorKind::Stopped,
             Kind::Internal { .. } => ErrorKind::Internal,
         }
@@ -334,13 +355,20 @@ impl Error {
 
     /// `true` when retrying soon may succeed: the token endpoint was unreachable, overloaded
     /// or too slow ([`ErrorKind::Unavailable`], [`ErrorKind::Timeout`], and
-    /// [`ErrorKind::NotReady`], which is made of those). Rejected credentials, invalid
-    /// answers and configuration errors are not; this crate retries them only on a slow
-    /// schedule.
+    /// [`ErrorKind::NotReady`], which is made of those), or the assertion's signer said its
+    /// failure passes ([`ErrorKind::Signer`]). Rejected credentials, invalid answers,
+    /// configuration errors and other signer failures are not; this crate retries them only
+    /// on a slow schedule.
     pub fn is_transient(&self) -> bool {
         matches!(
-            self.kind(),
-            ErrorKind::Unavailable | ErrorKind::Timeout | ErrorKind::NotReady
+            *self.inner,
+            Kind::Unavailable { .. }
+                | Kind::Timeout { .. }
+                | Kind::NotReady { .. }
+                | Kind::Signer {
+                    transient: true,
+                    ..
+                }
         )
     }
 
@@ -441,6 +469,12 @@ impl Error {
             Kind::InvalidResponse { .. } => {
                 Some("check that the token URL points at an OAuth2 token endpoint")
             }
+            Kind::Signer { transient: true, .. } => Some(
+                "retrying with backoff, and TokenSource::ready waits through it: check the signer (the KMS or HSM it calls) if this persists",
+            ),
+            Kind::Signer { transient: false, .. } => Some(
+                "retrying on the slow schedule: check the signer (the key, or the KMS it calls); a failure that passes by itself (a timeout, throttling) should be returned as assertion::Transient, which is retried soon",
+            ),
             Kind::Config { .. } | Kind::Stopped { .. } | Kind::Internal { .. } => None,
         }
     }
@@ -567,6 +601,10 @@ impl fmt::Display for Error {
                 status.as_u16()
             ),
             Kind::Config { reason } => write!(f, "invalid configuration: {reason}"),
+            Kind::Signer { transient, .. } => f.write_str(match transient {
+                true => "signing the client assertion failed for now",
+                false => "signing the client assertion failed",
+            }),
             Kind::Stopped { reason } => write!(f, "the token refresher is not running: {reason}"),
             Kind::Internal { reason } => write!(f, "internal error in entur-auth: {reason}"),
         }
@@ -585,6 +623,7 @@ impl std::error::Error for Error {
                 last_error: Some(last),
                 ..
             } => Some(last),
+            Kind::Signer { cause, .. } => Some(cause.as_ref()),
             _ => None,
         }
     }

@@ -283,6 +283,7 @@ fn request_outcome(result: Result<(), &Error>) -> &'static str {
         ErrorKind::Timeout => "timeout",
         ErrorKind::InvalidResponse => "invalid",
         ErrorKind::Config => "config",
+        ErrorKind::Signer => "signer",
         // The rest never come from a token request; a contained panic is `Internal`.
         _ => "internal",
     }

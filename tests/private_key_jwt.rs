@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use entur_auth::assertion::{Algorithm, PrivateKey, Signer};
+use entur_auth::assertion::{Algorithm, PrivateKey, Signer, Transient};
 use entur_auth::{
     BoxError, ClientAuth, Credentials, Error, OAuthErrorCode, TokenEndpoint, TokenSource,
 };
@@ -289,11 +289,18 @@ async fn the_kid_must_name_the_registered_key() {
 }
 
 /// A signer of one's own (a KMS, an HSM): here a [`PrivateKey`] behind a counter, and one
-/// whose service fails.
+/// whose service fails: for good, or for its first `n` calls with a failure that passes.
 struct Kms {
     key: PrivateKey,
     calls: Arc<AtomicUsize>,
-    fail: bool,
+    fail: Failing,
+}
+
+#[derive(Clone, Copy)]
+enum Failing {
+    Never,
+    Always,
+    TransientlyFor(usize),
 }
 
 impl Signer for Kms {
@@ -304,11 +311,15 @@ impl Signer for Kms {
         Some("kms-key")
     }
     fn sign<'a>(&'a self, message: &'a [u8]) -> BoxFuture<'a, Result<Vec<u8>, BoxError>> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
+        let call = self.calls.fetch_add(1, Ordering::SeqCst);
         Box::pin(async move {
             tokio::task::yield_now().await;
-            if self.fail {
-                return Err("KMS: AccessDeniedException".into());
+            match self.fail {
+                Failing::Always => return Err("KMS: AccessDeniedException".into()),
+                Failing::TransientlyFor(n) if call < n => {
+                    return Err(Transient::new("KMS: ThrottlingException").into())
+                }
+                _ => {}
             }
             self.key.sign(message).await
         })
@@ -322,7 +333,7 @@ async fn a_signer_of_ones_own_signs_and_its_failures_are_errors() {
     let kms = Kms {
         key: PrivateKey::from_pem(EC_KEY.as_bytes()).unwrap(),
         calls: calls.clone(),
-        fail: false,
+        fail: Failing::Never,
     };
     source_for(&server, server.endpoint(), kms)
         .prefetch()
@@ -335,22 +346,82 @@ async fn a_signer_of_ones_own_signs_and_its_failures_are_errors() {
     let failing = Kms {
         key: PrivateKey::from_pem(EC_KEY.as_bytes()).unwrap(),
         calls: calls.clone(),
-        fail: true,
+        fail: Failing::Always,
     };
     let error = source_for(&server, server.endpoint(), failing)
         .prefetch()
         .await
         .unwrap_err();
-    assert!(error.kind() == entur_auth::ErrorKind::Config, "{error:?}");
+    assert!(error.kind() == entur_auth::ErrorKind::Signer, "{error:?}");
+    assert!(!error.is_transient());
+    let report = error.report().to_string();
+    assert!(report.contains("AccessDeniedException"), "{report}");
     assert!(
-        error.report().to_string().contains("AccessDeniedException"),
-        "{error}"
+        report.contains("assertion::Transient"),
+        "says how to mark a failure that passes: {report}"
     );
     assert_eq!(
         server.token_requests(),
         1,
         "nothing sent without an assertion"
     );
+}
+
+/// A signer's failure that passes (a KMS timeout, throttling) is retried on the fast
+/// schedule, and `ready()` waits through it; any other failure ends `ready()` at once and
+/// waits for the slow schedule.
+#[tokio::test(start_paused = true)]
+async fn a_signer_says_which_failures_pass() {
+    let server = server_with(EC_PUB).await;
+    let source = |fail| {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let kms = Kms {
+            key: PrivateKey::from_pem(EC_KEY.as_bytes()).unwrap(),
+            calls: calls.clone(),
+            fail,
+        };
+        let source = TokenSource::builder(
+            server.endpoint(),
+            Credentials::private_key_jwt(server.client_id(), kms),
+        )
+        .allow_http_loopback(true)
+        .transport(server.token_transport())
+        .build()
+        .unwrap();
+        (source, calls)
+    };
+
+    // Two throttled calls: ready() rides them out within 10 s, where the slow schedule
+    // (30 s at first) would not.
+    let (passing, calls) = source(Failing::TransientlyFor(2));
+    passing.ready(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert_eq!(
+        server.token_requests(),
+        1,
+        "one request, with the assertion signed at last"
+    );
+
+    // A failure the signer did not mark: ready() fails at once with it, and the next try
+    // is on the slow schedule.
+    let (failing, calls) = source(Failing::Always);
+    let error = failing.ready(Duration::from_secs(3600)).await.unwrap_err();
+    assert!(error.kind() == entur_auth::ErrorKind::Signer, "{error:?}");
+    assert!(!error.is_transient());
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    let retry_in = failing.status().retry_in.unwrap();
+    assert!(retry_in >= Duration::from_secs(29), "{retry_in:?}");
+
+    // The marked failure, as an error: transient, its cause kept.
+    let (throttled, _) = source(Failing::TransientlyFor(usize::MAX));
+    let error = throttled.prefetch().await.unwrap_err();
+    assert!(error.kind() == entur_auth::ErrorKind::Signer && error.is_transient());
+    assert!(
+        error.report().to_string().contains("ThrottlingException"),
+        "{}",
+        error.report()
+    );
+    assert!(throttled.status().retry_in.unwrap() < Duration::from_secs(29));
 }
 
 #[test]

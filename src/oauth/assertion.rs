@@ -77,7 +77,7 @@ impl fmt::Display for Algorithm {
 /// request path; it may take the time of a network call (the fetch timeout covers it).
 ///
 /// ```
-/// use entur_auth::assertion::{Algorithm, Signer};
+/// use entur_auth::assertion::{Algorithm, Signer, Transient};
 /// use entur_auth::BoxError;
 /// use futures_util::future::BoxFuture;
 ///
@@ -93,10 +93,12 @@ impl fmt::Display for Algorithm {
 ///     }
 ///     fn sign<'a>(&'a self, message: &'a [u8]) -> BoxFuture<'a, Result<Vec<u8>, BoxError>> {
 ///         Box::pin(async move {
-///             // let signature = kms.asymmetric_sign(&self.key_name, sha256(message)).await?;
+///             // let signature = kms.asymmetric_sign(&self.key_name, sha256(message)).await
+///             //     // A timeout or throttling passes: retried soon.
+///             //     .map_err(|e| if e.is_retryable() { Transient::new(e).into() } else { e.into() })?;
 ///             // Ok(der_to_jose(signature)) // ES256 wants r || s
 ///             let _ = message;
-///             Err("sketch".into())
+///             Err(Transient::new("the KMS call is sketched").into())
 ///         })
 ///     }
 /// }
@@ -120,9 +122,38 @@ pub trait Signer: Send + Sync + 'static {
     /// The JWS signature of `message` (the assertion's `header.payload`): for RS256 the
     /// RSASSA-PKCS1-v1_5 signature, for ES256 the 64 bytes `r || s`.
     ///
-    /// An error fails this token request (retried on the slow schedule, as rejected
-    /// credentials are). It is shown in logs and errors: never put key material in it.
+    /// An error fails this token request with [`ErrorKind::Signer`](crate::ErrorKind::Signer):
+    /// retried on the fast schedule when it is (or wraps) a [`Transient`], a failure that
+    /// passes (a KMS timeout, throttling, a network error), else on the slow schedule, as
+    /// rejected credentials are. It is shown in logs and errors: never put key material in it.
     fn sign<'a>(&'a self, message: &'a [u8]) -> BoxFuture<'a, Result<Vec<u8>, BoxError>>;
+}
+
+/// A [`Signer`] failure that passes: a KMS or HSM that timed out, throttled or could not be
+/// reached. Return it (`Err(Transient::new(error).into())`) and the token request is retried
+/// on the fast schedule, and [`TokenSource::ready`](crate::TokenSource::ready) waits through
+/// it, as for an unreachable token endpoint; any other error from [`Signer::sign`] is
+/// retried on the slow schedule only.
+#[derive(Debug)]
+pub struct Transient(BoxError);
+
+impl Transient {
+    /// Marks `cause` as a failure that passes.
+    pub fn new(cause: impl Into<BoxError>) -> Self {
+        Self(cause.into())
+    }
+}
+
+impl fmt::Display for Transient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for Transient {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
 }
 
 /// What an assertion says, apart from the times and the `jti`.
@@ -138,7 +169,8 @@ pub(crate) struct Claims<'a> {
 ///
 /// # Errors
 ///
-/// [`ErrorKind::Config`](crate::ErrorKind::Config) when the signer fails or returns a signature of the wrong shape. The
+/// [`ErrorKind::Signer`](crate::ErrorKind::Signer) when the signer fails (transient when it said so),
+/// [`ErrorKind::Config`](crate::ErrorKind::Config) when it returns a signature of the wrong shape. The
 /// message never holds the assertion or the key.
 pub(crate) async fn sign(signer: &dyn Signer, claims: &Claims<'_>) -> Result<String, Error> {
     let now = SystemTime::now()
@@ -181,11 +213,13 @@ pub(crate) async fn sign(signer: &dyn Signer, claims: &Claims<'_>) -> Result<Str
         URL_SAFE_NO_PAD.encode(Value::Object(header).to_string()),
         URL_SAFE_NO_PAD.encode(Value::Object(payload).to_string()),
     );
-    let signature = signer.sign(jws.as_bytes()).await.map_err(|e| {
-        Error::config(format!(
-            "signing the client assertion failed ({}): check the signer (the key, or the KMS it calls)",
-            crate::error::sanitize(&e.to_string(), 200)
-        ))
+    let signature = signer.sign(jws.as_bytes()).await.map_err(|cause| {
+        let transient =
+            std::iter::successors(Some(&*cause as &(dyn std::error::Error + 'static)), |e| {
+                e.source()
+            })
+            .any(|e| e.is::<Transient>());
+        Error::signer(cause, transient)
     })?;
     if algorithm == Algorithm::Es256 && signature.len() != 64 {
         return Err(Error::config(format!(

@@ -233,7 +233,8 @@ impl TokenRequest {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::Config`](crate::ErrorKind::Config) when the signer fails.
+    /// [`ErrorKind::Signer`](crate::ErrorKind::Signer) when the signer fails,
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) when its signature has the wrong shape.
     pub(crate) async fn build(
         &self,
         credentials: &Credentials,
