@@ -6,8 +6,6 @@
 //! clock; the endpoint is reached in-process.
 
 mod common;
-#[path = "common/logs.rs"]
-mod logs;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -465,40 +463,4 @@ async fn a_token_unusable_on_arrival_is_a_failed_fetch_not_a_fetch_loop() {
     server.set_sticky_fault(None);
     tokio::time::sleep(Duration::from_secs(600)).await;
     assert!(source.token().await.is_ok());
-}
-
-/// A 503 says what is sent meanwhile, truthfully: nothing before the first token, the
-/// current token after it.
-#[tokio::test(start_paused = true)]
-async fn a_503_says_whether_a_token_is_still_sent() {
-    let (logs, _guard) = logs::capture_trace();
-    let server = server(LIFETIME).await;
-    let source = server.source_builder().jitter_seed(11).build().unwrap();
-    server.push_fault(json(503, r#"{"error":"temporarily_unavailable"}"#));
-    let error = source.prefetch().await.unwrap_err().report().to_string();
-    assert!(error.contains("503"), "{error}");
-    assert!(
-        !error.contains("still sent"),
-        "there is no token to send: {error}"
-    );
-    let first = logs.text();
-    assert!(
-        first.contains(
-            "access token fetch failed; there is no token to send until a fetch succeeds"
-        ),
-        "{first}"
-    );
-    assert!(!first.contains("still sent"), "{first}");
-
-    source.ready(Duration::from_secs(30)).await.unwrap();
-    server.set_sticky_fault(Some(json(503, r#"{"error":"temporarily_unavailable"}"#)));
-    tokio::time::sleep(LIFETIME * 4 / 5).await;
-    assert!(source.current().is_some());
-    assert!(
-        logs.text().contains(
-            "access token fetch failed; the current token is still sent until it expires"
-        ),
-        "{}",
-        logs.text()
-    );
 }
