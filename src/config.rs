@@ -195,31 +195,29 @@ impl Config {
 
     /// A [`TokenSourceBuilder`] for this configuration, to change a setting before
     /// [`build`](TokenSourceBuilder::build): timeouts, backoff, an extra root certificate, a
-    /// shared store. An `http://` loopback token URL is allowed.
+    /// shared store. An `http://` loopback token URL is allowed. The configured
+    /// `ET-Client-Name` is the source's
+    /// ([`TokenSourceBuilder::client_name`](crate::TokenSourceBuilder::client_name)), so every
+    /// adapter built from the source sends it: the layer, the reqwest middleware and the
+    /// tonic interceptor alike.
     ///
     /// # Errors
     ///
     /// As [`credentials`](Self::credentials).
     pub fn source_builder(&self) -> Result<TokenSourceBuilder, Error> {
         let plain_http = self.endpoint.url().scheme_str() == Some("http");
-        Ok(
-            TokenSource::builder(self.endpoint.clone(), self.credentials()?)
-                .allow_http_loopback(plain_http),
-        )
+        let builder = TokenSource::builder(self.endpoint.clone(), self.credentials()?)
+            .allow_http_loopback(plain_http);
+        Ok(match &self.client_name {
+            Some(name) => builder.client_name(name.clone()),
+            None => builder,
+        })
     }
 
-    /// The auth layer for `source`, with the `ET-Client-Name` when one is configured. Add the
-    /// replay with [`EnturAuthLayer::with_replay`].
-    pub fn layer(&self, source: TokenSource) -> EnturAuthLayer {
-        let layer = EnturAuthLayer::new(source);
-        match &self.client_name {
-            Some(name) => layer.client_name(name.clone()),
-            None => layer,
-        }
-    }
-
-    /// The token source and the auth layer made from it: [`source_builder`](Self::source_builder),
-    /// built, then [`layer`](Self::layer).
+    /// The token source and an auth layer made from it: [`source_builder`](Self::source_builder),
+    /// built, then [`EnturAuthLayer::new`]. Add the replay with
+    /// [`EnturAuthLayer::with_replay`]; for reqwest or tonic, build their adapter from the
+    /// source or from the layer.
     ///
     /// # Errors
     ///
@@ -227,7 +225,7 @@ impl Config {
     /// [`TokenSourceBuilder::build`](crate::TokenSourceBuilder::build).
     pub fn build(&self) -> Result<(TokenSource, EnturAuthLayer), Error> {
         let source = self.source_builder()?.build()?;
-        let layer = self.layer(source.clone());
+        let layer = EnturAuthLayer::new(source.clone());
         Ok((source, layer))
     }
 

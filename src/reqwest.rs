@@ -124,8 +124,9 @@ impl From<EnturAuthLayer> for EnturAuthMiddleware {
 }
 
 impl EnturAuthMiddleware {
-    /// A middleware that authorizes requests with tokens from `source`, with no
-    /// `ET-Client-Name`. For the client name, or to allow plain `http://`, configure an
+    /// A middleware that authorizes requests with tokens from `source`, and sets the
+    /// source's `ET-Client-Name` (see [`TokenSourceBuilder::client_name`](crate::TokenSourceBuilder::client_name)), if it has
+    /// one. For another client name, or to allow plain `http://`, configure an
     /// [`EnturAuthLayer`] and convert it: `EnturAuthMiddleware::from(layer)`.
     pub fn new(source: TokenSource) -> Self {
         Self::from(EnturAuthLayer::new(source))

@@ -38,7 +38,7 @@
 //! | no token yet | the call fails at once with `UNAVAILABLE`, and the fetch starts: call [`TokenSource::ready`] at startup | the call waits for the one shared fetch |
 //! | the server answers `UNAUTHENTICATED` | the call fails; you report it with [`refused`](EnturAuthInterceptor::refused) or [`observe`](EnturAuthInterceptor::observe), which drop the token, and the next call carries a new one | the layer sees it (in the headers or the trailers) and drops the token itself; the call is replayed once with the new token (with `CollectBodyLayer` outside) |
 //! | the client's type | `Client<InterceptedService<Channel, EnturAuthInterceptor>>`, tonic's usual pattern | a tower stack; the request body goes through `Full<Bytes>` for the replay |
-//! | `http://` to a host that is not loopback | sent: the interceptor does not see the URI (use `https://` endpoints) | refused before anything is sent |
+//! | `http://` to a host that is not loopback | sent: the interceptor does not see the URI (use `https://` endpoints) | refused before anything is sent, judged by the channel's origin declared with [`origin`](crate::EnturAuthLayer::origin) (calls are refused without it) |
 //!
 //! Pick the interceptor when the code base already builds clients `with_interceptor`, or
 //! the client's type must stay simple; call `ready()` at startup and `observe` the results.
@@ -134,9 +134,10 @@ impl From<EnturAuthLayer> for EnturAuthInterceptor {
 }
 
 impl EnturAuthInterceptor {
-    /// An interceptor that authorizes calls with tokens from `source`, with no
-    /// `et-client-name`. For the client name, configure an [`EnturAuthLayer`] and convert
-    /// it: `EnturAuthInterceptor::from(layer)`.
+    /// An interceptor that authorizes calls with tokens from `source`, and sets the
+    /// source's `et-client-name` (see [`TokenSourceBuilder::client_name`](crate::TokenSourceBuilder::client_name)), if it has
+    /// one. For another client name, configure an [`EnturAuthLayer`] and convert it:
+    /// `EnturAuthInterceptor::from(layer)`.
     pub fn new(source: TokenSource) -> Self {
         Self::from(EnturAuthLayer::new(source))
     }

@@ -374,21 +374,61 @@ async fn no_bearer_goes_over_cleartext_to_a_remote_host() {
     }
     assert_eq!(api.calls.load(Ordering::SeqCst), 0, "nothing was sent");
 
-    // These pass, with the token: loopback over http (tests, local sidecars), https, and
-    // relative URIs (as tonic sends them).
+    // These pass, with the token: loopback over http (tests, local sidecars), and https.
     for uri in [
         "http://127.0.0.1:8080/x",
         "http://localhost/x",
         "http://[::1]:9/x",
         "https://api.entur.io/x",
-        "/grpc.health.v1.Health/Check",
     ] {
         let response = request(&mut svc, get(uri)).await.unwrap();
         assert_eq!(response.status(), StatusCode::OK, "{uri}");
     }
     let seen = api.seen.lock().unwrap().clone();
-    assert_eq!(seen.len(), 5);
+    assert_eq!(seen.len(), 4);
     assert!(seen.iter().all(Option::is_some));
+
+    // A relative URI, as tonic sends them to a Channel (which adds its endpoint's scheme and
+    // host below the layer): where it goes cannot be told, so it is refused...
+    let grpc = "/grpc.health.v1.Health/Check";
+    let error = request(&mut svc, get(grpc)).await.unwrap_err();
+    let error = error
+        .downcast_ref::<entur_auth::auth::CleartextRefused>()
+        .unwrap_or_else(|| panic!("{error:?}"));
+    assert!(error.to_string().contains("no scheme and host"), "{error}");
+    assert!(
+        error.hint().contains("EnturAuthLayer::origin"),
+        "{}",
+        error.hint()
+    );
+    assert_eq!(error.host(), "");
+    // ...judged by the origin declared for it: https and loopback pass...
+    for origin in ["https://grpc.example.com", "http://127.0.0.1:50051"] {
+        let mut declared = EnturAuthLayer::new(source.clone())
+            .origin(origin.parse().unwrap())
+            .layer(api.clone());
+        let response = request(&mut declared, get(grpc)).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{origin}");
+    }
+    assert_eq!(api.calls.load(Ordering::SeqCst), 6);
+    // ...plain http to a remote host, or an origin that is no URL of either, do not.
+    for (origin, says) in [
+        ("http://grpc.example.com:50051", "grpc.example.com"),
+        (
+            "grpc.example.com:443",
+            "not an absolute http:// or https:// URL",
+        ),
+    ] {
+        let mut declared = EnturAuthLayer::new(source.clone())
+            .origin(origin.parse().unwrap())
+            .layer(api.clone());
+        let error = request(&mut declared, get(grpc)).await.unwrap_err();
+        let error = error
+            .downcast_ref::<entur_auth::auth::CleartextRefused>()
+            .unwrap_or_else(|| panic!("{origin}: {error:?}"));
+        assert!(error.to_string().contains(says), "{error}");
+    }
+    assert_eq!(api.calls.load(Ordering::SeqCst), 6, "nothing more was sent");
 
     // Opting in lifts the check.
     let mut allowed = EnturAuthLayer::new(source)

@@ -55,14 +55,16 @@ async fn run() -> Result<(), BoxError> {
         .allow_http_loopback(true) // plain http only because the server is on 127.0.0.1
         .build()?;
     source.prefetch().await?;
-    let channel = Endpoint::from_shared(format!("http://{addr}"))?
-        .connect()
-        .await?;
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))?;
+    let channel = endpoint.connect().await?;
     let stack = ServiceBuilder::new()
         .layer(CollectBodyLayer::new(64 * 1024))
         .layer(
             EnturAuthLayer::new(source.clone())
                 .client_name(ClientName::new("acme-grpc")?)
+                // tonic sends the channel relative URIs: the layer judges them by the
+                // endpoint's origin (plain http, allowed for 127.0.0.1 only).
+                .origin(endpoint.uri().clone())
                 .with_replay(),
         )
         .map_request(|r: http::Request<Full<Bytes>>| r.map(tonic::body::Body::new))

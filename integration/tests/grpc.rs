@@ -36,10 +36,15 @@ fn to_tonic(request: http::Request<Full<Bytes>>) -> http::Request<tonic::body::B
     request.map(tonic::body::Body::new)
 }
 
+/// The stack over a channel to 127.0.0.1, the origin the channel adds below the layer.
 fn stack(source: &TokenSource, channel: Channel) -> Stack {
     ServiceBuilder::new()
         .layer(CollectBodyLayer::new(64 * 1024))
-        .layer(EnturAuthLayer::new(source.clone()).with_replay())
+        .layer(
+            EnturAuthLayer::new(source.clone())
+                .origin(http::Uri::from_static("http://127.0.0.1"))
+                .with_replay(),
+        )
         .map_request(to_tonic as ToTonic)
         .service(channel)
 }
@@ -211,5 +216,77 @@ async fn unauthenticated_for_a_token_fetched_by_the_call_itself_costs_one_reauth
     assert_eq!(
         response.unwrap().into_inner().status(),
         ServingStatus::Serving
+    );
+}
+
+/// A real tonic client (`tonic::client::Grpc`, inside `HealthClient`) over a `Channel` whose
+/// endpoint is plain `http://` on a remote host. tonic hands the stack relative URIs and the
+/// channel adds its origin below the layer, so the layer judges them by the declared origin.
+/// The channel's connector reaches the bearer-checking server on 127.0.0.1 whatever host it is
+/// asked for, and counts the connections: a refusal must make none.
+#[tokio::test]
+async fn no_bearer_goes_over_a_plain_http_channel_to_a_remote_host() {
+    use hyper_util::rt::TokioIo;
+
+    let server = common::server(Duration::from_secs(3600)).await;
+    let source = common::source(&server);
+    source.prefetch().await.unwrap();
+    let (addr, check) = serve_checked(&server).await;
+    let endpoint = Endpoint::from_static("http://grpc.example.com:50051");
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    let channel = endpoint.connect_with_connector_lazy(tower::service_fn(move |uri: http::Uri| {
+        assert_eq!(
+            uri.host(),
+            Some("grpc.example.com"),
+            "the channel's own origin"
+        );
+        counted.fetch_add(1, Ordering::SeqCst);
+        async move { tokio::net::TcpStream::connect(addr).await.map(TokioIo::new) }
+    }));
+    let client = |layer: EnturAuthLayer| {
+        HealthClient::new(
+            ServiceBuilder::new()
+                .layer(CollectBodyLayer::new(64 * 1024))
+                .layer(layer.with_replay())
+                .map_request(to_tonic as ToTonic)
+                .service(channel.clone()),
+        )
+    };
+    let refused = |status: Status, says: &str| {
+        let cause = std::error::Error::source(&status)
+            .and_then(|e| e.downcast_ref::<entur_auth::auth::CleartextRefused>())
+            .unwrap_or_else(|| panic!("not refused by the layer: {status:?}"));
+        assert!(cause.to_string().contains(says), "{cause}");
+    };
+
+    // No origin declared: the URI is relative, so where the call goes cannot be told.
+    let status = client(EnturAuthLayer::new(source.clone()))
+        .check(check_request())
+        .await
+        .unwrap_err();
+    refused(status, "no scheme and host");
+
+    // The channel's origin declared: plain http to a host that is not loopback.
+    let status = client(EnturAuthLayer::new(source.clone()).origin(endpoint.uri().clone()))
+        .check(check_request())
+        .await
+        .unwrap_err();
+    refused(status, "over plain http:// to grpc.example.com");
+    assert_eq!(connections.load(Ordering::SeqCst), 0, "nothing was sent");
+    assert_eq!(check.calls(), 0);
+
+    // Allowed (a mesh with mTLS): the same stack carries the bearer through the channel.
+    let mut allowed = client(
+        EnturAuthLayer::new(source.clone())
+            .origin(endpoint.uri().clone())
+            .allow_plain_http(true),
+    );
+    let response = allowed.check(check_request()).await.unwrap();
+    assert_eq!(response.into_inner().status(), ServingStatus::Serving);
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        check.authorizations(),
+        [Some(source.current().unwrap().header_value().clone())]
     );
 }

@@ -43,8 +43,11 @@
 //!
 //! A request to `http://` on a host that is not loopback fails with
 //! [`CleartextRefused`] before anything is sent: the
-//! bearer token would cross the network in cleartext. Relative URIs (as tonic sends them)
-//! and `https://` pass; [`EnturAuthLayer::allow_plain_http`] lifts the check.
+//! bearer token would cross the network in cleartext. `https://` passes;
+//! [`EnturAuthLayer::allow_plain_http`] lifts the check. A request whose URI has no scheme
+//! and host (as tonic sends them to a `Channel`, which adds its endpoint's below this layer)
+//! is judged by the origin declared with [`EnturAuthLayer::origin`], and refused when none
+//! was declared: where it goes cannot be told.
 
 /// `get_ref`, `get_mut` and `into_inner` for a service (or body) around the field `$field`
 /// of type `$inner`, written once as tower-http does.
@@ -81,7 +84,7 @@ use std::task::{Context, Poll};
 
 use arc_swap::{ArcSwapOption, Cache};
 use http::header::{HeaderName, AUTHORIZATION};
-use http::{HeaderValue, Request, Response};
+use http::{HeaderValue, Request, Response, Uri};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -106,19 +109,23 @@ pub struct EnturAuthLayer {
     pub(crate) source: TokenSource,
     pub(crate) client_name: Option<HeaderValue>,
     pub(crate) allow_plain_http: bool,
+    origin: Option<Uri>,
 }
 
 impl EnturAuthLayer {
-    /// A layer that authorizes requests with tokens from `source`.
+    /// A layer that authorizes requests with tokens from `source`, and sets the source's
+    /// `ET-Client-Name` (see [`TokenSourceBuilder::client_name`](crate::TokenSourceBuilder::client_name)), if it has one.
     pub fn new(source: TokenSource) -> Self {
         Self {
+            client_name: source.client_name().cloned(),
             source,
-            client_name: None,
             allow_plain_http: false,
+            origin: None,
         }
     }
 
-    /// Also sets `ET-Client-Name: <name>` on every request, as Entur requires.
+    /// Sets `ET-Client-Name: <name>` on every request, as Entur requires, instead of the
+    /// source's.
     pub fn client_name(mut self, name: ClientName) -> Self {
         self.client_name = Some(name.header_value().clone());
         self
@@ -132,6 +139,49 @@ impl EnturAuthLayer {
     pub fn allow_plain_http(mut self, allow: bool) -> Self {
         self.allow_plain_http = allow;
         self
+    }
+
+    /// Where requests whose URI has no scheme and host go: the endpoint of a tonic
+    /// `Channel`, which adds it below this layer (`endpoint.uri().clone()`). Such requests
+    /// are then judged as if they named it: refused when it is plain `http://` to a host that
+    /// is not loopback (unless [`allow_plain_http`](Self::allow_plain_http)). Without it they
+    /// are refused with [`CleartextRefused`], since whether the token would cross the network
+    /// in cleartext cannot be told. Requests with an absolute URI are judged by their own.
+    ///
+    /// ```
+    /// # fn run(source: entur_auth::TokenSource) {
+    /// use entur_auth::EnturAuthLayer;
+    /// use http::Uri;
+    ///
+    /// // With tonic: `let endpoint = Endpoint::from_static("https://grpc.example.com");`,
+    /// // `.origin(endpoint.uri().clone())`, then `endpoint.connect().await?` below the layer.
+    /// let layer = EnturAuthLayer::new(source).origin(Uri::from_static("https://grpc.example.com"));
+    /// # let _ = layer; }
+    /// ```
+    pub fn origin(mut self, origin: Uri) -> Self {
+        self.origin = Some(origin);
+        self
+    }
+
+    /// What a request without scheme and host meets: `None` when it may pass.
+    fn judge_relative(&self) -> Option<Arc<CleartextRefused>> {
+        let Some(origin) = &self.origin else {
+            return Some(Arc::new(CleartextRefused::undeclared()));
+        };
+        let refused = match (origin.scheme_str(), origin.host()) {
+            (Some("https"), Some(_)) => None,
+            (Some("http"), Some(_)) if self.allow_plain_http => None,
+            (Some("http"), Some(host)) => refuse_cleartext(host).map(|mut refused| {
+                refused.origin = Destination::Declared;
+                refused
+            }),
+            // Not echoed: it may hold a user name and password.
+            _ => Some(CleartextRefused {
+                host: String::new(),
+                origin: Destination::Malformed,
+            }),
+        };
+        refused.map(Arc::new)
     }
 
     /// This layer with the one replay after a refusal, in the right order: the default way to
@@ -151,6 +201,7 @@ impl<S> Layer<S> for EnturAuthLayer {
             key: self.source.key(),
             reauth_on_408: self.source.reauth_on_408(),
             allow_plain_http: self.allow_plain_http,
+            relative: self.judge_relative(),
             source: self.source.clone(),
             client_name: self.client_name.clone(),
         }
@@ -168,6 +219,8 @@ pub struct EnturAuth<S> {
     key: SourceKey,
     reauth_on_408: bool,
     allow_plain_http: bool,
+    /// Why a request without scheme and host is refused; `None`: it passes.
+    relative: Option<Arc<CleartextRefused>>,
     source: TokenSource,
     client_name: Option<HeaderValue>,
 }
@@ -194,6 +247,7 @@ impl<S: Clone> Clone for EnturAuth<S> {
             key: self.key,
             reauth_on_408: self.reauth_on_408,
             allow_plain_http: self.allow_plain_http,
+            relative: self.relative.clone(),
             source: self.source.clone(),
             client_name: self.client_name.clone(),
         }
@@ -226,11 +280,20 @@ where
 
     #[inline]
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        // `scheme_str` compares four bytes inline; a `Scheme` comparison is a call.
-        if request.uri().scheme_str() == Some("http") && !self.allow_plain_http {
-            if let Some(refused) = refuse_cleartext(request.uri().host().unwrap_or_default()) {
-                return self.fail(request, refused);
+        // `scheme_str` compares a few bytes inline; a `Scheme` comparison is a call.
+        match request.uri().scheme_str() {
+            Some("http") if !self.allow_plain_http => {
+                if let Some(refused) = refuse_cleartext(request.uri().host().unwrap_or_default()) {
+                    return self.fail(request, refused);
+                }
             }
+            None => {
+                if let Some(refused) = &self.relative {
+                    let refused = CleartextRefused::clone(refused);
+                    return self.fail(request, refused);
+                }
+            }
+            _ => {}
         }
         if let Some(name) = &self.client_name {
             request.headers_mut().insert(ET_CLIENT_NAME, name.clone());
@@ -305,36 +368,76 @@ pub(crate) fn refuse_cleartext(host: &str) -> Option<CleartextRefused> {
     }
     Some(CleartextRefused {
         host: sanitize(host, 100),
+        origin: Destination::Request,
     })
 }
 
 /// [`EnturAuth`] (or the reqwest middleware) refused to send the bearer token over plain
 /// `http://` to a host that is not loopback: the token would cross the network in
-/// cleartext. Nothing was sent.
+/// cleartext. Or the request named no scheme and host (as tonic's do) and no
+/// [`origin`](EnturAuthLayer::origin) was declared, so where it goes cannot be told.
+/// Nothing was sent.
 #[derive(Clone, Debug)]
 pub struct CleartextRefused {
     host: String,
+    origin: Destination,
+}
+
+/// Where the refused destination came from.
+#[derive(Clone, Copy, Debug)]
+enum Destination {
+    /// The request's own URI.
+    Request,
+    /// The origin declared with [`EnturAuthLayer::origin`].
+    Declared,
+    /// A declared origin that is not an absolute `http://` or `https://` URL.
+    Malformed,
+    /// None: a request without scheme and host, and no declared origin.
+    Undeclared,
 }
 
 impl CleartextRefused {
-    /// The request's host.
+    fn undeclared() -> Self {
+        Self {
+            host: String::new(),
+            origin: Destination::Undeclared,
+        }
+    }
+
+    /// The host the token would have gone to; empty when it could not be told.
     pub fn host(&self) -> &str {
         &self.host
     }
 
     /// What to do about it.
     pub fn hint(&self) -> &'static str {
-        "use https://, or, if this host is reached over a network you trust (a sidecar, a mesh with mTLS), allow it with EnturAuthLayer::allow_plain_http(true) (reqwest: EnturAuthMiddleware::from that layer)"
+        match self.origin {
+            Destination::Request | Destination::Declared => "use https://, or, if this host is reached over a network you trust (a sidecar, a mesh with mTLS), allow it with EnturAuthLayer::allow_plain_http(true) (reqwest: EnturAuthMiddleware::from that layer)",
+            Destination::Malformed | Destination::Undeclared => "declare where these requests go with EnturAuthLayer::origin (for a tonic Channel: its endpoint.uri().clone()), an https:// URL or http:// to a loopback host",
+        }
     }
 }
 
 impl fmt::Display for CleartextRefused {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "refused to send the bearer token over plain http:// to {}: it would cross the network in cleartext",
-            self.host
-        )
+        match self.origin {
+            Destination::Request => write!(
+                f,
+                "refused to send the bearer token over plain http:// to {}: it would cross the network in cleartext",
+                self.host
+            ),
+            Destination::Declared => write!(
+                f,
+                "refused to send the bearer token over plain http:// to {} (the origin declared with EnturAuthLayer::origin): it would cross the network in cleartext",
+                self.host
+            ),
+            Destination::Malformed => f.write_str(
+                "refused to send the bearer token: the origin declared with EnturAuthLayer::origin is not an absolute http:// or https:// URL",
+            ),
+            Destination::Undeclared => f.write_str(
+                "refused to send the bearer token: the request URI has no scheme and host (a tonic Channel adds its own below this layer) and no origin was declared, so whether the token would cross the network in cleartext cannot be told",
+            ),
+        }
     }
 }
 

@@ -32,6 +32,7 @@ pub struct TokenSourceBuilder {
     rejected: (Duration, Duration),
     max_response_bytes: usize,
     allow_http_loopback: bool,
+    client_name: Option<crate::ClientName>,
     transport: Option<Box<dyn FnOnce(usize) -> Transport + Send>>,
     #[cfg(feature = "rustls")]
     extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
@@ -78,6 +79,7 @@ impl TokenSourceBuilder {
             rejected: (Duration::from_secs(30), Duration::from_secs(600)),
             max_response_bytes: 64 * 1024,
             allow_http_loopback: false,
+            client_name: None,
             transport: None,
             #[cfg(feature = "rustls")]
             extra_roots: Vec::new(),
@@ -165,6 +167,17 @@ impl TokenSourceBuilder {
     /// `::1`, `localhost`): for test servers and demos. Default `false`: only `https://`.
     pub fn allow_http_loopback(mut self, allow: bool) -> Self {
         self.allow_http_loopback = allow;
+        self
+    }
+
+    /// The `ET-Client-Name` (`<company>-<application>`, which every call to an Entur API
+    /// must carry) that each adapter built from this source sends: [`EnturAuthLayer::new`](crate::EnturAuthLayer::new),
+    /// `EnturAuthMiddleware::new` and `EnturAuthInterceptor::new` alike, so that no stack
+    /// loses it. [`EnturAuthLayer::client_name`](crate::EnturAuthLayer::client_name) sets
+    /// another for one layer. [`Config`](crate::Config) sets it from `ET_CLIENT_NAME`. Not sent
+    /// on token requests.
+    pub fn client_name(mut self, name: crate::ClientName) -> Self {
+        self.client_name = Some(name);
         self
     }
 
@@ -458,6 +471,7 @@ impl TokenSourceBuilder {
                 rejected: self.rejected,
                 stall_timeout: self.stall_timeout,
                 reauth_on_408: self.endpoint.reauths_on_408(),
+                client_name: self.client_name.map(|name| name.header_value().clone()),
             },
             attempts: AtomicU64::new(0),
             failures: AtomicU64::new(0),

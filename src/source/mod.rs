@@ -193,6 +193,8 @@ pub(crate) struct Settings {
     pub(crate) stall_timeout: Duration,
     /// Whether an API's 408 means "the token expired" (Entur) rather than a plain timeout.
     pub(crate) reauth_on_408: bool,
+    /// The `ET-Client-Name` every adapter built from the source sends, unless told otherwise.
+    pub(crate) client_name: Option<http::HeaderValue>,
 }
 
 /// What callers without a token look at to decide whether to wait or fail fast.
@@ -378,6 +380,12 @@ impl TokenSource {
 
     pub(crate) fn reauth_on_408(&self) -> bool {
         self.handle.shared.settings.reauth_on_408
+    }
+
+    /// The `ET-Client-Name` given to [`TokenSourceBuilder::client_name`], the one every
+    /// adapter built from this source sends.
+    pub(crate) fn client_name(&self) -> Option<&http::HeaderValue> {
+        self.handle.shared.settings.client_name.as_ref()
     }
 
     /// The shared state, for the refusal verdicts of the adapters that hold the source
