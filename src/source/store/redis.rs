@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::FromRedisValue;
+use redis::{ConnectionAddr, FromRedisValue, IntoConnectionInfo, TlsCertificates};
+use rustls::crypto::CryptoProvider;
 use tokio::sync::OnceCell;
 
 use super::TokenStore;
@@ -43,8 +44,25 @@ const FAILOVER_TIMEOUT: Duration = Duration::from_millis(250);
 ///
 /// Whichever it is, a Redis that is down at startup, goes away, fails over or moves a slot
 /// only means that each replica fetches for itself meanwhile: no request fails for it.
+///
+/// # TLS
+///
+/// `rediss://` URLs connect over TLS (rustls with ring) and check the server's certificate
+/// against the webpki roots, or against only the CA certificates given to
+/// [`root_certificate`](Self::root_certificate) (a managed Redis with a private CA). A
+/// certificate refused at connection time is a store error that says so (the replicas fetch
+/// for themselves meanwhile), naming neither the URL nor its password.
+///
+/// redis-rs builds its rustls configuration with rustls' process-wide `CryptoProvider`, which
+/// rustls cannot choose by itself when a program builds more than one (ring and aws-lc-rs): a
+/// store opened on a `rediss://` URL installs ring as that default if no provider is installed
+/// yet, and never panics for it. To use another provider, install it before building the
+/// store (stores built on a client of your own install nothing).
 pub struct RedisStore {
     backend: Backend,
+    /// The URLs the store was opened on, to open it again with a root certificate (they may
+    /// hold a password: never shown); empty for a client of the user's own.
+    urls: Vec<String>,
 }
 
 enum Backend {
@@ -78,6 +96,40 @@ impl fmt::Debug for RedisStore {
         };
         d.finish_non_exhaustive()
     }
+}
+
+/// Whether `url` is a `rediss://` URL (false for one that is not a Redis URL at all).
+fn is_tls(url: &str) -> bool {
+    url.into_connection_info()
+        .is_ok_and(|info| matches!(info.addr, ConnectionAddr::TcpTls { .. }))
+}
+
+/// The CA certificates in `pem` for redis-rs, or an error saying what is wrong with them.
+fn root_certificates(pem: &[u8]) -> Result<TlsCertificates, Error> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let problem = match CertificateDer::pem_slice_iter(pem).collect::<Result<Vec<_>, _>>() {
+        Ok(certs) if certs.is_empty() => "no CERTIFICATE block in the PEM text".to_owned(),
+        Ok(_) => {
+            return Ok(TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.to_vec()),
+            })
+        }
+        Err(e) => format!("invalid PEM ({e})"),
+    };
+    Err(Error::config(format!("Redis root certificate: {problem}: give the CA certificate that signed the server's, in PEM")))
+}
+
+/// Says what to do when TLS refused the server's certificate (rustls' words for any
+/// certificate it refuses; redis-rs passes some of its errors on as text only).
+fn advise(error: BoxError) -> BoxError {
+    if !error.to_string().contains("invalid peer certificate") {
+        return error;
+    }
+    Error::config(format!(
+        "the Redis server's TLS certificate was refused ({error}): trust the CA that signed it with RedisStore::root_certificate, and put a host name (or IP) in the URL that the certificate names"
+    ))
+    .into()
 }
 
 /// The address of a Redis URL (host and port, never a password), or `None` for a URL that is
@@ -120,22 +172,78 @@ impl RedisStore {
     ///
     /// [`ErrorKind::Config`](crate::ErrorKind::Config) when `url` is not a Redis URL.
     pub fn new(url: &str) -> Result<Self, Error> {
-        let client = redis::Client::open(url).map_err(|e| {
+        Self::open_single(url, None)
+    }
+
+    fn open_single(url: &str, certs: Option<TlsCertificates>) -> Result<Self, Error> {
+        let client = match certs {
+            None => redis::Client::open(url),
+            Some(certs) => redis::Client::build_with_tls(url, certs),
+        };
+        let client = client.map_err(|e| {
             Error::config(format!(
-                "Redis URL is invalid ({e}): use redis://host:port/db"
+                "Redis URL is invalid ({e}): use redis://host:port/db (rediss:// for TLS)"
             ))
         })?;
-        Ok(Self {
-            backend: Backend::Single {
-                client,
-                connection: OnceCell::new(),
-            },
-        })
+        let connection = OnceCell::new();
+        Ok(Self::opened(Backend::Single { client, connection }, &[url]))
+    }
+
+    /// A store on `backend`, opened on `urls`. With a `rediss://` one among them, installs
+    /// ring as rustls' process-wide provider unless one is (see the type's docs).
+    fn opened(backend: Backend, urls: &[&str]) -> Self {
+        if urls.iter().any(|url| is_tls(url)) && CryptoProvider::get_default().is_none() {
+            // Another thread may install one first: then that one stays, and ring is dropped.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        let urls = urls.iter().map(|url| url.to_string()).collect();
+        Self { backend, urls }
+    }
+
+    /// Trusts the CA certificates in `pem` (one or more PEM `CERTIFICATE` blocks), and only
+    /// them, for this store's `rediss://` connections instead of the webpki roots: for a
+    /// managed Redis whose certificate a private CA signed. On a Cluster they are trusted for
+    /// every node; behind Sentinel, for the Sentinels and for the master (redis-rs then asks
+    /// every Sentinel with the first URL's user and password).
+    ///
+    /// ```no_run
+    /// # #[cfg(feature = "redis")]
+    /// # fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// use entur_auth::store::RedisStore;
+    ///
+    /// let store = RedisStore::new("rediss://:password@redis.internal:6380/0")?
+    ///     .root_certificate(std::fs::read("/etc/redis-ca/ca.pem")?)?;
+    /// # let _ = store; Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) when `pem` holds no certificate or is
+    /// not PEM, or when the store is not on `rediss://` URLs (a store on a client of your own
+    /// included: give that client the certificates).
+    pub fn root_certificate(self, pem: impl AsRef<[u8]>) -> Result<Self, Error> {
+        let certs = root_certificates(pem.as_ref())?;
+        let Self { backend, urls } = self;
+        let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+        if urls.is_empty() || !urls.iter().all(|url| is_tls(url)) {
+            return Err(Error::config(
+                "a root certificate is for a store opened on rediss:// URLs (TLS): use rediss://host:port (a client of your own takes the certificates when you build it)",
+            ));
+        }
+        match backend {
+            Backend::Single { .. } => Self::open_single(urls[0], Some(certs)),
+            #[cfg(feature = "redis-cluster")]
+            Backend::Cluster { .. } => Self::open_cluster(&urls, Some(certs)),
+            #[cfg(feature = "redis-sentinel")]
+            Backend::Sentinel(master) => Self::open_sentinel(&urls, &master.name, Some(certs)),
+        }
     }
 
     /// A store on the Redis Cluster that `nodes` belong to (`redis://host:port`, any
-    /// reachable subset of its primaries and replicas: the rest is learnt from them). Nothing
-    /// is connected until the first use.
+    /// reachable subset of its primaries and replicas: the rest is learnt from them). With
+    /// `rediss://` URLs every node is reached over TLS, by the address the cluster gives for
+    /// it (an IP unless it announces host names): its certificate must name that address.
+    /// Nothing is connected until the first use.
     ///
     /// The token and its lock share a hash tag, so they live in one slot: one shard serves a
     /// fleet. A failover or a slot move costs at most one token request per replica (while
@@ -148,18 +256,28 @@ impl RedisStore {
     #[cfg(feature = "redis-cluster")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis-cluster")))]
     pub fn cluster(nodes: &[&str]) -> Result<Self, Error> {
+        Self::open_cluster(nodes, None)
+    }
+
+    #[cfg(feature = "redis-cluster")]
+    fn open_cluster(nodes: &[&str], certs: Option<TlsCertificates>) -> Result<Self, Error> {
         let addresses = addresses(nodes, "Redis Cluster node")?;
-        let client = redis::cluster::ClusterClientBuilder::new(nodes.to_vec())
+        let mut builder = redis::cluster::ClusterClientBuilder::new(nodes.to_vec())
             .connection_timeout(FAILOVER_TIMEOUT)
             .response_timeout(FAILOVER_TIMEOUT)
-            .retries(2)
-            .build()
-            .map_err(|e| {
-                Error::config(format!(
-                    "Redis Cluster configuration is invalid ({e}): use redis://host:port for each node"
-                ))
-            })?;
-        Ok(Self::from_cluster_client(client, addresses))
+            .retries(2);
+        if let Some(certs) = certs {
+            builder = builder.certs(certs);
+        }
+        let client = builder.build().map_err(|e| {
+            Error::config(format!(
+                "Redis Cluster configuration is invalid ({e}): use redis://host:port for each node (rediss:// for TLS, on every node)"
+            ))
+        })?;
+        Ok(Self::opened(
+            Self::from_cluster_client(client, addresses).backend,
+            nodes,
+        ))
     }
 
     /// A store on a Redis Cluster through a client you configured yourself (passwords, TLS,
@@ -167,12 +285,15 @@ impl RedisStore {
     #[cfg(feature = "redis-cluster")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis-cluster")))]
     pub fn from_cluster_client(client: redis::cluster::ClusterClient, nodes: Vec<String>) -> Self {
+        let connection = OnceCell::new();
+        let backend = Backend::Cluster {
+            client,
+            nodes,
+            connection,
+        };
         Self {
-            backend: Backend::Cluster {
-                client,
-                nodes,
-                connection: OnceCell::new(),
-            },
+            backend,
+            urls: Vec::new(),
         }
     }
 
@@ -181,6 +302,12 @@ impl RedisStore {
     /// [`SentinelClient`](redis::sentinel::SentinelClient) yourself and use
     /// [`from_sentinel_client`](Self::from_sentinel_client)). Nothing is connected until the
     /// first use.
+    ///
+    /// With `rediss://` URLs the Sentinels and the master are both reached over TLS (as
+    /// Sentinel itself reaches the master with `tls-replication yes`); the master's
+    /// certificate must name the address the Sentinels give for it (an IP unless they
+    /// announce host names). For TLS to only one of them, build the client yourself
+    /// (`SentinelClientBuilder`).
     ///
     /// The master is asked of the Sentinels at the first use and again whenever a call to it
     /// fails or does not answer in time: after a failover, the next call reaches the new
@@ -193,30 +320,29 @@ impl RedisStore {
     #[cfg(feature = "redis-sentinel")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis-sentinel")))]
     pub fn sentinel(sentinels: &[&str], master_name: &str) -> Result<Self, Error> {
+        Self::open_sentinel(sentinels, master_name, None)
+    }
+
+    #[cfg(feature = "redis-sentinel")]
+    fn open_sentinel(
+        sentinels: &[&str],
+        master_name: &str,
+        certs: Option<TlsCertificates>,
+    ) -> Result<Self, Error> {
         let addresses = addresses(sentinels, "Redis Sentinel")?;
         if master_name.is_empty() {
             return Err(Error::config(
                 "the Redis Sentinel master name is empty: give the name the Sentinels monitor (`sentinel monitor <name> …`)",
             ));
         }
-        let client = redis::sentinel::SentinelClient::build(
-            sentinels.to_vec(),
-            master_name.to_owned(),
-            None,
-            redis::sentinel::SentinelServerType::Master,
-        )
-        .map_err(|e| {
+        let tls = sentinels.iter().any(|url| is_tls(url));
+        let client = sentinel::client(sentinels, master_name, tls, certs).map_err(|e| {
             Error::config(format!(
-                "Redis Sentinel configuration is invalid ({e}): use redis://host:port for each Sentinel"
+                "Redis Sentinel configuration is invalid ({e}): use redis://host:port for each Sentinel (rediss:// for TLS, on every Sentinel)"
             ))
         })?;
-        Ok(Self {
-            backend: Backend::Sentinel(sentinel::Master::new(
-                client,
-                addresses,
-                master_name.to_owned(),
-            )),
-        })
+        let master = sentinel::Master::new(client, addresses, master_name.to_owned());
+        Ok(Self::opened(Backend::Sentinel(master), sentinels))
     }
 
     /// A store on the master that a [`SentinelClient`](redis::sentinel::SentinelClient) you
@@ -228,17 +354,20 @@ impl RedisStore {
         client: redis::sentinel::SentinelClient,
         master_name: &str,
     ) -> Self {
+        let master = sentinel::Master::new(client, Vec::new(), master_name.to_owned());
+        let backend = Backend::Sentinel(master);
         Self {
-            backend: Backend::Sentinel(sentinel::Master::new(
-                client,
-                Vec::new(),
-                master_name.to_owned(),
-            )),
+            backend,
+            urls: Vec::new(),
         }
     }
 
     /// Runs `cmd` on whichever Redis this store is on.
     async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, BoxError> {
+        self.query_on_backend(cmd).await.map_err(advise)
+    }
+
+    async fn query_on_backend<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, BoxError> {
         match &self.backend {
             Backend::Single { client, connection } => {
                 let config = ConnectionManagerConfig::new()
@@ -323,11 +452,49 @@ mod sentinel {
     use std::sync::Mutex;
 
     use redis::aio::MultiplexedConnection;
-    use redis::sentinel::SentinelClient;
-    use redis::{AsyncConnectionConfig, FromRedisValue};
+    use redis::sentinel::SentinelServerType::Master as MASTER;
+    use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelNodeConnectionInfo};
+    use redis::{AsyncConnectionConfig, FromRedisValue, IntoConnectionInfo, RedisResult};
+    use redis::{TlsCertificates, TlsMode};
 
     use super::FAILOVER_TIMEOUT as TIMEOUT;
     use crate::error::BoxError;
+
+    /// A client for the master that the Sentinels at `urls` name `name`; with `tls`, both
+    /// the Sentinels and the master are reached over TLS, trusting `certs` if given. redis-rs
+    /// takes the master's certificates only through its builder, which asks every Sentinel
+    /// with one user and password: the first URL's.
+    pub(super) fn client(
+        urls: &[&str],
+        name: &str,
+        tls: bool,
+        certs: Option<TlsCertificates>,
+    ) -> RedisResult<SentinelClient> {
+        let Some(certs) = certs else {
+            let node = tls.then_some(SentinelNodeConnectionInfo {
+                tls_mode: Some(TlsMode::Secure),
+                redis_connection_info: None,
+            });
+            return SentinelClient::build(urls.to_vec(), name.to_owned(), node, MASTER);
+        };
+        let infos = urls
+            .iter()
+            .map(|url| url.into_connection_info())
+            .collect::<RedisResult<Vec<_>>>()?;
+        let auth = infos[0].redis.clone();
+        let addrs = infos.into_iter().map(|info| info.addr);
+        let mut builder = SentinelClientBuilder::new(addrs, name.to_owned(), MASTER)?
+            .set_client_to_sentinel_certificates(certs.clone())
+            .set_client_to_redis_tls_mode(TlsMode::Secure)
+            .set_client_to_redis_certificates(certs);
+        if let Some(username) = auth.username {
+            builder = builder.set_client_to_sentinel_username(username);
+        }
+        if let Some(password) = auth.password {
+            builder = builder.set_client_to_sentinel_password(password);
+        }
+        builder.build()
+    }
 
     /// The master that Sentinel names, and a connection to it that is dropped (and the
     /// master asked for again) whenever a call on it fails or is abandoned.
