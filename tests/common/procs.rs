@@ -1,6 +1,7 @@
 //! Redis processes of the tests' own on 127.0.0.1: single servers, a Redis Cluster and a
 //! Sentinel setup, each killed when dropped (a test that panics kills them too), paused with
-//! SIGSTOP and resumed, killed and restarted on the same port with the same files.
+//! SIGSTOP and resumed, killed and restarted on the same port with the same files. Each can
+//! speak TLS only ([`Tls`]: certificates the test made).
 #![allow(dead_code)]
 
 use std::net::{TcpListener, TcpStream};
@@ -42,23 +43,66 @@ impl Drop for TempDir {
     }
 }
 
+/// TLS for the servers: PEM files of a CA, and of a certificate it signed for 127.0.0.1 with
+/// its key (made by the test).
+#[derive(Clone, Debug)]
+pub struct Tls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Tls {
+    /// redis-server's options (a Sentinel's configuration file takes the same, one a line):
+    /// TLS only on `port`, the plain port off; clients are not asked for a certificate; the
+    /// cluster bus and replication (a Sentinel's own connections too) over TLS as well.
+    fn options(&self, port: u16) -> Vec<(&'static str, String)> {
+        let path = |p: &PathBuf| p.display().to_string();
+        vec![
+            ("port", "0".to_owned()),
+            ("tls-port", port.to_string()),
+            ("tls-cert-file", path(&self.cert)),
+            ("tls-key-file", path(&self.key)),
+            ("tls-ca-cert-file", path(&self.ca)),
+            ("tls-auth-clients", "no".to_owned()),
+            ("tls-replication", "yes".to_owned()),
+        ]
+    }
+
+    /// redis-cli's options to reach a server of this CA.
+    fn cli_args(&self) -> Vec<String> {
+        vec![
+            "--tls".into(),
+            "--cacert".into(),
+            self.ca.display().to_string(),
+        ]
+    }
+}
+
 /// One `redis-server` process (a server, a cluster node or a Sentinel) on a loopback port.
 pub struct Node {
     child: Option<Child>,
     pub port: u16,
     args: Vec<String>,
     dir: PathBuf,
+    tls: Option<Tls>,
 }
 
 impl Node {
     /// Starts `redis-server` with `args` in `dir`, on `port`, and waits until it accepts
     /// connections.
     pub fn start(port: u16, dir: &Path, args: &[String]) -> Node {
+        Node::start_with(port, dir, args, None)
+    }
+
+    /// The same, for a server whose `args` make it speak `tls` only.
+    pub fn start_with(port: u16, dir: &Path, args: &[String], tls: Option<&Tls>) -> Node {
         let mut node = Node {
             child: None,
             port,
             args: args.to_vec(),
             dir: dir.to_owned(),
+            tls: tls.cloned(),
         };
         node.restart();
         node
@@ -66,14 +110,25 @@ impl Node {
 
     /// A plain server on a free port, persistence off.
     pub fn server(dir: &Path, extra: &[&str]) -> Node {
-        let port = free_port();
-        let mut args = base_args(port);
-        args.extend(extra.iter().map(|s| s.to_string()));
-        Node::start(port, dir, &args)
+        Node::server_with(dir, extra, None)
     }
 
+    /// The same, speaking `tls` only when given.
+    pub fn server_with(dir: &Path, extra: &[&str], tls: Option<&Tls>) -> Node {
+        let port = free_port();
+        let mut args = base_args(port, tls);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Node::start_with(port, dir, &args, tls)
+    }
+
+    /// `redis://127.0.0.1:<port>/`, or `rediss://` for a TLS server.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}/", self.port)
     }
 
     /// (Re)starts the process with the same arguments and files.
@@ -130,9 +185,10 @@ impl Node {
         assert!(status.success(), "kill {signal} failed");
     }
 
-    /// `redis-cli -p <port> <args>`: its output, or `None` when it failed.
+    /// `redis-cli -p <port> <args>` (over TLS to a TLS server): its output, or `None` when
+    /// it failed.
     pub fn cli(&self, args: &[&str]) -> Option<String> {
-        cli(self.port, args)
+        cli_with(self.port, self.tls.as_ref(), args)
     }
 }
 
@@ -144,8 +200,13 @@ impl Drop for Node {
 
 /// `redis-cli -p <port> <args>` with a short timeout: its output, or `None` when it failed.
 pub fn cli(port: u16, args: &[&str]) -> Option<String> {
+    cli_with(port, None, args)
+}
+
+fn cli_with(port: u16, tls: Option<&Tls>, args: &[&str]) -> Option<String> {
     let output = Command::new("timeout")
         .args(["5", "redis-cli", "-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(tls.map(Tls::cli_args).unwrap_or_default())
         .args(args)
         .stdin(Stdio::null())
         .output()
@@ -156,22 +217,30 @@ pub fn cli(port: u16, args: &[&str]) -> Option<String> {
         .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-fn base_args(port: u16) -> Vec<String> {
-    [
-        "--bind",
-        "127.0.0.1",
-        "--port",
-        &port.to_string(),
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--protected-mode",
-        "yes",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+fn base_args(port: u16, tls: Option<&Tls>) -> Vec<String> {
+    let mut args: Vec<String> = match tls {
+        None => vec!["--port".into(), port.to_string()],
+        Some(tls) => tls
+            .options(port)
+            .into_iter()
+            .flat_map(|(name, value)| [format!("--{name}"), value])
+            .collect(),
+    };
+    args.extend(
+        [
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "yes",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    args
 }
 
 /// Waits up to `limit` for `done`; panics with `what` if it never is.
@@ -192,13 +261,21 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn start(primaries: usize, replicas: usize) -> Cluster {
+        Cluster::start_with(primaries, replicas, None)
+    }
+
+    /// The same, every node speaking `tls` only when given (the cluster bus too).
+    pub fn start_with(primaries: usize, replicas: usize, tls: Option<&Tls>) -> Cluster {
         let dir = TempDir::new("cluster");
         let mut nodes = Vec::new();
         for _ in 0..primaries * (1 + replicas) {
             let port = free_port();
             let node_dir = dir.path().join(port.to_string());
             std::fs::create_dir_all(&node_dir).unwrap();
-            let mut args = base_args(port);
+            let mut args = base_args(port, tls);
+            if tls.is_some() {
+                args.extend(["--tls-cluster".to_owned(), "yes".to_owned()]);
+            }
             // The bus port is port + 10000 unless given: past 65535 for high ports.
             args.extend(["--cluster-port".to_owned(), free_port().to_string()]);
             args.extend(
@@ -219,7 +296,7 @@ impl Cluster {
                 .iter()
                 .map(|s| s.to_string()),
             );
-            nodes.push(Node::start(port, &node_dir, &args));
+            nodes.push(Node::start_with(port, &node_dir, &args, tls));
         }
         let addresses: Vec<String> = nodes
             .iter()
@@ -228,6 +305,7 @@ impl Cluster {
         let output = Command::new("timeout")
             .args(["30", "redis-cli", "--cluster", "create"])
             .args(&addresses)
+            .args(tls.map(Tls::cli_args).unwrap_or_default())
             .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdin(Stdio::null())
             .output()
@@ -341,18 +419,33 @@ pub const MASTER_NAME: &str = "mymaster";
 
 impl Sentinels {
     pub fn start() -> Sentinels {
+        Sentinels::start_with(None)
+    }
+
+    /// The same, the master, the replica and the Sentinels speaking `tls` only when given
+    /// (replication and the Sentinels' own connections too).
+    pub fn start_with(tls: Option<&Tls>) -> Sentinels {
         let dir = TempDir::new("sentinel");
-        let master = Node::server(dir.path(), &[]);
+        let master = Node::server_with(dir.path(), &[], tls);
         let master_port = master.port.to_string();
-        let replica = Node::server(dir.path(), &["--replicaof", "127.0.0.1", &master_port]);
+        let replica =
+            Node::server_with(dir.path(), &["--replicaof", "127.0.0.1", &master_port], tls);
         let mut sentinels = Vec::new();
         for _ in 0..3 {
             let port = free_port();
             let conf = dir.path().join(format!("sentinel-{port}.conf"));
+            let listen: String = match tls {
+                None => format!("port {port}\n"),
+                Some(tls) => tls
+                    .options(port)
+                    .into_iter()
+                    .map(|(name, value)| format!("{name} {value}\n"))
+                    .collect(),
+            };
             std::fs::write(
                 &conf,
                 format!(
-                    "port {port}\nbind 127.0.0.1\ndaemonize no\n\
+                    "{listen}bind 127.0.0.1\ndaemonize no\n\
                      sentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} 2\n\
                      sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
                      sentinel failover-timeout {MASTER_NAME} 4000\n\
@@ -361,7 +454,7 @@ impl Sentinels {
             )
             .unwrap();
             let args = vec![conf.display().to_string(), "--sentinel".to_owned()];
-            sentinels.push(Node::start(port, dir.path(), &args));
+            sentinels.push(Node::start_with(port, dir.path(), &args, tls));
         }
         let setup = Sentinels {
             master,

@@ -7,31 +7,44 @@ use std::sync::Arc;
 
 use entur_auth_test::TestServer;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
-/// A CA and a certificate it signed for `127.0.0.1` and `localhost`.
+/// A CA and a certificate it signed for `127.0.0.1` and `localhost`, with its key (DER, and
+/// PEM for servers that read files).
 pub struct Pki {
     pub ca_pem: String,
     pub ca_der: Vec<u8>,
     pub leaf: CertificateDer<'static>,
     pub key: PrivateKeyDer<'static>,
+    pub leaf_pem: String,
+    pub key_pem: String,
 }
 
 pub fn private_ca() -> Pki {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    // Names of their own: rcgen gives both the same, and OpenSSL (redis-server, redis-cli)
+    // takes a certificate whose issuer is its own subject for a self-signed one.
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "entur-auth test CA");
     let ca = ca_params.self_signed(&ca_key).unwrap();
     let leaf_key = KeyPair::generate().unwrap();
-    let leaf_params =
+    let mut leaf_params =
         CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+    leaf_params
+        .distinguished_name
+        .push(DnType::CommonName, "entur-auth test server");
     let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key).unwrap();
     Pki {
         ca_pem: ca.pem(),
         ca_der: ca.der().to_vec(),
         leaf: leaf.der().clone(),
         key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
+        leaf_pem: leaf.pem(),
+        key_pem: leaf_key.serialize_pem(),
     }
 }
 
