@@ -233,6 +233,10 @@ fn a_bad_root_certificate_or_a_plain_url_is_a_configuration_error() {
             "-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n",
             "invalid PEM",
         ),
+        (
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+            "holding no X.509 certificate",
+        ),
     ] {
         let error = RedisStore::new(&url)
             .unwrap()

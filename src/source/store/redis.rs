@@ -108,16 +108,22 @@ fn is_tls(url: &str) -> bool {
 fn root_certificates(pem: &[u8]) -> Result<TlsCertificates, Error> {
     use rustls::pki_types::{pem::PemObject, CertificateDer};
     let problem = match CertificateDer::pem_slice_iter(pem).collect::<Result<Vec<_>, _>>() {
-        Ok(certs) if certs.is_empty() => "no CERTIFICATE block in the PEM text".to_owned(),
-        Ok(_) => {
-            return Ok(TlsCertificates {
-                client_tls: None,
-                root_cert: Some(pem.to_vec()),
-            })
-        }
         Err(e) => format!("invalid PEM ({e})"),
+        Ok(certs) if certs.is_empty() => "no CERTIFICATE block in the PEM text".to_owned(),
+        Ok(certs) => match rustls::RootCertStore::empty().add_parsable_certificates(certs) {
+            (_, 0) => {
+                let root_cert = Some(pem.to_vec());
+                return Ok(TlsCertificates {
+                    client_tls: None,
+                    root_cert,
+                });
+            }
+            (_, bad) => format!("{bad} CERTIFICATE block(s) holding no X.509 certificate"),
+        },
     };
-    Err(Error::config(format!("Redis root certificate: {problem}: give the CA certificate that signed the server's, in PEM")))
+    Err(Error::config(format!(
+        "Redis root certificate: {problem}: give the CA certificate that signed the server's, in PEM"
+    )))
 }
 
 /// Says what to do when TLS refused the server's certificate (rustls' words for any
