@@ -47,7 +47,7 @@
 //!
 //! | name | type, unit | labels (besides `server.address`, `oauth.client_id`) | counts |
 //! |---|---|---|---|
-//! | `entur_auth.token.requests` | counter | `outcome`: `success`, `rejected`, `blocked`, `unavailable`, `timeout`, `invalid`, `config`, `internal` | token requests sent to the token endpoint, by how they ended; never a token adopted from the shared store |
+//! | `entur_auth.token.requests` | counter | `outcome`: `success`, `rejected`, `blocked`, `unavailable`, `timeout`, `invalid`, `config`, `signer`, `internal` | token requests sent to the token endpoint, by how they ended; never a token adopted from the shared store |
 //! | `entur_auth.token.request.duration` | histogram, seconds | `outcome` | how long each token request took |
 //! | `entur_auth.token.usable_for` | gauge, seconds | | how much longer the current token will be sent; 0 without a usable token |
 //! | `entur_auth.source.health` | gauge | `state`: `idle`, `fresh`, `refreshing`, `degraded`, `fetching`, `failing`, `stopped` | 1 for the source's [`Health`], 0 for the other states |
@@ -61,7 +61,8 @@
 //! Token request outcomes: `rejected` is [`ErrorKind::Rejected`] (the credentials or the grant),
 //! `blocked` [`ErrorKind::Blocked`] (a gateway's refusal), `unavailable`
 //! [`ErrorKind::Unavailable`], `timeout` [`ErrorKind::Timeout`], `invalid` [`ErrorKind::InvalidResponse`],
-//! `config` [`ErrorKind::Config`], and `internal` a contained panic (a bug, counted once per panic
+//! `config` [`ErrorKind::Config`], `signer` [`ErrorKind::Signer`] (nothing was sent), and
+//! `internal` a contained panic (a bug, counted once per panic
 //! in the refresher whether or not a request was under way).
 //!
 //! Refusal reasons: `http_401`, `http_408` (Entur: the token expired) and
