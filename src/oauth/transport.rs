@@ -82,24 +82,18 @@ pub(crate) fn https_transport(
         // certificate is presented from the next request on. Token requests are rare.
         client.pool_max_idle_per_host(0);
     }
+    // Only https:// URLs are ever routed through a proxy: TLS inside the tunnel.
+    let builder = match route {
+        None if allow_http => builder.https_or_http(),
+        _ => builder.https_only(),
+    }
+    .enable_http1()
+    .enable_http2();
     if let Some(proxy) = route {
-        // Only https:// URLs are ever routed through a proxy: TLS inside the tunnel.
-        let connector = builder
-            .https_only()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(tunnel::ProxyConnector::new(proxy));
+        let connector = builder.wrap_connector(tunnel::ProxyConnector::new(proxy));
         let client: Client<_, TokenRequestBody> = client.build(connector);
         return Ok(erase(client.map_err(tunnel::surface), cap));
     }
-    let connector = if allow_http {
-        builder.https_or_http()
-    } else {
-        builder.https_only()
-    }
-    .enable_http1()
-    .enable_http2()
-    .build();
-    let client: Client<_, TokenRequestBody> = client.build(connector);
+    let client: Client<_, TokenRequestBody> = client.build(builder.build());
     Ok(erase(client, cap))
 }
