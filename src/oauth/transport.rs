@@ -57,6 +57,7 @@ pub(crate) fn https_transport(
             ))
         })?;
     }
+    #[allow(deprecated)] // ring on purpose: see the `rustls` feature in Cargo.toml
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let tls = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()

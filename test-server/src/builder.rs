@@ -383,6 +383,7 @@ fn tls_acceptor(
     let chain = certs(cert_pem, "the server certificate")?;
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
         .map_err(|_| invalid_input("the server key holds no PEM PRIVATE KEY"))?;
+    #[allow(deprecated)] // ring on purpose: see the `rustls` feature in ../Cargo.toml
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()

@@ -51,6 +51,7 @@ pub fn private_ca() -> Pki {
 /// Serves `server`'s token endpoint over HTTPS with `pki`'s certificate on a free port of
 /// 127.0.0.1; returns the port (the token URL is `https://127.0.0.1:{port}/oauth/token`).
 pub async fn https_token_endpoint(server: &TestServer, pki: &Pki) -> u16 {
+    #[allow(deprecated)] // ring on purpose: see the `rustls` feature in ../Cargo.toml
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
