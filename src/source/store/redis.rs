@@ -200,6 +200,7 @@ impl RedisStore {
     fn opened(backend: Backend, urls: &[&str]) -> Self {
         if urls.iter().any(|url| is_tls(url)) && CryptoProvider::get_default().is_none() {
             // Another thread may install one first: then that one stays, and ring is dropped.
+            #[allow(deprecated)] // ring on purpose: see the `rustls` feature in Cargo.toml
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
         let urls = urls.iter().map(|url| url.to_string()).collect();
