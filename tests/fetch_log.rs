@@ -8,20 +8,11 @@ mod logs;
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use common::*;
 use entur_auth_test::Fault;
-use http::StatusCode;
 
+const JSON: &[(&str, &str)] = &[("content-type", "application/json")];
 const LIFETIME: Duration = Duration::from_secs(60);
-
-fn json(status: u16, body: impl Into<String>) -> Fault {
-    Fault::Respond {
-        status: StatusCode::from_u16(status).unwrap(),
-        headers: vec![("content-type".into(), "application/json".into())],
-        body: Bytes::from(body.into()),
-    }
-}
 
 /// A 503 says what is sent meanwhile, truthfully: nothing before the first token, the
 /// current token after it.
@@ -30,7 +21,11 @@ async fn a_503_says_whether_a_token_is_still_sent() {
     let (logs, _guard) = logs::capture_trace();
     let server = server(LIFETIME).await;
     let source = server.source_builder().jitter_seed(11).build().unwrap();
-    server.push_fault(json(503, r#"{"error":"temporarily_unavailable"}"#));
+    server.push_fault(Fault::respond(
+        503,
+        JSON,
+        r#"{"error":"temporarily_unavailable"}"#,
+    ));
     let error = source.prefetch().await.unwrap_err().report().to_string();
     assert!(error.contains("503"), "{error}");
     assert!(
@@ -47,7 +42,11 @@ async fn a_503_says_whether_a_token_is_still_sent() {
     assert!(!first.contains("still sent"), "{first}");
 
     source.ready(Duration::from_secs(30)).await.unwrap();
-    server.set_sticky_fault(Some(json(503, r#"{"error":"temporarily_unavailable"}"#)));
+    server.set_sticky_fault(Some(Fault::respond(
+        503,
+        JSON,
+        r#"{"error":"temporarily_unavailable"}"#,
+    )));
     tokio::time::sleep(LIFETIME * 4 / 5).await;
     assert!(source.current().is_some());
     assert!(

@@ -6,9 +6,10 @@
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
+#[path = "../../tests/common/logs.rs"]
+mod logs;
 
 use std::convert::Infallible;
-use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -107,19 +108,6 @@ fn origins(builder: entur_auth::TokenSourceBuilder) -> (TokenSource, Arc<Mutex<V
 
 const OK: (&str, &str) = ("outcome", "success");
 
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// The sequence: a fetch, a store adoption, a refusal with re-authentication and
 /// replay, and a direct invalidation answered from the store; two sources share one store.
 /// Token requests are counted once for the fleet, adoptions as store hits, never as token
@@ -128,13 +116,7 @@ impl Write for Capture {
 async fn a_known_sequence_shows_in_the_scrape() {
     let (recorder, handle) = prometheus();
     let _recorder = metrics::set_default_local_recorder(&recorder);
-    let capture = Capture::default();
-    let writer = capture.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _subscriber = tracing::subscriber::set_default(subscriber);
+    let (capture, _subscriber) = logs::capture_trace();
 
     let server = server(Duration::from_secs(3600)).await;
     let store = MemoryStore::default();
@@ -183,7 +165,7 @@ async fn a_known_sequence_shows_in_the_scrape() {
         scrape.get("entur_auth_source_health", &[("state", "fetching")]),
         Some(0.0)
     );
-    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let logs = capture.text();
     assert_eq!(logs.matches("access token fetched").count(), 1, "{logs}");
     assert_eq!(
         logs.matches("access token adopted from the shared store")

@@ -10,15 +10,15 @@
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
+#[path = "../../tests/common/logs.rs"]
+mod logs;
 #[path = "support/pki.rs"]
 mod pki;
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
@@ -26,7 +26,6 @@ use entur_auth::{TokenEndpoint, TokenSource, TokenSourceBuilder};
 use entur_auth_test::TestServer;
 use http::StatusCode;
 use pki::{private_ca, Pki};
-use tracing_subscriber::layer::SubscriberExt;
 
 const USER: &str = "entur-proxy-user";
 const PASSWORD: &str = "c0rrect-h0rse-7e1";
@@ -157,36 +156,6 @@ impl Endpoint {
     }
 }
 
-/// Every tracing event of this thread (the current-thread test runtime's), as text.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Capture {
-    fn install(&self) -> tracing::subscriber::DefaultGuard {
-        let writer = self.clone();
-        let subscriber = tracing_subscriber::registry().with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(move || writer.clone())
-                .with_ansi(false),
-        );
-        tracing::subscriber::set_default(subscriber)
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
 #[tokio::test]
 #[cfg_attr(
     not(has_tinyproxy),
@@ -195,8 +164,7 @@ impl Capture {
 async fn token_requests_go_through_https_proxy_and_the_token_works() {
     let endpoint = Endpoint::start().await;
     let proxy = Tinyproxy::start(endpoint.port, None);
-    let logs = Capture::default();
-    let _guard = logs.install();
+    let (logs, _guard) = logs::capture_trace();
 
     let source = endpoint
         .builder(&[("HTTPS_PROXY", &proxy.url())])
@@ -273,8 +241,7 @@ async fn no_proxy_matching_the_host_and_proxy_from_env_false_bypass_the_proxy() 
 async fn proxy_credentials_are_sent_and_wrong_ones_are_a_clear_error_without_them() {
     let endpoint = Endpoint::start().await;
     let proxy = Tinyproxy::start(endpoint.port, Some((USER, PASSWORD)));
-    let logs = Capture::default();
-    let _guard = logs.install();
+    let (logs, _guard) = logs::capture_trace();
 
     // Right credentials, set on the builder: the environment's proxy is not read.
     let builder = endpoint
